@@ -1,0 +1,150 @@
+"""Read and replace event columns the same way on eager awkward and lazy dask-awkward arrays."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import awkward as ak
+import dask_awkward as dak
+
+from pipeline.errors import CalibrationError
+
+
+def is_lazy(array: Any) -> bool:
+    """True for a dask-awkward collection, False for an eager (or typetracer) awkward array."""
+    return isinstance(array, dak.Array)
+
+
+def split_key(key: str) -> tuple[str, ...]:
+    """``"Jet.pt"`` -> ``("Jet", "pt")``; ``"Jet"`` -> ``("Jet",)``."""
+    return tuple(key.split("."))
+
+
+def has_column(events: Any, key: str) -> bool:
+    """Whether ``events`` has the collection or ``Collection.field`` named by ``key``.
+
+    Examples
+    --------
+    >>> import awkward as ak
+    >>> ev = ak.Array([{"Jet": [{"pt": 1.0}]}])
+    >>> has_column(ev, "Jet.pt"), has_column(ev, "Jet.eta"), has_column(ev, "MET")
+    (True, False, False)
+    """
+    parts = split_key(key)
+    fields = events.fields
+    if parts[0] not in fields:
+        return False
+    if len(parts) == 1:
+        return True
+    return parts[1] in events[parts[0]].fields
+
+
+def get_column(events: Any, key: str) -> Any:
+    """Return the collection or field named by ``key`` (``"Jet"`` or ``"Jet.pt"``)."""
+    parts = split_key(key)
+    out = events[parts[0]]
+    return out[parts[1]] if len(parts) == 2 else out
+
+
+def with_column(events: Any, key: str, value: Any) -> Any:
+    """Return a new events array with ``key`` set to ``value``; ``events`` is not modified.
+
+    Examples
+    --------
+    >>> import awkward as ak
+    >>> ev = ak.Array([{"Jet": [{"pt": 1.0}]}])
+    >>> with_column(ev, "Jet.pt", ev.Jet.pt * 2).Jet.pt.tolist(), ev.Jet.pt.tolist()
+    ([[2.0]], [[1.0]])
+    """
+    where = split_key(key)
+    if is_lazy(events):
+        return dak.with_field(events, value, where=where if len(where) > 1 else where[0])
+    return ak.with_field(events, value, where=where if len(where) > 1 else where[0])
+
+
+def with_columns(events: Any, columns: dict[str, Any]) -> Any:
+    """Return new events with several columns replaced or added, grouped by collection.
+
+    On eager and typetracer arrays whose top level is a record (NanoEvents), each touched
+    collection is rebuilt once and swapped into the event record without broadcasting over
+    the hundreds of other branches: far cheaper than one ``ak.with_field`` per column.
+
+    Examples
+    --------
+    >>> import awkward as ak
+    >>> ev = ak.Array([{"Jet": [{"pt": 1.0, "mass": 2.0}], "MET": {"pt": 3.0}}])
+    >>> out = with_columns(ev, {"Jet.pt": ev.Jet.pt + 1, "Jet.mass": ev.Jet.mass * 0})
+    >>> out.Jet.tolist(), out.MET.pt.tolist()
+    ([[{'pt': 2.0, 'mass': 0.0}]], [3.0])
+    """
+    if is_lazy(events):
+        for key, value in columns.items():
+            events = with_column(events, key, value)
+        return events
+    grouped: dict[str, dict[str, Any]] = {}
+    for key, value in columns.items():
+        collection, _, field = key.partition(".")
+        grouped.setdefault(collection, {})[field] = value
+    layout = events.layout
+    if not isinstance(layout, ak.contents.RecordArray) or layout.is_tuple:
+        for key, value in columns.items():
+            events = with_column(events, key, value)
+        return events
+    contents = dict(zip(layout.fields, layout.contents))
+    for collection, fields in grouped.items():
+        if "" in fields:
+            new = fields.pop("")
+            if not fields:
+                contents[collection] = ak.to_layout(new)
+                continue
+            base = new
+        else:
+            base = events[collection]
+        for field, value in fields.items():
+            base = ak.with_field(base, value, where=field)
+        contents[collection] = ak.to_layout(base)
+    rebuilt = ak.contents.RecordArray(
+        list(contents.values()), list(contents.keys()),
+        length=layout.length, parameters=layout.parameters,
+    )
+    return ak.Array(rebuilt, behavior=events.behavior, attrs=events.attrs)
+
+
+def _describe(array: Any) -> str:
+    return str(array.type) if hasattr(array, "type") else type(array).__name__
+
+
+def check_structure(calibrator: str, key: str, old: Any, new: Any) -> None:
+    """Raise :class:`CalibrationError` if ``new`` cannot replace ``old``.
+
+    A replacement must be an array of the same kind (eager or lazy), with the same
+    nesting depth and, when eager, the same number of events and objects per event.
+    ``old`` is None for a column the calibrator creates.
+    """
+    where = f"calibrator {calibrator!r} returned column {key!r}"
+    if not isinstance(new, (ak.Array, dak.Array)):
+        raise CalibrationError(
+            f"{where} as {type(new).__name__}; expected an awkward or dask-awkward array"
+        )
+    if old is None:
+        return
+    if is_lazy(old) != is_lazy(new):
+        kinds = ("lazy", "eager") if is_lazy(old) else ("eager", "lazy")
+        raise CalibrationError(f"{where} as a {kinds[1]} array but the events are {kinds[0]}")
+    if old.ndim != new.ndim:
+        raise CalibrationError(
+            f"{where} with a different structure: expected {_describe(old)}, "
+            f"got {_describe(new)}"
+        )
+    if is_lazy(new) or ak.backend(new) == "typetracer":
+        return
+    if len(old) != len(new):
+        raise CalibrationError(
+            f"{where} with {len(new)} events; the events have {len(old)}"
+        )
+    for axis in range(1, old.ndim):
+        if not ak.all(ak.num(old, axis=axis) == ak.num(new, axis=axis), axis=None):
+            raise CalibrationError(
+                f"{where} with a different number of objects per event at axis {axis} "
+                f"than the column it replaces"
+            )

@@ -1,0 +1,291 @@
+"""Jet energy corrections (JEC), JES uncertainty sources and JER smearing on correctionlib.
+
+Configured per period and jet type in the ``jets_calibration`` parameters section (the
+shape of seed 000), e.g. for AK4 Puppi jets in 2022::
+
+    jets_calibration:
+      collection: {2022_preEE: {AK4PFPuppi: Jet}}
+      jet_types:
+        AK4PFPuppi:
+          2022_preEE:
+            json_path: pog/2022_Summer22/JME_jet_jerc.json.gz
+            jec_mc: Summer22_22Sep2023_V2_MC
+            jec_data: {C: Summer22_22Sep2023_RunCD_V2_DATA, D: Summer22_22Sep2023_RunCD_V2_DATA}
+            jer: Summer22_22Sep2023_JRV1_MC
+            level: L1L2L3Res
+      apply_jec_MC: {2022_preEE: {AK4PFPuppi: true}}
+      apply_jec_Data: {2022_preEE: {AK4PFPuppi: true}}
+      variations: {2022_preEE: {AK4PFPuppi: [JES_Total, JER]}}
+
+Entries of ``variations`` are ``JES_<source>`` (any source of the payload: ``Total``,
+the full sources, ``Regrouped_*``) and ``JER``; each gives the variations
+``{jettype}_JES_{source}Up/Down`` and ``{jettype}_JERUp/Down``.
+
+Method
+------
+* JEC: raw pt and mass from ``rawFactor``; the compound ``{jec}_{level}_{jettype}``
+  correction evaluated on (area, eta, raw pt, rho); MC uses ``jec_mc``, data the tag of
+  its run era (``metadata["era"]``).
+* JES: ``pt * (1 +- unc(eta, pt_jec))`` for pt and mass.
+* JER (MC): the hybrid method. A jet is gen-matched when its ``genJetIdx`` jet lies
+  within dR < R/2 and |pt - pt_gen| < 3 sigma_pt pt; then
+  ``c = 1 + (s - 1)(pt - pt_gen)/pt``, else ``c = 1 + sigma_pt N(0,1) sqrt(max(s^2-1, 0))``
+  with N(0,1) from :mod:`pipeline.rng` keyed by (run, lumi, event, jet index); c >= 0.
+  The JES variations reuse the nominal smearing factor; ``JERUp/Down`` use the scale
+  factor's up/down values. All of this is computed once per chunk in ``initialize``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.calibration import ops
+from pipeline.calibration.calibrator import Calibrator
+from pipeline.corrections import get_compound, get_correction
+from pipeline.errors import CalibrationError, ConfigError
+from pipeline.rng import object_normal
+
+JET_RADIUS = {"AK4": 0.4, "AK8": 0.8}
+
+
+class JetTypeSettings(BaseModel):
+    """Payload and correction tags of one jet type in one period."""
+
+    model_config = ConfigDict(extra="forbid")
+    json_path: str
+    jec_mc: str
+    jec_data: dict[str, str] = Field(default_factory=dict)
+    jer: str | None = None
+    level: str = "L1L2L3Res"
+
+
+class JetsCalibrationParams(BaseModel):
+    """The ``jets_calibration`` parameters section (validated on load)."""
+
+    model_config = ConfigDict(extra="forbid")
+    collection: dict[str, dict[str, str]]
+    jet_types: dict[str, dict[str, JetTypeSettings]]
+    apply_jec_MC: dict[str, dict[str, bool]] = Field(default_factory=dict)  # noqa: N815
+    apply_jec_Data: dict[str, dict[str, bool]] = Field(default_factory=dict)  # noqa: N815
+    apply_jer_MC: dict[str, dict[str, bool]] = Field(default_factory=dict)  # noqa: N815
+    variations: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
+
+
+def _rho(events: Any) -> Any:
+    if "Rho" in events.fields:
+        return events.Rho.fixedGridRhoFastjetAll
+    return events.fixedGridRhoFastjetAll
+
+
+class JetsCalibrator(Calibrator):
+    """JEC, JES uncertainty sources and JER smearing for AK4 (``Jet``) and AK8 (``FatJet``)."""
+
+    name = "jet_calibration"
+    has_variations = True
+    isMC_only = False
+    calibrated_collections = [
+        f"{coll}.{field}"
+        for coll in ("Jet", "FatJet")
+        for field in ("pt", "mass", "pt_raw", "mass_raw")
+    ]
+    columns_read = [
+        "Jet.pt", "Jet.mass", "Jet.eta", "Jet.phi", "Jet.rawFactor", "Jet.area",
+        "Jet.genJetIdx", "GenJet.pt", "GenJet.eta", "GenJet.phi", "Rho.fixedGridRhoFastjetAll",
+    ]
+    params_section = "jets_calibration"
+    #: generator-jet collection and the jets' index field into it, per jet size
+    GEN_MATCH = {"AK4": ("GenJet", "genJetIdx"), "AK8": ("GenJetAK8", "genJetAK8Idx")}
+
+    def __init__(self, params: Any, metadata: Mapping[str, Any], **kwargs: Any) -> None:
+        super().__init__(params, metadata, **kwargs)
+        section = params[self.params_section] if params is not None else None
+        if section is None:
+            raise ConfigError("parameters", [(self.params_section, "section missing")])
+        raw = section if isinstance(section, dict) else _to_container(section)
+        self.config = JetsCalibrationParams.model_validate(raw)
+        period = self.year
+        if period not in self.config.collection:
+            raise ConfigError(
+                "parameters",
+                [(f"{self.params_section}.collection",
+                  f"no jet collections for period {period!r}; periods configured: "
+                  f"{sorted(self.config.collection)}")],
+            )
+        self.jet_types = dict(self.config.collection[period])
+        self._nominal: dict[str, dict[str, Any]] = {}
+        self._shifts: dict[str, tuple[str, str, Any]] = {}
+        self._jes_uncertainty: dict[tuple[str, str], Any] = {}
+
+    # -- configuration helpers ---------------------------------------------------------
+    def _settings(self, jet_type: str) -> JetTypeSettings:
+        try:
+            return self.config.jet_types[jet_type][self.year]
+        except KeyError:
+            raise ConfigError(
+                "parameters",
+                [(f"{self.params_section}.jet_types.{jet_type}.{self.year}",
+                  "missing: no payload configured for this jet type and period")],
+            ) from None
+
+    def _flag(self, table: dict[str, dict[str, bool]], jet_type: str, default: bool) -> bool:
+        return table.get(self.year, {}).get(jet_type, default)
+
+    def _jec_tag(self, jet_type: str, settings: JetTypeSettings) -> str:
+        if self.isMC:
+            return settings.jec_mc
+        era = str(self.metadata.get("era", ""))
+        if era not in settings.jec_data:
+            raise ConfigError(
+                "parameters",
+                [(f"{self.params_section}.jet_types.{jet_type}.{self.year}.jec_data",
+                  f"no JEC tag for data era {era!r}; eras configured: "
+                  f"{sorted(settings.jec_data)}")],
+            )
+        return settings.jec_data[era]
+
+    # -- the calibrator API ------------------------------------------------------------
+    def initialize(self, events: Any) -> None:
+        self._variations = []
+        self.original_jets: dict[str, Any] = {}
+        for jet_type, coll_name in self.jet_types.items():
+            settings = self._settings(jet_type)
+            if coll_name not in events.fields:
+                raise CalibrationError(
+                    f"calibrator {self.name!r}: the events have no {coll_name!r} collection "
+                    f"(configured for {jet_type} in period {self.year!r})"
+                )
+            jets = events[coll_name]
+            self.original_jets[coll_name] = jets
+            for field in ("rawFactor", "area", "pt", "eta", "mass"):
+                if field not in jets.fields:
+                    raise CalibrationError(
+                        f"calibrator {self.name!r}: column {coll_name}_{field} is missing "
+                        "from the input file"
+                    )
+            pt_raw = jets.pt * (1 - jets.rawFactor)
+            mass_raw = jets.mass * (1 - jets.rawFactor)
+            apply = self._flag(
+                self.config.apply_jec_MC if self.isMC else self.config.apply_jec_Data,
+                jet_type, True,
+            )
+            if apply:
+                tag = self._jec_tag(jet_type, settings)
+                jec = get_compound(settings.json_path, f"{tag}_{settings.level}_{jet_type}")
+                factor = jec.evaluate(jets.area, jets.eta, pt_raw, _rho(events))
+                pt, mass = pt_raw * factor, mass_raw * factor
+            else:
+                pt, mass = jets.pt, jets.mass
+            jer = {"nominal": 1.0}
+            requested = self.config.variations.get(self.year, {}).get(jet_type, [])
+            if (
+                self.isMC and settings.jer
+                and self._flag(self.config.apply_jer_MC, jet_type, True)
+            ):
+                jer = self._jer_factors(events, jets, jet_type, settings, pt)
+            nominal = {"pt": pt * jer["nominal"], "mass": mass * jer["nominal"],
+                       "pt_raw": pt_raw, "mass_raw": mass_raw, "pt_jec": pt, "mass_jec": mass}
+            self._nominal[jet_type] = nominal
+            if not (self.isMC and self.do_variations):
+                continue
+            for entry in requested:
+                if entry == "JER":
+                    if "up" not in jer:
+                        raise ConfigError(
+                            "parameters",
+                            [(f"{self.params_section}.variations.{self.year}.{jet_type}",
+                              "JER variation asked for but no 'jer' payload tag is set")],
+                        )
+                    for direction in ("Up", "Down"):
+                        self._shifts[f"{jet_type}_JER{direction}"] = (
+                            jet_type, "jer", jer[direction.lower()]
+                        )
+                elif entry.startswith("JES_"):
+                    source = entry[4:]
+                    unc = get_correction(
+                        settings.json_path, f"{settings.jec_mc}_{source}_{jet_type}"
+                    )
+                    for direction in ("Up", "Down"):
+                        self._shifts[f"{jet_type}_JES_{source}{direction}"] = (
+                            jet_type, "jes", (source, unc, 1.0 if direction == "Up" else -1.0)
+                        )
+                else:
+                    raise ConfigError(
+                        "parameters",
+                        [(f"{self.params_section}.variations.{self.year}.{jet_type}",
+                          f"unknown jet variation {entry!r}; use 'JES_<source>' or 'JER'")],
+                    )
+        self._variations = list(self._shifts)
+
+    def _jer_factors(
+        self, events: Any, jets: Any, jet_type: str, settings: JetTypeSettings, pt: Any
+    ) -> dict[str, Any]:
+        """Hybrid JER smearing factors (nominal, up, down) for the JEC-corrected jets."""
+        rho = _rho(events)
+        resolution = get_correction(
+            settings.json_path, f"{settings.jer}_PtResolution_{jet_type}"
+        ).evaluate(jets.eta, pt, rho)
+        scale = get_correction(settings.json_path, f"{settings.jer}_ScaleFactor_{jet_type}")
+        radius = JET_RADIUS.get(jet_type[:3], 0.4)
+        gen_name, index_field = self.GEN_MATCH.get(jet_type[:3], self.GEN_MATCH["AK4"])
+        gen_jets = events[gen_name]
+        index = jets[index_field]
+        valid = (index >= 0) & (index < ops.num(gen_jets))
+        gen = gen_jets[ops.mask(index, valid)]
+        gen_pt = ops.fill_none(gen.pt, 0.0)
+        delta_r = ops.fill_none(ops.delta_r(jets.eta, jets.phi, gen.eta, gen.phi), np.inf)
+        matched = (delta_r < radius / 2) & (np.abs(pt - gen_pt) < 3 * resolution * pt)
+        z = object_normal(events, jets, f"jer:{jet_type}")
+        out = {}
+        for key, systematic in (("nominal", "nom"), ("up", "up"), ("down", "down")):
+            sf = scale.evaluate(jets.eta, pt, systematic)
+            scaled = 1 + (sf - 1) * (pt - gen_pt) / pt
+            smeared = 1 + resolution * z * np.sqrt(np.maximum(sf * sf - 1, 0.0))
+            out[key] = np.maximum(ops.where(matched, scaled, smeared), 0.0)
+        return out
+
+    def _uncertainty(self, jet_type: str, coll_name: str, source: str, correction: Any) -> Any:
+        """JES uncertainty of one source, evaluated once per chunk for Up and Down."""
+        key = (jet_type, source)
+        if key not in self._jes_uncertainty:
+            jets = self.original_jets[coll_name]
+            self._jes_uncertainty[key] = correction.evaluate(
+                jets.eta, self._nominal[jet_type]["pt_jec"]
+            )
+        return self._jes_uncertainty[key]
+
+    def calibrate(
+        self,
+        events: Any,
+        events_original_collections: Mapping[str, Any],
+        variation: str,
+        already_applied_calibrators: list[str] | None = None,
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        shift = self._shifts.get(variation)
+        for jet_type, coll_name in self.jet_types.items():
+            nominal = self._nominal[jet_type]
+            pt, mass = nominal["pt"], nominal["mass"]
+            if shift is not None and shift[0] == jet_type:
+                _, kind, payload = shift
+                if kind == "jes":
+                    source, correction, sign = payload
+                    scale = 1 + sign * self._uncertainty(jet_type, coll_name, source, correction)
+                    pt, mass = pt * scale, mass * scale
+                else:
+                    pt = nominal["pt_jec"] * payload
+                    mass = nominal["mass_jec"] * payload
+            out[f"{coll_name}.pt"] = pt
+            out[f"{coll_name}.mass"] = mass
+            out[f"{coll_name}.pt_raw"] = nominal["pt_raw"]
+            out[f"{coll_name}.mass_raw"] = nominal["mass_raw"]
+        return out
+
+
+def _to_container(section: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(section, resolve=True)

@@ -1,0 +1,249 @@
+"""The :class:`CalibratorsManager`: applies a calibrator sequence for each variation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from pipeline.calibration.calibrator import Calibrator
+from pipeline.calibration.columns import check_structure, get_column, has_column, with_columns
+from pipeline.errors import CalibrationError, UnknownNameError
+
+NOMINAL = "nominal"
+
+
+def validate_variation_names(calibrator: str, variations: Sequence[str]) -> None:
+    """Check the ``{source}Up`` / ``{source}Down`` convention, both directions declared.
+
+    Examples
+    --------
+    >>> validate_variation_names("c", ["jesUp", "jesDown"])
+    >>> validate_variation_names("c", ["jesUp"])
+    Traceback (most recent call last):
+    ...
+    pipeline.errors.CalibrationError: calibrator 'c' declares variation 'jesUp' without its twin 'jesDown'
+    """
+    seen = set()
+    for var in variations:
+        if not isinstance(var, str):
+            raise CalibrationError(
+                f"calibrator {calibrator!r} declares variation {var!r}, which is not a string"
+            )
+        if var in seen:
+            raise CalibrationError(f"calibrator {calibrator!r} declares variation {var!r} twice")
+        seen.add(var)
+        if var == NOMINAL:
+            raise CalibrationError(
+                f"calibrator {calibrator!r} declares variation 'nominal', which is reserved"
+            )
+        for direction, twin in (("Up", "Down"), ("Down", "Up")):
+            if var.endswith(direction) and len(var) > len(direction):
+                partner = var[: -len(direction)] + twin
+                if partner not in variations:
+                    raise CalibrationError(
+                        f"calibrator {calibrator!r} declares variation {var!r} without its "
+                        f"twin {partner!r}"
+                    )
+                break
+        else:
+            raise CalibrationError(
+                f"calibrator {calibrator!r} declares variation {var!r}: variation names must "
+                "be '{source}Up' or '{source}Down'"
+            )
+
+
+def calibrator_enabled(params: Any, name: str, period: str) -> bool:
+    """Whether calibrator ``name`` runs for ``period`` per ``params.calibrators_enabled``.
+
+    The parameters may hold ``calibrators_enabled: {<calibrator>: {<period>: bool}}``;
+    a calibrator or period not listed is enabled.
+    """
+    if params is None:
+        return True
+    try:
+        table = params["calibrators_enabled"]
+    except (KeyError, TypeError, AttributeError):
+        return True
+    if table is None or name not in table:
+        return True
+    per_period = table[name]
+    if isinstance(per_period, bool):
+        return per_period
+    return bool(per_period.get(period, True))
+
+
+class CalibratorsManager:
+    """Apply a sequence of calibrators to events, once per systematic variation.
+
+    Parameters
+    ----------
+    calibrators
+        Calibrator classes, applied in this order.
+    events
+        The events of the chunk (eager awkward or lazy dask-awkward NanoEvents). Each
+        calibrator's ``initialize`` sees these, before any calibration.
+    params
+        Parameters (``pipeline.parameters.defaults()`` merged with the user's YAML).
+    metadata
+        Dataset metadata: ``isMC``, ``year`` (period label), ``era``, ``sample``, ``dataset``.
+    requested_calibrator_variations
+        Names of the calibrators whose variations will be asked for; the others are built
+        with ``do_variations=False``. None builds every calibrator with variations.
+    **kwargs
+        Passed on to every calibrator constructor.
+
+    Examples
+    --------
+    >>> import awkward as ak
+    >>> from pipeline.calibration import Calibrator
+    >>> class Twice(Calibrator):
+    ...     name = "doc_twice"
+    ...     has_variations = True
+    ...     calibrated_collections = ["Jet.pt"]
+    ...     def initialize(self, events):
+    ...         self._variations = ["twiceUp", "twiceDown"]
+    ...     def calibrate(self, events, orig, variation, already_applied_calibrators=None):
+    ...         f = {"twiceUp": 2.2, "twiceDown": 1.8}.get(variation, 2.0)
+    ...         return {"Jet.pt": orig["Jet.pt"] * f}
+    >>> events = ak.Array([{"Jet": [{"pt": 10.0}]}])
+    >>> manager = CalibratorsManager([Twice], events, None, {"isMC": True})
+    >>> [(v, ev.Jet.pt.tolist()) for v, ev in manager.calibration_loop(
+    ...     events, variations_for_calibrators=["doc_twice"])]
+    [('nominal', [[20.0]]), ('twiceUp', [[22.0]]), ('twiceDown', [[18.0]])]
+    """
+
+    def __init__(
+        self,
+        calibrators: Sequence[type[Calibrator]],
+        events: Any,
+        params: Any,
+        metadata: Mapping[str, Any] | None = None,
+        requested_calibrator_variations: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.metadata = dict(metadata or {})
+        is_mc = bool(self.metadata.get("isMC", False))
+        period = str(self.metadata.get("year", ""))
+        self.calibrator_sequence: list[Calibrator] = []
+        self.skipped: dict[str, str] = {}
+        self.available_variations: list[str] = [NOMINAL]
+        self.available_variations_bycalibrator: dict[str, list[str]] = {}
+        self.calibrated_collections: dict[str, list[str]] = {}
+        names = [c.name for c in calibrators]
+        for cls in calibrators:
+            if not (isinstance(cls, type) and issubclass(cls, Calibrator)):
+                raise CalibrationError(f"{cls!r} in the calibrator sequence is not a Calibrator")
+            if names.count(cls.name) > 1:
+                raise CalibrationError(f"calibrator {cls.name!r} appears twice in the sequence")
+        for cls in calibrators:
+            if cls.isMC_only and not is_mc:
+                self.skipped[cls.name] = "MC only"
+                continue
+            if not calibrator_enabled(params, cls.name, period):
+                self.skipped[cls.name] = f"disabled for period {period!r} in the parameters"
+                continue
+            do_variations = (
+                requested_calibrator_variations is None
+                or cls.name in requested_calibrator_variations
+            )
+            calibrator = cls(params, self.metadata, do_variations=do_variations, **kwargs)
+            calibrator.initialize(events)
+            self.calibrator_sequence.append(calibrator)
+            for col in cls.calibrated_collections:
+                self.calibrated_collections.setdefault(col, []).append(cls.name)
+            variations = list(getattr(calibrator, "_variations", []) or [])
+            if variations and not cls.has_variations:
+                raise CalibrationError(
+                    f"calibrator {cls.name!r} sets variations {variations} but declares "
+                    "has_variations = False"
+                )
+            validate_variation_names(cls.name, variations)
+            own = [v for v in variations if v not in self.available_variations]
+            self.available_variations += own
+            self.available_variations_bycalibrator[cls.name] = variations
+        self._sequence_names = names
+        self.original_collections = self._original_collections(events)
+
+    @property
+    def calibrators(self) -> list[str]:
+        """Names of the calibrators that run, in order."""
+        return [c.name for c in self.calibrator_sequence]
+
+    def _original_collections(self, events: Any) -> dict[str, Any]:
+        """The collections and fields the sequence calibrates, as they are before it runs."""
+        original: dict[str, Any] = {}
+        for key in self.calibrated_collections:
+            collection = key.split(".")[0]
+            if collection not in original and has_column(events, collection):
+                original[collection] = get_column(events, collection)
+            if "." in key and has_column(events, key):
+                original[key] = get_column(events, key)
+        return original
+
+    def get_available_variations(self, calibrator_name: str | None = None) -> list[str]:
+        """All variations (with ``"nominal"``), or those of one calibrator."""
+        if calibrator_name is None:
+            return list(self.available_variations)
+        return list(self.available_variations_bycalibrator.get(calibrator_name, []))
+
+    def variations_to_run(
+        self,
+        variations_for_calibrators: Sequence[str] | None = None,
+        variations: Sequence[str] | None = None,
+    ) -> list[str]:
+        """The ordered variation list ``calibration_loop`` yields, ``"nominal"`` first."""
+        out = [NOMINAL]
+        for name in variations_for_calibrators or []:
+            if name not in self._sequence_names:
+                raise UnknownNameError(
+                    "calibrator", name, self._sequence_names,
+                    "variations_for_calibrators (calibrators in the sequence)",
+                )
+            out += [v for v in self.get_available_variations(name) if v not in out]
+        for var in variations or []:
+            if var not in self.available_variations:
+                raise UnknownNameError("variation", var, self.available_variations)
+            if var not in out:
+                out.append(var)
+        return out
+
+    def calibrate(self, events: Any, variation: str) -> Any:
+        """Apply the whole sequence for one variation; return new calibrated events."""
+        if variation not in self.available_variations:
+            raise UnknownNameError("variation", variation, self.available_variations)
+        applied: list[str] = []
+        for calibrator in self.calibrator_sequence:
+            columns = calibrator.calibrate(
+                events, self.original_collections, variation,
+                already_applied_calibrators=list(applied),
+            )
+            if not isinstance(columns, Mapping):
+                raise CalibrationError(
+                    f"calibrator {calibrator.name!r} returned {type(columns).__name__}; "
+                    "calibrate() must return a dict {'Collection.field': array}"
+                )
+            for key, value in columns.items():
+                if not isinstance(key, str) or key not in calibrator.calibrated_collections:
+                    raise CalibrationError(
+                        f"calibrator {calibrator.name!r} returned column {key!r}, which it "
+                        f"does not declare in calibrated_collections "
+                        f"{list(calibrator.calibrated_collections)}"
+                    )
+                old = get_column(events, key) if has_column(events, key) else None
+                check_structure(calibrator.name, key, old, value)
+            events = with_columns(events, dict(columns))
+            applied.append(calibrator.name)
+        return events
+
+    def calibration_loop(
+        self,
+        events: Any,
+        variations_for_calibrators: Sequence[str] | None = None,
+        variations: Sequence[str] | None = None,
+    ) -> Iterator[tuple[str, Any]]:
+        """Yield ``(variation, calibrated_events)``: ``"nominal"`` first, then each variation.
+
+        Every variation starts from ``events`` as given: nothing leaks between variations.
+        """
+        for variation in self.variations_to_run(variations_for_calibrators, variations):
+            yield variation, self.calibrate(events, variation)

@@ -1,0 +1,105 @@
+"""The ``calibrew`` command line: ``run``, ``preprocess``, ``plot``, ``make-sample``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from pipeline import __version__
+from pipeline.errors import CalibrewError
+
+
+def _cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from pipeline.runner import run_job
+
+    run_job(args.job, output=args.output, site=args.site, workers=args.workers,
+            console=console, show_progress=not args.no_progress)
+    return 0
+
+
+def _cmd_preprocess(args: argparse.Namespace, console: Console) -> int:
+    from pipeline.config import load_job
+    from pipeline.runner import make_datasets
+
+    job, cfg = load_job(args.job)
+    config_dir = (Path(args.job).parent / job.config).resolve().parent
+    for ds in make_datasets(cfg, job.datasets, config_dir, job.chunksize or cfg.chunksize):
+        console.print(f"{ds.name}: {ds.entries:,} events in {len(ds.chunks)} chunks")
+        for chunk in ds.chunks:
+            console.print(f"  {chunk.file} [{chunk.start}, {chunk.stop})")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace, console: Console) -> int:
+    from pipeline.outputs.plot import plot_output
+
+    files = plot_output(Path(args.output), Path(args.dest) if args.dest else None)
+    console.print(f"{len(files)} plot(s) written to {files[0].parent.parent if files else '-'}")
+    return 0
+
+
+def _cmd_make_sample(args: argparse.Namespace, console: Console) -> int:
+    from pipeline.make_sample import make_sample
+
+    path = make_sample(args.source, args.out, args.events, seed=args.seed, keep=args.keep,
+                       console=console)
+    console.print(f"wrote {args.events:,} events to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="calibrew",
+        description="Calibrated, systematically varied histograms from CMS NanoAOD on Dask.",
+    )
+    parser.add_argument("--version", action="version", version=f"calibrew {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a job (jobs/*.yaml)")
+    run.add_argument("job", help="job spec YAML")
+    run.add_argument("--output", help="output directory (default: the job's 'output')")
+    run.add_argument("--site", help="site profile name in cluster/ (default: the job's 'site')")
+    run.add_argument("--workers", type=int, help="number of local workers")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    pre = sub.add_parser("preprocess", help="split a job's files into chunks (cached)")
+    pre.add_argument("job")
+    pre.set_defaults(func=_cmd_preprocess)
+
+    plot = sub.add_parser("plot", help="draw every histogram of a run output as PNG")
+    plot.add_argument("output", help="the run's output directory")
+    plot.add_argument("--dest", help="where to write the plots (default: OUTPUT/plots)")
+    plot.set_defaults(func=_cmd_plot)
+
+    sample = sub.add_parser("make-sample",
+                            help="build a large NanoAOD-like file by resampling a small one")
+    sample.add_argument("source", help="source NanoAOD file (or data-file name)")
+    sample.add_argument("out", help="output ROOT file")
+    sample.add_argument("--events", type=int, required=True, help="number of events")
+    sample.add_argument("--seed", type=int, default=1, help="resampling seed")
+    sample.add_argument("--keep", nargs="*", default=None,
+                        help="branch name patterns to keep (fnmatch), default: all")
+    sample.set_defaults(func=_cmd_make_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``calibrew`` command."""
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=False)
+    try:
+        return int(args.func(args, console))
+    except CalibrewError as err:
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, markup=False)
+        return 2
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted: nothing partial was written")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Analysis configuration and job specs: pydantic models, loaded from YAML and validated.
+
+A wrong key, a wrong type or an unknown name fails on load, before any computation, with
+a :class:`~pipeline.errors.ConfigError` naming the file and the key path.
+
+Examples
+--------
+>>> cfg = AnalysisConfig.model_validate({
+...     "datasets": {"tt": {"files": ["nano_tt_v12.root"],
+...                         "metadata": {"sample": "TTbar", "year": "2022_preEE", "isMC": True}}},
+...     "histograms": {"jet_pt": {"axes": [{"expr": "Jet.pt", "bins": 10, "start": 0,
+...                                         "stop": 200}]}}})
+>>> cfg.calibrators
+['default']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError, UnknownNameError
+from pipeline.parameters import format_validation_error
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetMetadata(Strict):
+    """What the calibrators and outputs know of a dataset."""
+
+    sample: str
+    year: str = Field(description="data-taking period label, e.g. 2022_preEE")
+    isMC: bool  # noqa: N815 - the seed's metadata key
+    era: str | None = Field(default=None, description="run era of collision data, e.g. C")
+    xsec: float | None = Field(default=None, description="cross-section in pb (MC)")
+
+    @model_validator(mode="after")
+    def _era_for_data(self) -> DatasetMetadata:
+        if not self.isMC and not self.era:
+            raise ValueError("collision data (isMC: false) needs its run 'era'")
+        return self
+
+
+class DatasetSpec(Strict):
+    """A list of NanoAOD files and their metadata."""
+
+    files: list[str] = Field(min_length=1)
+    metadata: DatasetMetadata
+    tree: str = "Events"
+
+
+class SampleVariations(Strict):
+    inclusive: list[str] = Field(default_factory=list)
+
+
+class ShapeVariations(Strict):
+    common: SampleVariations = Field(default_factory=SampleVariations)
+    bysample: dict[str, SampleVariations] = Field(default_factory=dict)
+
+
+class VariationsSpec(Strict):
+    """``variations.shape.{common,bysample.<sample>}.inclusive``: calibrators whose variations run."""
+
+    shape: ShapeVariations = Field(default_factory=ShapeVariations)
+
+
+class AxisSpec(Strict):
+    """One histogram axis: an expression over the calibrated events and its binning."""
+
+    expr: str
+    name: str | None = None
+    label: str | None = None
+    bins: int | None = Field(default=None, gt=0)
+    start: float | None = None
+    stop: float | None = None
+    edges: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _binning(self) -> AxisSpec:
+        regular = (self.bins, self.start, self.stop)
+        if self.edges is not None:
+            if any(v is not None for v in regular):
+                raise ValueError("give either 'edges' or 'bins', 'start', 'stop', not both")
+            if len(self.edges) < 2 or any(b <= a for a, b in zip(self.edges, self.edges[1:])):
+                raise ValueError("'edges' must hold at least two increasing numbers")
+        elif any(v is None for v in regular):
+            raise ValueError("give 'bins', 'start' and 'stop' (or 'edges')")
+        elif self.stop <= self.start:  # type: ignore[operator]
+            raise ValueError("'stop' must be larger than 'start'")
+        return self
+
+
+class HistogramSpec(Strict):
+    """A histogram: up to three observable axes, filled per category and variation."""
+
+    axes: list[AxisSpec] = Field(min_length=1, max_length=3)
+    categories: list[str] | None = Field(
+        default=None, description="categories to fill (default: all)"
+    )
+    variations: bool = Field(default=True, description="fill the shape variations too")
+
+
+class AnalysisConfig(Strict):
+    """The analysis: datasets, calibrators, variations, selection, categories, histograms."""
+
+    parameters: list[str] = Field(
+        default_factory=list, description="parameter YAML files merged over the defaults"
+    )
+    datasets: dict[str, DatasetSpec] = Field(min_length=1)
+    calibrators: list[Any] = Field(
+        default_factory=lambda: ["default"],
+        description="calibrator names, 'module:Class' paths or classes; 'default' expands "
+        "to the default sequence",
+    )
+    variations: VariationsSpec = Field(default_factory=VariationsSpec)
+    preselection: dict[str, str] = Field(
+        default_factory=dict, description="named cuts applied in order (the cutflow)"
+    )
+    categories: dict[str, str] = Field(
+        default_factory=lambda: {"inclusive": "True"},
+        description="named event masks, evaluated after the preselection",
+    )
+    histograms: dict[str, HistogramSpec] = Field(default_factory=dict)
+    chunksize: int = Field(default=100_000, gt=0)
+
+    @field_validator("categories")
+    @classmethod
+    def _some_category(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("at least one category is needed")
+        return value
+
+    # -- resolution helpers ------------------------------------------------------------
+    def calibrator_classes(self) -> list[type]:
+        """The calibrator sequence as classes (names resolved through the registry)."""
+        from pipeline.calibration.builtin import default_calibrators_sequence
+        from pipeline.calibration.calibrator import Calibrator, get_calibrator
+
+        out: list[type] = []
+        for i, entry in enumerate(self.calibrators):
+            if entry == "default":
+                out += default_calibrators_sequence
+            elif isinstance(entry, type) and issubclass(entry, Calibrator):
+                out.append(entry)
+            elif isinstance(entry, str):
+                out.append(get_calibrator(entry, where=f"calibrators[{i}]"))
+            else:
+                raise ConfigError("analysis config", [(f"calibrators[{i}]",
+                                  f"{entry!r} is neither a calibrator name nor a class")])
+        return out
+
+    def variations_for_sample(self, sample: str) -> list[str]:
+        """Calibrators whose variations run for ``sample``: common ones, then by sample."""
+        out = list(self.variations.shape.common.inclusive)
+        extra = self.variations.shape.bysample.get(sample)
+        if extra is not None:
+            out += [c for c in extra.inclusive if c not in out]
+        return out
+
+    def check_names(self, source: str) -> None:
+        """Check calibrator, sample and category names; raise naming the key path."""
+        problems: list[tuple[str, str]] = []
+        try:
+            classes = self.calibrator_classes()
+        except UnknownNameError as err:
+            raise ConfigError(source, [(err.where, f"unknown calibrator {err.name!r}; valid "
+                                        f"calibrators are: {', '.join(err.valid)}")]) from None
+        names = [c.name for c in classes]
+        shape = self.variations.shape
+        entries = [("variations.shape.common.inclusive", shape.common.inclusive)]
+        entries += [(f"variations.shape.bysample.{s}.inclusive", v.inclusive)
+                    for s, v in shape.bysample.items()]
+        for path, listed in entries:
+            for i, name in enumerate(listed):
+                if name not in names:
+                    problems.append((f"{path}[{i}]", f"unknown calibrator {name!r}; calibrators "
+                                     f"in the sequence are: {', '.join(names)}"))
+        samples = sorted({d.metadata.sample for d in self.datasets.values()})
+        for sample in shape.bysample:
+            if sample not in samples:
+                problems.append((f"variations.shape.bysample.{sample}",
+                                 f"unknown sample; samples are: {', '.join(samples)}"))
+        for hname, hist in self.histograms.items():
+            for i, cat in enumerate(hist.categories or []):
+                if cat not in self.categories:
+                    problems.append((f"histograms.{hname}.categories[{i}]",
+                                     f"unknown category {cat!r}; categories are: "
+                                     f"{', '.join(self.categories)}"))
+        if problems:
+            raise ConfigError(source, problems)
+
+    def digest(self) -> str:
+        """A short hash of the configuration (for provenance and caches)."""
+        payload = self.model_dump(mode="json", exclude={"calibrators"})
+        payload["calibrators"] = [
+            c if isinstance(c, str) else f"{c.__module__}:{c.__qualname__}"
+            for c in self.calibrators
+        ]
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class JobSpec(Strict):
+    """A runnable job: which datasets of which config, on which site, written where."""
+
+    config: str = Field(description="analysis config file, relative to the job file")
+    datasets: list[str] | Literal["all"] = "all"
+    site: str = "local"
+    output: str = Field(description="output directory, relative to the working directory")
+    chunksize: int | None = Field(default=None, gt=0)
+    workers: int | None = Field(default=None, gt=0, description="local workers (default: cores)")
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file; a missing or malformed file raises a ConfigError naming it."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(str(path), [("", "file not found")]) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(str(path), [("", f"not valid YAML: {err}")]) from None
+
+
+def _validate(model: type[Strict], data: Any, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("", "expected a mapping at the top level")])
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(source, format_validation_error(err)) from None
+
+
+def load_config(path: str | Path) -> AnalysisConfig:
+    """Load and validate an analysis config; parameter paths become absolute."""
+    path = Path(path)
+    cfg = _validate(AnalysisConfig, read_yaml(path), str(path))
+    cfg.parameters = [str((path.parent / p).resolve()) for p in cfg.parameters]
+    cfg.check_names(str(path))
+    return cfg
+
+
+def load_job(path: str | Path) -> tuple[JobSpec, AnalysisConfig]:
+    """Load a job spec and the analysis config it names; check its dataset names."""
+    path = Path(path)
+    job = _validate(JobSpec, read_yaml(path), str(path))
+    config_path = (path.parent / job.config).resolve()
+    if not config_path.exists():
+        raise ConfigError(str(path), [("config", f"analysis config {config_path} not found")])
+    cfg = load_config(config_path)
+    if job.datasets != "all":
+        for i, name in enumerate(job.datasets):
+            if name not in cfg.datasets:
+                raise ConfigError(str(path), [(f"datasets[{i}]", f"unknown dataset {name!r}; "
+                                  f"datasets of {config_path.name}: {', '.join(cfg.datasets)}")])
+    return job, cfg

@@ -1,0 +1,121 @@
+"""The per-dataset lazy graph: read NanoAOD lazily, map the chunk processor, sum.
+
+Lazy only: nothing here computes, starts a cluster or writes. The graph is
+``from-uproot`` (only the columns used) -> one fused ``calibrew-chunk`` task per chunk
+(:class:`~pipeline.processor.ChunkProcessor`, every variation inside) -> a tree sum of the
+per-chunk histogram vectors. Its size does not grow with the number of variations.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask_awkward as dak
+import numpy as np
+from dask.delayed import Delayed
+
+from pipeline.calibration.manager import CalibratorsManager
+from pipeline.config import AnalysisConfig
+from pipeline.datasets import Dataset
+from pipeline.processor import ChunkProcessor, ProcessingPlan, make_plan
+
+CHUNK_LABEL = "calibrew-chunk"
+SUM_FAN_IN = 8
+
+
+def read_events(dataset: Dataset) -> Any:
+    """Lazy NanoEvents (dask-awkward) of ``dataset``, one partition per chunk."""
+    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Missing cross-reference")
+        return NanoEventsFactory.from_root(
+            dataset.steps_by_file(), schemaclass=NanoAODSchema, mode="dask"
+        ).events()
+
+
+def read_events_eager(file: str, tree: str = "Events", start: int | None = None,
+                      stop: int | None = None) -> Any:
+    """Eager NanoEvents of one file (entries ``[start, stop)``): the reference path."""
+    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Missing cross-reference")
+        return NanoEventsFactory.from_root(
+            {file: tree}, schemaclass=NanoAODSchema, mode="eager",
+            entry_start=start, entry_stop=stop,
+        ).events()
+
+
+def plan_variations(cfg: AnalysisConfig, params: Any, metadata: dict[str, Any],
+                    events_meta: Any) -> list[str]:
+    """The variations of a dataset, found by initialising the calibrators on its typetracer."""
+    variation_calibrators = cfg.variations_for_sample(str(metadata["sample"]))
+    manager = CalibratorsManager(
+        cfg.calibrator_classes(), events_meta, params, metadata,
+        requested_calibrator_variations=variation_calibrators,
+    )
+    return manager.variations_to_run(variation_calibrators)
+
+
+@dataclass
+class DatasetGraph:
+    """The lazy computation of one dataset."""
+
+    dataset: Dataset
+    plan: ProcessingPlan
+    chunks: dak.Array
+
+    @property
+    def label(self) -> str:
+        return self.chunks.name
+
+    def total(self) -> Delayed:
+        """A delayed float64 vector: the histograms of all chunks, summed (tree of fan-in 8).
+
+        The graph is optimised here: dask-awkward projects the read onto the columns used.
+        """
+        parts = self.chunks.to_delayed(optimize_graph=True)
+        level = list(parts)
+        while len(level) > 1:
+            level = [dask.delayed(_sum_vectors)(level[i : i + SUM_FAN_IN],
+                                                dask_key_name=None)
+                     for i in range(0, len(level), SUM_FAN_IN)]
+        if len(level) == 1 and len(parts) == 1:
+            return dask.delayed(_sum_vectors)(level)
+        return level[0]
+
+    def necessary_columns(self) -> set[str]:
+        """The input branches the run reads."""
+        columns: set[str] = set()
+        for cols in dak.report_necessary_columns(self.chunks).values():
+            columns |= set(cols)
+        return columns
+
+
+def _sum_vectors(parts: list[Any]) -> np.ndarray:
+    total = None
+    for part in parts:
+        vector = np.asarray(part, dtype=np.float64).reshape(-1)
+        total = vector.copy() if total is None else total + vector
+    assert total is not None
+    return total
+
+
+def build_dataset_graph(dataset: Dataset, cfg: AnalysisConfig, params: Any) -> DatasetGraph:
+    """Build the lazy graph of one preprocessed dataset (``dataset.chunks`` set)."""
+    if not dataset.chunks:
+        raise ValueError(f"dataset {dataset.name!r} has no chunks: preprocess it first")
+    events = read_events(dataset)
+    metadata = dict(dataset.metadata)
+    variations = plan_variations(cfg, params, metadata, events._meta)
+    plan = make_plan(cfg, params, metadata, variations)
+    processor = ChunkProcessor(plan)
+    # The meta is given, so the processor is traced once, at optimisation (column projection).
+    chunks = dak.map_partitions(
+        processor, events, label=f"{CHUNK_LABEL}-{dataset.name}", meta=processor.meta(),
+    )
+    return DatasetGraph(dataset=dataset, plan=plan, chunks=chunks)

@@ -1,0 +1,1 @@
+"""Outputs: histogram layout and files, the run report, plots."""

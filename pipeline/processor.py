@@ -1,0 +1,230 @@
+"""The per-chunk work of a dataset: calibrate every variation, select, categorise, fill.
+
+:class:`ChunkProcessor` is the one function the lazy graph maps over the chunks (the
+fused design of DESIGN.md): for one chunk of events it runs the calibrator sequence for
+the nominal and each variation, applies the preselection and categories, and fills every
+histogram over its category and variation axes. It returns the filled histograms as one
+flat float64 vector, so the graph stays the same size whatever the number of variations.
+
+The same object runs eagerly on a whole file (``processor.histograms(events)``), which is
+how the tests compare the lazy graph with an eager computation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import awkward as ak
+import hist
+import numpy as np
+
+from pipeline.calibration.calibrator import Calibrator
+from pipeline.calibration.manager import NOMINAL, CalibratorsManager
+from pipeline.config import AnalysisConfig
+from pipeline.errors import CalibrationError
+from pipeline.outputs.histograms import (
+    CUTFLOW,
+    HistogramLayout,
+    add_into,
+    cutflow_histogram,
+    from_vector,
+    to_vector,
+)
+from pipeline.selection import Expression, event_mask
+from pipeline.weights import generator_weight
+
+ALL_EVENTS = "all events"
+
+
+@dataclass(frozen=True)
+class ProcessingPlan:
+    """Everything the per-chunk function needs, fixed when the graph is built."""
+
+    calibrators: tuple[type[Calibrator], ...]
+    params: Any
+    metadata: Mapping[str, Any]
+    variation_calibrators: tuple[str, ...]
+    variations: tuple[str, ...]
+    preselection: tuple[tuple[str, Expression], ...]
+    categories: tuple[tuple[str, Expression], ...]
+    histograms: tuple[tuple[HistogramLayout, tuple[Expression, ...]], ...]
+
+    @property
+    def cutflow_steps(self) -> list[str]:
+        return [ALL_EVENTS, *(name for name, _ in self.preselection),
+                *(f"category: {name}" for name, _ in self.categories)]
+
+    def empty_histograms(self) -> dict[str, hist.Hist]:
+        out = {layout.name: layout.empty() for layout, _ in self.histograms}
+        out[CUTFLOW] = cutflow_histogram(self.cutflow_steps)
+        return out
+
+    @property
+    def vector_size(self) -> int:
+        return sum(to_vector(h).size for h in self.empty_histograms().values())
+
+    def unpack(self, vector: np.ndarray) -> dict[str, hist.Hist]:
+        """Turn the summed vector back into ``{name: Hist}``."""
+        out, offset = {}, 0
+        for name, h in self.empty_histograms().items():
+            size = to_vector(h).size
+            out[name] = from_vector(h, vector[offset : offset + size])
+            offset += size
+        return out
+
+
+def make_plan(
+    cfg: AnalysisConfig,
+    params: Any,
+    metadata: Mapping[str, Any],
+    variations: Sequence[str],
+) -> ProcessingPlan:
+    """Compile the config's expressions and fix the histogram layouts for one dataset."""
+    categories = tuple((name, Expression(expr, f"categories.{name}"))
+                       for name, expr in cfg.categories.items())
+    histograms = []
+    for hname, spec in cfg.histograms.items():
+        cats = tuple(spec.categories or cfg.categories)
+        hvars = tuple(variations) if spec.variations else (NOMINAL,)
+        layout = HistogramLayout(hname, spec, cats, hvars)
+        exprs = tuple(Expression(a.expr, f"histograms.{hname}.axes[{i}].expr")
+                      for i, a in enumerate(spec.axes))
+        histograms.append((layout, exprs))
+    return ProcessingPlan(
+        calibrators=tuple(cfg.calibrator_classes()),
+        params=params,
+        metadata=dict(metadata),
+        variation_calibrators=tuple(cfg.variations_for_sample(str(metadata["sample"]))),
+        variations=tuple(variations),
+        preselection=tuple((name, Expression(expr, f"preselection.{name}"))
+                           for name, expr in cfg.preselection.items()),
+        categories=categories,
+        histograms=tuple(histograms),
+    )
+
+
+def _is_tracing(events: Any) -> bool:
+    return ak.backend(events) == "typetracer"
+
+
+def _fill_arrays(values: list[Any], weight: Any, mask: Any) -> tuple[list[np.ndarray], np.ndarray]:
+    """Select events, broadcast per-event values to objects, flatten, drop missing values."""
+    arrays = [v[mask] if isinstance(v, ak.Array) else v for v in values]
+    arrays = ak.broadcast_arrays(*arrays, weight[mask])
+    flat = [np.asarray(ak.to_numpy(ak.fill_none(ak.flatten(a, axis=None), np.nan)),
+                       dtype=np.float64) for a in arrays]
+    *obs, w = flat
+    finite = np.ones(len(w), dtype=bool)
+    for o in obs:
+        finite &= ~np.isnan(o)
+    return [o[finite] for o in obs], w[finite]
+
+
+class ChunkProcessor:
+    """Callable applied to each chunk; returns the chunk's histograms as a flat vector.
+
+    Parameters
+    ----------
+    plan
+        The dataset's :class:`ProcessingPlan`.
+    """
+
+    def __init__(self, plan: ProcessingPlan) -> None:
+        self.plan = plan
+
+    def __call__(self, events: Any) -> ak.Array:
+        if _is_tracing(events):
+            self._run(events, tracing=True)
+            return self.meta()
+        vector = np.concatenate([to_vector(h) for h in self.histograms(events).values()])
+        return ak.to_regular(ak.Array(vector[np.newaxis, :]), axis=1)
+
+    def meta(self) -> ak.Array:
+        """The typetracer of the output: one row of ``vector_size`` float64 per chunk."""
+        empty = ak.to_regular(ak.Array(np.zeros((1, self.plan.vector_size))), axis=1)
+        return ak.Array(empty.layout.to_typetracer(forget_length=True))
+
+    def histograms(self, events: Any) -> dict[str, hist.Hist]:
+        """Run the whole per-chunk computation eagerly and return ``{name: Hist}``."""
+        return self._run(events, tracing=False)
+
+    def manager(self, events: Any) -> CalibratorsManager:
+        plan = self.plan
+        return CalibratorsManager(
+            list(plan.calibrators), events, plan.params, plan.metadata,
+            requested_calibrator_variations=list(plan.variation_calibrators),
+        )
+
+    def _run(self, events: Any, tracing: bool) -> dict[str, hist.Hist]:
+        plan = self.plan
+        out = plan.empty_histograms()
+        manager = self.manager(events)
+        weight = generator_weight(events, plan.metadata)
+        touched: list[Any] = [weight]
+        n_events = len(weight) if not tracing else 0
+        for variation, calibrated in manager.calibration_loop(
+            events, variations_for_calibrators=list(plan.variation_calibrators)
+        ):
+            if variation not in plan.variations:
+                raise CalibrationError(
+                    f"variation {variation!r} appeared in a chunk of dataset "
+                    f"{plan.metadata.get('dataset')!r} but not when the graph was planned "
+                    f"({len(plan.variations)} variations); calibrators must declare the same "
+                    "variations for every chunk"
+                )
+            selected: Any = True
+            steps = []
+            for name, expr in plan.preselection:
+                cut = event_mask(expr.evaluate(calibrated), expr)
+                selected = selected & cut
+                steps.append((name, selected))
+            categories = []
+            for name, expr in plan.categories:
+                mask = selected & event_mask(expr.evaluate(calibrated), expr)
+                categories.append((name, mask))
+            if tracing:
+                touched += [m for _, m in steps + categories if isinstance(m, ak.Array)]
+            elif variation == NOMINAL:
+                self._fill_cutflow(out[CUTFLOW], weight, n_events, steps, categories)
+            for layout, exprs in plan.histograms:
+                if variation not in layout.variations:
+                    continue
+                values = [e.evaluate(calibrated) for e in exprs]
+                if tracing:
+                    touched += [v for v in values if isinstance(v, ak.Array)]
+                    continue
+                h = out[layout.name]
+                variation_index = layout.variations.index(variation)
+                for category, mask in categories:
+                    if category not in layout.categories:
+                        continue
+                    obs, w = _fill_arrays(values, weight, _as_event_mask(mask, n_events))
+                    part = layout.observables()
+                    part.fill(*obs, weight=w)
+                    add_into(h, (layout.categories.index(category), variation_index), part)
+        if tracing:
+            for array in touched:
+                ak.typetracer.touch_data(array)
+        return out
+
+    def _fill_cutflow(self, h: hist.Hist, weight: Any, n_events: int,
+                      steps: list[tuple[str, Any]], categories: list[tuple[str, Any]]) -> None:
+        w = np.asarray(ak.to_numpy(weight), dtype=np.float64)
+        rows = [np.ones(n_events, dtype=bool)]
+        rows += [_as_event_mask(m, n_events) for _, m in steps]
+        rows += [_as_event_mask(m, n_events) for _, m in categories]
+        view = h.view(flow=True)
+        for i, mask in enumerate(rows):
+            count = float(np.count_nonzero(mask))
+            view.value[i, 0] += w[mask].sum()
+            view.variance[i, 0] += np.square(w[mask]).sum()
+            view.value[i, 1] += count
+            view.variance[i, 1] += count
+
+
+def _as_event_mask(mask: Any, n_events: int) -> np.ndarray:
+    if isinstance(mask, bool):
+        return np.full(n_events, mask)
+    return np.asarray(ak.to_numpy(mask), dtype=bool)

@@ -1,0 +1,107 @@
+"""Expressions over the calibrated events: cuts, categories and histogram observables.
+
+An expression is a Python expression over the event collections by name (``Jet``,
+``PuppiMET``, ``genWeight``...), ``events`` itself, ``ak`` and ``np``. For example
+``"ak.num(Jet[Jet.pt > 30]) >= 4"`` or ``"ak.sum(Jet.pt, axis=1)"``. Expressions are
+compiled once and evaluated per chunk and variation; they run on eager arrays and on the
+typetracers dask-awkward uses to find the columns a run reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from pipeline.errors import ExpressionError
+
+_SAFE_GLOBALS: dict[str, Any] = {
+    "__builtins__": {"abs": abs, "min": min, "max": max, "True": True, "False": False,
+                     "len": len, "float": float, "int": int},
+    "ak": ak,
+    "np": np,
+}
+
+
+class _EventNamespace(Mapping[str, Any]):
+    def __init__(self, events: Any) -> None:
+        self.events = events
+        self.fields = set(events.fields)
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "events":
+            return self.events
+        if key in self.fields:
+            return self.events[key]
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(["events", *sorted(self.fields)])
+
+    def __len__(self) -> int:
+        return len(self.fields) + 1
+
+
+class Expression:
+    """A compiled expression, with the config key it comes from for error messages.
+
+    Examples
+    --------
+    >>> import awkward as ak
+    >>> events = ak.Array([{"Jet": [{"pt": 40.0}, {"pt": 20.0}]}])
+    >>> Expression("ak.num(Jet[Jet.pt > 30])", "categories.onejet").evaluate(events).tolist()
+    [1]
+    >>> Expression("Jet.ptt", "histograms.h.axes[0].expr").evaluate(events)
+    Traceback (most recent call last):
+    ...
+    pipeline.errors.ExpressionError: histograms.h.axes[0].expr: cannot evaluate 'Jet.ptt': no field 'ptt' ...
+    """
+
+    def __init__(self, text: str, where: str) -> None:
+        self.text, self.where = text, where
+        try:
+            self.code = compile(text, f"<{where}>", "eval")
+        except SyntaxError as err:
+            raise ExpressionError(f"{where}: invalid expression {text!r}: {err.msg}") from None
+
+    def evaluate(self, events: Any) -> Any:
+        namespace = _EventNamespace(events)
+        try:
+            return eval(self.code, _SAFE_GLOBALS, namespace)
+        except NameError as err:
+            name = getattr(err, "name", None) or str(err)
+            raise ExpressionError(
+                f"{self.where}: cannot evaluate {self.text!r}: no collection or column "
+                f"{name!r} in the events (available: {_summary(namespace.fields)})"
+            ) from None
+        except AttributeError as err:
+            field = getattr(err, "name", None)
+            detail = f"no field {field!r} in the events" if field else str(err)
+            raise ExpressionError(
+                f"{self.where}: cannot evaluate {self.text!r}: {detail}"
+            ) from None
+        except Exception as err:
+            raise ExpressionError(
+                f"{self.where}: cannot evaluate {self.text!r}: {type(err).__name__}: {err}"
+            ) from err
+
+
+def _summary(fields: set[str], limit: int = 25) -> str:
+    names = sorted(fields)
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def event_mask(value: Any, expression: Expression, n_events: int | None = None) -> Any:
+    """Check that ``value`` is one boolean per event (or a Python bool) and return it."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if not isinstance(value, ak.Array) or value.ndim != 1:
+        raise ExpressionError(
+            f"{expression.where}: {expression.text!r} must give one boolean per event, "
+            f"got {getattr(value, 'type', type(value).__name__)}"
+        )
+    value = ak.fill_none(value, False) if isinstance(value.type.content, ak.types.OptionType) else value
+    return value
