@@ -19,12 +19,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError, UnknownNameError
+
+if TYPE_CHECKING:
+    from pipeline.calibration.calibrator import Calibrator
 from pipeline.parameters import format_validation_error
 
 
@@ -39,7 +42,7 @@ class DatasetMetadata(Strict):
 
     sample: str
     year: str = Field(description="data-taking period label, e.g. 2022_preEE")
-    isMC: bool  # noqa: N815 - the seed's metadata key
+    isMC: bool
     era: str | None = Field(default=None, description="run era of collision data, e.g. C")
     xsec: float | None = Field(default=None, description="cross-section in pb (MC)")
 
@@ -68,7 +71,7 @@ class ShapeVariations(Strict):
 
 
 class VariationsSpec(Strict):
-    """``variations.shape.{common,bysample.<sample>}.inclusive``: calibrators whose variations run."""
+    """``shape.{common,bysample.<sample>}.inclusive``: calibrators whose variations run."""
 
     shape: ShapeVariations = Field(default_factory=ShapeVariations)
 
@@ -140,12 +143,12 @@ class AnalysisConfig(Strict):
         return value
 
     # -- resolution helpers ------------------------------------------------------------
-    def calibrator_classes(self) -> list[type]:
+    def calibrator_classes(self) -> list[type[Calibrator]]:
         """The calibrator sequence as classes (names resolved through the registry)."""
         from pipeline.calibration.builtin import default_calibrators_sequence
         from pipeline.calibration.calibrator import Calibrator, get_calibrator
 
-        out: list[type] = []
+        out: list[type[Calibrator]] = []
         for i, entry in enumerate(self.calibrators):
             if entry == "default":
                 out += default_calibrators_sequence

@@ -8,7 +8,6 @@ per-chunk histogram vectors. Its size does not grow with the number of variation
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +19,7 @@ from dask.delayed import Delayed
 from pipeline.calibration.manager import CalibratorsManager
 from pipeline.config import AnalysisConfig
 from pipeline.datasets import Dataset
+from pipeline.nanoevents import read_lazy
 from pipeline.processor import ChunkProcessor, ProcessingPlan, make_plan
 
 CHUNK_LABEL = "calibrew-chunk"
@@ -28,26 +28,7 @@ SUM_FAN_IN = 8
 
 def read_events(dataset: Dataset) -> Any:
     """Lazy NanoEvents (dask-awkward) of ``dataset``, one partition per chunk."""
-    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Missing cross-reference")
-        return NanoEventsFactory.from_root(
-            dataset.steps_by_file(), schemaclass=NanoAODSchema, mode="dask"
-        ).events()
-
-
-def read_events_eager(file: str, tree: str = "Events", start: int | None = None,
-                      stop: int | None = None) -> Any:
-    """Eager NanoEvents of one file (entries ``[start, stop)``): the reference path."""
-    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Missing cross-reference")
-        return NanoEventsFactory.from_root(
-            {file: tree}, schemaclass=NanoAODSchema, mode="eager",
-            entry_start=start, entry_stop=stop,
-        ).events()
+    return read_lazy(dataset.steps_by_file())
 
 
 def plan_variations(cfg: AnalysisConfig, params: Any, metadata: dict[str, Any],
@@ -92,7 +73,7 @@ class DatasetGraph:
         """The input branches the run reads."""
         columns: set[str] = set()
         for cols in dak.report_necessary_columns(self.chunks).values():
-            columns |= set(cols)
+            columns |= set(cols or ())
         return columns
 
 

@@ -31,6 +31,7 @@ from pipeline.outputs.histograms import (
     cutflow_histogram,
     from_vector,
     to_vector,
+    weighted_view,
 )
 from pipeline.selection import Expression, event_mask
 from pipeline.weights import generator_weight
@@ -215,7 +216,7 @@ class ChunkProcessor:
         rows = [np.ones(n_events, dtype=bool)]
         rows += [_as_event_mask(m, n_events) for _, m in steps]
         rows += [_as_event_mask(m, n_events) for _, m in categories]
-        view = h.view(flow=True)
+        view = weighted_view(h)
         for i, mask in enumerate(rows):
             count = float(np.count_nonzero(mask))
             view.value[i, 0] += w[mask].sum()

@@ -56,7 +56,7 @@ class Expression:
     >>> Expression("Jet.ptt", "histograms.h.axes[0].expr").evaluate(events)
     Traceback (most recent call last):
     ...
-    pipeline.errors.ExpressionError: histograms.h.axes[0].expr: cannot evaluate 'Jet.ptt': no field 'ptt' ...
+    pipeline.errors.ExpressionError: histograms.h.axes[0].expr: cannot evaluate 'Jet.ptt': ...
     """
 
     def __init__(self, text: str, where: str) -> None:
@@ -103,5 +103,6 @@ def event_mask(value: Any, expression: Expression, n_events: int | None = None) 
             f"{expression.where}: {expression.text!r} must give one boolean per event, "
             f"got {getattr(value, 'type', type(value).__name__)}"
         )
-    value = ak.fill_none(value, False) if isinstance(value.type.content, ak.types.OptionType) else value
+    if isinstance(value.type.content, ak.types.OptionType):
+        value = ak.fill_none(value, False)
     return value

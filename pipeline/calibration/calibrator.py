@@ -85,7 +85,7 @@ class Calibrator(ABC):
 
     # Read-only conveniences used by calibrators (seed 000 uses ``self.isMC``).
     @property
-    def isMC(self) -> bool:  # noqa: N802 - name from the seed API
+    def isMC(self) -> bool:
         """Whether the events are simulation (``metadata["isMC"]``)."""
         return bool(self.metadata.get("isMC", False))
 
@@ -99,9 +99,13 @@ class Calibrator(ABC):
         """The variations this calibrator provides for the current chunk."""
         return list(self._variations)
 
-    @abstractmethod
     def initialize(self, events: Any) -> None:
-        """Prepare per-chunk data and set ``self._variations`` (both Up and Down)."""
+        """Prepare per-chunk data and set ``self._variations`` (both Up and Down).
+
+        Called once per chunk, on the events before any calibrator ran. The default
+        declares no variations.
+        """
+        self._variations = []
 
     @abstractmethod
     def calibrate(

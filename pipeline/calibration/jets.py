@@ -69,9 +69,9 @@ class JetsCalibrationParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     collection: dict[str, dict[str, str]]
     jet_types: dict[str, dict[str, JetTypeSettings]]
-    apply_jec_MC: dict[str, dict[str, bool]] = Field(default_factory=dict)  # noqa: N815
-    apply_jec_Data: dict[str, dict[str, bool]] = Field(default_factory=dict)  # noqa: N815
-    apply_jer_MC: dict[str, dict[str, bool]] = Field(default_factory=dict)  # noqa: N815
+    apply_jec_MC: dict[str, dict[str, bool]] = Field(default_factory=dict)
+    apply_jec_Data: dict[str, dict[str, bool]] = Field(default_factory=dict)
+    apply_jer_MC: dict[str, dict[str, bool]] = Field(default_factory=dict)
     variations: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
 
 
@@ -197,7 +197,8 @@ class JetsCalibrator(Calibrator):
                         raise ConfigError(
                             "parameters",
                             [(f"{self.params_section}.variations.{self.year}.{jet_type}",
-                              "JER variation asked for but no 'jer' payload tag is set")],
+                              "JER variations asked for but JER is off for this jet type "
+                              "(apply_jer_MC is false or no 'jer' payload tag is set)")],
                         )
                     for direction in ("Up", "Down"):
                         self._shifts[f"{jet_type}_JER{direction}"] = (

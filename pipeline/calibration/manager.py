@@ -21,7 +21,7 @@ def validate_variation_names(calibrator: str, variations: Sequence[str]) -> None
     >>> validate_variation_names("c", ["jesUp"])
     Traceback (most recent call last):
     ...
-    pipeline.errors.CalibrationError: calibrator 'c' declares variation 'jesUp' without its twin 'jesDown'
+    pipeline.errors.CalibrationError: calibrator 'c' declares variation 'jesUp' without ...
     """
     seen = set()
     for var in variations:

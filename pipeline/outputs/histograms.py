@@ -37,7 +37,13 @@ def observable_axis(axis: AxisSpec, index: int) -> Any:
     label = axis.label or axis.expr
     if axis.edges is not None:
         return hist.axis.Variable(axis.edges, name=name, label=label)
+    assert axis.bins is not None and axis.start is not None and axis.stop is not None
     return hist.axis.Regular(axis.bins, axis.start, axis.stop, name=name, label=label)
+
+
+def weighted_view(h: hist.Hist) -> Any:
+    """The (value, variance) view of a weighted histogram, flow bins included."""
+    return h.view(flow=True)
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,7 @@ def add_into(h: hist.Hist, index: tuple[int, ...], part: hist.Hist) -> None:
 
     ``index`` addresses leading category axes by position, e.g. ``(category, variation)``.
     """
-    view, add = h.view(flow=True), part.view(flow=True)
+    view, add = weighted_view(h), weighted_view(part)
     view.value[index] += add.value
     view.variance[index] += add.variance
 
@@ -87,13 +93,13 @@ def cutflow_histogram(steps: Sequence[str]) -> hist.Hist:
 
 def to_vector(h: hist.Hist) -> np.ndarray:
     """Flatten a weighted histogram (with flow bins) into one float64 vector."""
-    view = h.view(flow=True)
+    view = weighted_view(h)
     return np.concatenate([np.ravel(view.value), np.ravel(view.variance)])
 
 
 def from_vector(h: hist.Hist, vector: np.ndarray) -> hist.Hist:
     """Fill the empty histogram ``h`` from a vector made by :func:`to_vector`; return it."""
-    view = h.view(flow=True)
+    view = weighted_view(h)
     n = view.value.size
     view.value[...] = vector[:n].reshape(view.shape)
     view.variance[...] = vector[n:].reshape(view.shape)

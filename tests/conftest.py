@@ -1,0 +1,71 @@
+"""Shared fixtures: the real CMS sample files and their events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.samples import find_data_file
+
+TT = "nano_tt_v12.root"
+DATA = "nano_dimuon.root"
+MC_METADATA = {"isMC": True, "year": "2022_preEE", "sample": "TTbar", "dataset": "tt"}
+
+
+@pytest.fixture(scope="session")
+def tt_file() -> str:
+    return str(find_data_file(TT))
+
+
+@pytest.fixture(scope="session")
+def data_file() -> str:
+    return str(find_data_file(DATA))
+
+
+def _eager(path: str):
+    from pipeline.nanoevents import read_eager
+
+    return read_eager(path)
+
+
+def _lazy(path: str, steps=None):
+    from pipeline.nanoevents import read_lazy
+
+    return read_lazy({path: {"object_path": "Events", "steps": steps or [[0, 200]]}})
+
+
+@pytest.fixture(scope="session")
+def tt_events(tt_file):
+    return _eager(tt_file)
+
+
+@pytest.fixture()
+def tt_lazy(tt_file):
+    return _lazy(tt_file, steps=[[0, 90], [90, 200]])
+
+
+@pytest.fixture(scope="session")
+def data_events(data_file):
+    return _eager(data_file)
+
+
+@pytest.fixture()
+def params():
+    from pipeline.parameters import defaults
+
+    return defaults()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Preprocessing caches go to a per-session temporary directory, not ~/.cache."""
+    cache = tmp_path_factory.getbasetemp() / "xdg-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    # data files are still found in ../shared/data or CALIBREW_DATA
+    yield
+
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent

@@ -1,0 +1,159 @@
+"""The per-dataset lazy graph: projection, lazy == eager, size independent of variations."""
+
+from __future__ import annotations
+
+import awkward as ak
+import dask
+import hist
+import numpy as np
+import pytest
+
+from pipeline.calibration import Calibrator, CalibratorsManager
+from pipeline.config import AnalysisConfig
+from pipeline.datasets import Dataset, preprocess
+from pipeline.graph import build_dataset_graph
+from pipeline.parameters import load_parameters
+from pipeline.processor import ChunkProcessor
+
+METADATA = {"sample": "TTbar", "year": "2022_preEE", "isMC": True}
+CUT = "(Jet.pt > 30) & (abs(Jet.eta) < 2.4)"
+
+
+def make_config(**overrides) -> AnalysisConfig:
+    base = {
+        "datasets": {"tt": {"files": ["nano_tt_v12.root"], "metadata": METADATA}},
+        "calibrators": ["jet_calibration"],
+        "variations": {"shape": {"common": {"inclusive": ["jet_calibration"]}}},
+        "preselection": {"two_jets": f"ak.num(Jet[{CUT}]) >= 2"},
+        "categories": {"inclusive": "True", "four_jets": f"ak.num(Jet[{CUT}]) >= 4"},
+        "histograms": {
+            "jet_pt": {"axes": [{"expr": f"Jet.pt[{CUT}]", "name": "pt",
+                                 "bins": 30, "start": 0, "stop": 300}]},
+            "ht": {"axes": [{"expr": f"ak.sum(Jet.pt[{CUT}], axis=1)", "name": "ht",
+                             "bins": 20, "start": 0, "stop": 1000}]},
+        },
+    }
+    base.update(overrides)
+    return AnalysisConfig.model_validate(base)
+
+
+def dataset(tt_file: str, chunksize: int) -> Dataset:
+    return preprocess(Dataset("tt", [tt_file], {**METADATA, "dataset": "tt"}), chunksize)
+
+
+def compute(graph) -> dict[str, hist.Hist]:
+    (vector,) = dask.compute(graph.total(), scheduler="sync")
+    return graph.plan.unpack(vector)
+
+
+def test_column_projection_is_exact(tt_file):
+    cfg = make_config(calibrators=[], variations={})
+    graph = build_dataset_graph(dataset(tt_file, 70), cfg, load_parameters())
+    assert graph.necessary_columns() == {"nJet", "Jet_pt", "Jet_eta", "genWeight"}
+
+
+def test_column_projection_with_jet_calibration(tt_file):
+    graph = build_dataset_graph(dataset(tt_file, 70), make_config(), load_parameters())
+    jets = {f"Jet_{f}" for f in ("pt", "eta", "phi", "mass", "rawFactor", "area", "genJetIdx")}
+    fatjets = {f"FatJet_{f}" for f in ("pt", "eta", "phi", "mass", "rawFactor", "area",
+                                        "genJetAK8Idx")}
+    gen = {f"{c}_{f}" for c in ("GenJet", "GenJetAK8") for f in ("pt", "eta", "phi")}
+    counters = {"nJet", "nFatJet", "nGenJet", "nGenJetAK8"}
+    expected = jets | fatjets | gen | counters | {
+        "Rho_fixedGridRhoFastjetAll", "genWeight", "run", "luminosityBlock", "event"}
+    assert graph.necessary_columns() == expected
+
+
+def test_lazy_equals_eager(tt_file, tt_events):
+    cfg = make_config()
+    params = load_parameters()
+    graph = build_dataset_graph(dataset(tt_file, 45), cfg, params)
+    assert len(graph.dataset.chunks) == 5
+    lazy = compute(graph)
+    eager = ChunkProcessor(graph.plan).histograms(tt_events)
+    assert set(lazy) == set(eager)
+    for name in lazy:
+        np.testing.assert_allclose(lazy[name].values(flow=True), eager[name].values(flow=True),
+                                   rtol=1e-12, atol=0, err_msg=name)
+        np.testing.assert_allclose(lazy[name].variances(flow=True),
+                                   eager[name].variances(flow=True), rtol=1e-12, err_msg=name)
+    assert lazy["cutflow"]["all events", "events"].value == 200
+
+
+def test_histograms_match_an_independent_eager_computation(tt_file, tt_events):
+    """The jet_pt histogram, filled by hand from the calibration loop, with hist."""
+    cfg = make_config()
+    params = load_parameters()
+    lazy = compute(build_dataset_graph(dataset(tt_file, 60), cfg, params))["jet_pt"]
+    manager = CalibratorsManager(cfg.calibrator_classes(), tt_events, params,
+                                 {**METADATA, "dataset": "tt"})
+    weight = tt_events.genWeight
+    for variation, ev in manager.calibration_loop(tt_events, ["jet_calibration"]):
+        good = (ev.Jet.pt > 30) & (abs(ev.Jet.eta) < 2.4)
+        n_good = ak.num(ev.Jet[good])
+        for category, mask in (("inclusive", n_good >= 2), ("four_jets", n_good >= 4)):
+            pts = ev.Jet.pt[good][mask]
+            w = ak.broadcast_arrays(weight[mask], pts)[0]
+            expected = hist.Hist(hist.axis.Regular(30, 0, 300), storage=hist.storage.Weight())
+            expected.fill(ak.to_numpy(ak.flatten(pts)), weight=ak.to_numpy(ak.flatten(w)))
+            got = lazy[{"category": category, "variation": variation}]
+            np.testing.assert_allclose(got.values(flow=True), expected.values(flow=True),
+                                       rtol=1e-12, err_msg=f"{category} {variation}")
+
+
+def test_chunking_does_not_change_results(tt_file):
+    cfg = make_config()
+    params = load_parameters()
+    one = compute(build_dataset_graph(dataset(tt_file, 1000), cfg, params))
+    seven = compute(build_dataset_graph(dataset(tt_file, 29), cfg, params))
+    for name in one:
+        np.testing.assert_allclose(one[name].values(flow=True), seven[name].values(flow=True),
+                                   rtol=1e-12, err_msg=name)
+
+
+class ManyVariations(Calibrator):
+    """A jet pt scale with a configurable number of Up/Down variations (graph-size test)."""
+
+    name = "test_many_variations"
+    has_variations = True
+    calibrated_collections = ["Jet.pt"]
+    n_sources = 1
+
+    def initialize(self, events):
+        self._variations = [f"s{i}{d}" for i in range(self.n_sources) for d in ("Up", "Down")]
+
+    def calibrate(self, events, orig_colls, variation, already_applied_calibrators=None):
+        shift = 0.0
+        if variation in self._variations:
+            i = int(variation[1:].removesuffix("Up").removesuffix("Down"))
+            shift = (0.001 * (i + 1)) * (1 if variation.endswith("Up") else -1)
+        return {"Jet.pt": orig_colls["Jet.pt"] * (1 + shift)}
+
+
+@pytest.mark.parametrize("n_sources", [1, 50])
+def test_graph_size_does_not_grow_with_variations(tt_file, n_sources, monkeypatch):
+    monkeypatch.setattr(ManyVariations, "n_sources", n_sources)
+    cfg = make_config(calibrators=["test_many_variations"],
+                      variations={"shape": {"common": {"inclusive": ["test_many_variations"]}}})
+    graph = build_dataset_graph(dataset(tt_file, 50), cfg, load_parameters())
+    assert len(graph.plan.variations) == 1 + 2 * n_sources
+    assert len(graph.chunks.dask.layers) == 2  # read, fused chunk function
+    total = graph.total()
+    assert len(total.dask) == 4 + 1  # 4 chunks and one sum, whatever the variations
+    hists = compute(graph)
+    assert hists["jet_pt"].axes["variation"].size == 1 + 2 * n_sources
+
+
+def test_expression_errors_name_the_config_key(tt_file):
+    cfg = make_config(histograms={"bad": {"axes": [{"expr": "Jet.ptt", "bins": 3,
+                                                     "start": 0, "stop": 1}]}})
+    from pipeline.errors import ExpressionError
+
+    graph = build_dataset_graph(dataset(tt_file, 100), cfg, load_parameters())
+    with pytest.raises(ExpressionError, match=r"histograms.bad.axes\[0\].expr: cannot evaluate "
+                                              r"'Jet.ptt': no field 'ptt'"):
+        graph.total()
+    cfg = make_config(preselection={"x": "Jets.pt > 1"})
+    graph = build_dataset_graph(dataset(tt_file, 100), cfg, load_parameters())
+    with pytest.raises(ExpressionError, match="preselection.x: .*no collection or column 'Jets'"):
+        graph.total()

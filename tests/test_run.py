@@ -1,0 +1,96 @@
+"""End to end: ``calibrew run`` on the demo job with a real Dask LocalCluster, then plot."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import textwrap
+
+import numpy as np
+import pytest
+import uproot
+
+from pipeline.cli import main
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, project_root):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    code = main(["run", str(project_root / "jobs" / "demo.yaml"), "--output", str(out),
+                 "--workers", "2", "--no-progress"])
+    assert code == 0
+    return out
+
+
+def test_demo_outputs(demo_run):
+    report = json.loads((demo_run / "report.json").read_text())
+    assert report["events_processed"] == 200
+    assert report["events_per_s"] > 0 and report["wall_time_s"] > 0
+    (name,) = report["datasets"]
+    summary = report["datasets"][name]
+    assert summary["chunks"] == 4
+    assert summary["cutflow"]["all events"]["events"] == 200
+    assert summary["sum_genweights"] == pytest.approx(
+        float(np.sum(uproot.open(summary["files"][0])["Events"]["genWeight"].array(library="np"))))
+    for path in summary["outputs"]:
+        assert (demo_run / name / path.split("/")[-1]).exists()
+    with open(demo_run / name / "histograms.pkl", "rb") as fh:
+        histograms = pickle.load(fh)
+    h = histograms["jet_pt"]
+    assert [ax.name for ax in h.axes] == ["category", "variation", "pt"]
+    assert list(h.axes["variation"])[0] == "nominal"
+    assert len(h.axes["variation"]) == 29
+    assert len(histograms["jet_eta_pt"].axes["variation"]) == 1  # variations: false
+    with uproot.open(demo_run / name / "histograms.root") as root:
+        nominal = root["inclusive/jet_pt"].values()
+        np.testing.assert_allclose(nominal, h[{"category": "inclusive",
+                                               "variation": "nominal"}].values())
+        assert "inclusive/jet_pt_AK4PFPuppi_JERUp" in root
+        assert "cutflow" in root
+
+
+def test_plot(demo_run):
+    assert main(["plot", str(demo_run)]) == 0
+    pngs = sorted((demo_run / "plots").rglob("*.png"))
+    names = {p.name for p in pngs}
+    assert {"jet_pt_inclusive.png", "jet_pt_four_jets.png", "jet_eta_pt_inclusive.png"} <= names
+    assert all(p.stat().st_size > 10_000 for p in pngs)
+
+
+def test_cli_errors_are_clear(tmp_path, capsys, project_root):
+    config = (project_root / "configs" / "demo.yaml").read_text()
+    (tmp_path / "params").mkdir()
+    shutil.copy(project_root / "configs" / "params" / "2022_preEE.yaml", tmp_path / "params")
+    (tmp_path / "cfg.yaml").write_text(config.replace("preselection:", "preselections:"))
+    (tmp_path / "job.yaml").write_text(textwrap.dedent("""
+        config: cfg.yaml
+        output: out
+    """))
+    assert main(["run", str(tmp_path / "job.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "cfg.yaml" in err and "preselections: unknown key" in err
+    (tmp_path / "cfg.yaml").write_text(config.replace("nano_tt_v12.root", "nano_missing.root"))
+    assert main(["run", str(tmp_path / "job.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "nano_missing.root" in err and "not found" in err
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_make_sample(tmp_path):
+    from pipeline.nanoevents import read_eager
+
+    out = tmp_path / "big.root"
+    assert main(["make-sample", "nano_tt_v12.root", str(out), "--events", "1234",
+                 "--keep", "Jet_*", "genWeight", "Rho_*"]) == 0
+    events = read_eager(str(out))
+    assert len(events) == 1234
+    ids = np.stack([events.run.to_numpy(), events.luminosityBlock.to_numpy(),
+                    events.event.to_numpy()], axis=1)
+    assert len(np.unique(ids, axis=0)) == 1234
+    with uproot.open(out) as f:
+        keys = set(f["Events"].keys())
+    assert {"nJet", "Jet_pt", "Jet_rawFactor", "genWeight", "Rho_fixedGridRhoFastjetAll"} <= keys
+    assert not any(k.startswith("Electron") for k in keys)
+    phi = events.Jet.phi
+    assert float(np.max(np.abs(np.asarray(phi.layout.content.data)))) <= np.pi
