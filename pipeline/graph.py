@@ -59,15 +59,12 @@ class DatasetGraph:
 
         The graph is optimised here: dask-awkward projects the read onto the columns used.
         """
-        parts = self.chunks.to_delayed(optimize_graph=True)
-        level = list(parts)
-        while len(level) > 1:
-            level = [dask.delayed(_sum_vectors)(level[i : i + SUM_FAN_IN],
-                                                dask_key_name=None)
+        level = list(self.chunks.to_delayed(optimize_graph=True))
+        while True:
+            level = [dask.delayed(_sum_vectors)(level[i : i + SUM_FAN_IN])
                      for i in range(0, len(level), SUM_FAN_IN)]
-        if len(level) == 1 and len(parts) == 1:
-            return dask.delayed(_sum_vectors)(level)
-        return level[0]
+            if len(level) == 1:
+                return level[0]
 
     def necessary_columns(self) -> set[str]:
         """The input branches the run reads."""

@@ -110,12 +110,21 @@ def _is_tracing(events: Any) -> bool:
     return ak.backend(events) == "typetracer"
 
 
+def _flat_numpy(array: Any) -> np.ndarray:
+    """All values of an awkward array as float64 numpy, missing values as NaN."""
+    flat = ak.flatten(array, axis=None)
+    if isinstance(flat.type.content, ak.types.OptionType):
+        flat = ak.fill_none(flat, np.nan)
+    return np.asarray(ak.to_numpy(flat), dtype=np.float64)
+
+
 def _fill_arrays(values: list[Any], weight: Any, mask: Any) -> tuple[list[np.ndarray], np.ndarray]:
     """Select events, broadcast per-event values to objects, flatten, drop missing values."""
     arrays = [v[mask] if isinstance(v, ak.Array) else v for v in values]
-    arrays = ak.broadcast_arrays(*arrays, weight[mask])
-    flat = [np.asarray(ak.to_numpy(ak.fill_none(ak.flatten(a, axis=None), np.nan)),
-                       dtype=np.float64) for a in arrays]
+    if all(isinstance(a, ak.Array) and a.ndim == 1 for a in arrays):
+        flat = [_flat_numpy(a) for a in arrays] + [_flat_numpy(weight[mask])]
+    else:
+        flat = [_flat_numpy(a) for a in ak.broadcast_arrays(*arrays, weight[mask])]
     *obs, w = flat
     finite = np.ones(len(w), dtype=bool)
     for o in obs:

@@ -103,7 +103,7 @@ def run_job(job_path: str | Path, output: str | Path | None = None, site: str | 
 def _compute_and_write(client: Any, job: JobSpec, cfg: AnalysisConfig, params: Any,
                        datasets: list[Dataset], out_dir: Path, console: Console,
                        started: float, show_progress: bool) -> RunResult:
-    from pipeline.progress import ChunkProgressPlugin, watch
+    from pipeline.progress import ChunkProgressPlugin, finished_chunks, watch
 
     t0 = time.perf_counter()
     graphs = [build_dataset_graph(ds, cfg, params) for ds in datasets]
@@ -121,6 +121,7 @@ def _compute_and_write(client: Any, job: JobSpec, cfg: AnalysisConfig, params: A
         watch(client, futures, layers, console=console)
     vectors = client.gather(futures)
     compute_s = time.perf_counter() - compute_start
+    done = finished_chunks(client)
     result = RunResult()
     summaries = {}
     for graph, vector in zip(graphs, vectors):
@@ -130,6 +131,7 @@ def _compute_and_write(client: Any, job: JobSpec, cfg: AnalysisConfig, params: A
         summaries[graph.dataset.name]["events_per_s"] = (
             summaries[graph.dataset.name]["events"] / compute_s
         )
+        summaries[graph.dataset.name]["chunks_done"] = len(done.get(graph.label, []))
     wall = time.perf_counter() - started
     events = sum(s["events"] for s in summaries.values())
     result.report = {

@@ -18,7 +18,7 @@ from pipeline.cli import main
 def demo_run(tmp_path_factory, project_root):
     out = tmp_path_factory.mktemp("demo") / "out"
     code = main(["run", str(project_root / "jobs" / "demo.yaml"), "--output", str(out),
-                 "--workers", "2", "--no-progress"])
+                 "--workers", "2"])
     assert code == 0
     return out
 
@@ -30,6 +30,7 @@ def test_demo_outputs(demo_run):
     (name,) = report["datasets"]
     summary = report["datasets"][name]
     assert summary["chunks"] == 4
+    assert summary["chunks_done"] == 4  # counted by the progress plugin on the scheduler
     assert summary["cutflow"]["all events"]["events"] == 200
     assert summary["sum_genweights"] == pytest.approx(
         float(np.sum(uproot.open(summary["files"][0])["Events"]["genWeight"].array(library="np"))))
