@@ -61,19 +61,31 @@ class DatasetSpec(Strict):
     tree: str = "Events"
 
 
-class SampleVariations(Strict):
+class NameList(Strict):
     inclusive: list[str] = Field(default_factory=list)
 
 
-class ShapeVariations(Strict):
-    common: SampleVariations = Field(default_factory=SampleVariations)
-    bysample: dict[str, SampleVariations] = Field(default_factory=dict)
+class NamesBySample(Strict):
+    common: NameList = Field(default_factory=NameList)
+    bysample: dict[str, NameList] = Field(default_factory=dict)
 
 
 class VariationsSpec(Strict):
-    """``shape.{common,bysample.<sample>}.inclusive``: calibrators whose variations run."""
+    """``shape``: calibrators whose variations run; ``weights``: weights whose variations run.
 
-    shape: ShapeVariations = Field(default_factory=ShapeVariations)
+    Both as ``{common,bysample.<sample>}.inclusive`` lists of names.
+    """
+
+    shape: NamesBySample = Field(default_factory=NamesBySample)
+    weights: NamesBySample = Field(default_factory=NamesBySample)
+
+
+def _by_sample(spec: NamesBySample, sample: str) -> list[str]:
+    out = list(spec.common.inclusive)
+    extra = spec.bysample.get(sample)
+    if extra is not None:
+        out += [c for c in extra.inclusive if c not in out]
+    return out
 
 
 class AxisSpec(Strict):
@@ -125,6 +137,10 @@ class AnalysisConfig(Strict):
         "to the default sequence",
     )
     variations: VariationsSpec = Field(default_factory=VariationsSpec)
+    weights: NamesBySample = Field(
+        default_factory=NamesBySample,
+        description="weights applied on top of the generator weight (MC), common and by sample",
+    )
     preselection: dict[str, str] = Field(
         default_factory=dict, description="named cuts applied in order (the cutflow)"
     )
@@ -163,11 +179,15 @@ class AnalysisConfig(Strict):
 
     def variations_for_sample(self, sample: str) -> list[str]:
         """Calibrators whose variations run for ``sample``: common ones, then by sample."""
-        out = list(self.variations.shape.common.inclusive)
-        extra = self.variations.shape.bysample.get(sample)
-        if extra is not None:
-            out += [c for c in extra.inclusive if c not in out]
-        return out
+        return _by_sample(self.variations.shape, sample)
+
+    def weights_for_sample(self, sample: str) -> list[str]:
+        """Weights applied to ``sample`` (besides the generator weight)."""
+        return _by_sample(self.weights, sample)
+
+    def weight_variations_for_sample(self, sample: str) -> list[str]:
+        """Weights whose variations run for ``sample``."""
+        return _by_sample(self.variations.weights, sample)
 
     def check_names(self, source: str) -> None:
         """Check calibrator, sample and category names; raise naming the key path."""
@@ -188,10 +208,30 @@ class AnalysisConfig(Strict):
                     problems.append((f"{path}[{i}]", f"unknown calibrator {name!r}; calibrators "
                                      f"in the sequence are: {', '.join(names)}"))
         samples = sorted({d.metadata.sample for d in self.datasets.values()})
-        for sample in shape.bysample:
-            if sample not in samples:
-                problems.append((f"variations.shape.bysample.{sample}",
-                                 f"unknown sample; samples are: {', '.join(samples)}"))
+        by_sample = [("variations.shape", shape), ("weights", self.weights),
+                     ("variations.weights", self.variations.weights)]
+        for prefix, spec in by_sample:
+            for sample in spec.bysample:
+                if sample not in samples:
+                    problems.append((f"{prefix}.bysample.{sample}",
+                                     f"unknown sample; samples are: {', '.join(samples)}"))
+        from pipeline.weights import WEIGHTS
+
+        for prefix, spec in by_sample[1:]:
+            lists = [(f"{prefix}.common.inclusive", spec.common.inclusive)]
+            lists += [(f"{prefix}.bysample.{s}.inclusive", v.inclusive)
+                      for s, v in spec.bysample.items()]
+            for path, listed in lists:
+                for i, name in enumerate(listed):
+                    if name not in WEIGHTS:
+                        problems.append((f"{path}[{i}]", f"unknown weight {name!r}; valid "
+                                         f"weights are: {', '.join(sorted(WEIGHTS))}"))
+        for sample in samples:
+            applied = self.weights_for_sample(sample)
+            for name in self.weight_variations_for_sample(sample):
+                if name in WEIGHTS and name not in applied:
+                    problems.append(("variations.weights", f"variations of weight {name!r} "
+                                     f"asked for sample {sample!r}, which does not apply it"))
         for hname, hist in self.histograms.items():
             for i, cat in enumerate(hist.categories or []):
                 if cat not in self.categories:

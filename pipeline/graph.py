@@ -21,6 +21,7 @@ from pipeline.config import AnalysisConfig
 from pipeline.datasets import Dataset
 from pipeline.nanoevents import read_lazy
 from pipeline.processor import ChunkProcessor, ProcessingPlan, make_plan
+from pipeline.weights import weight_variation_names
 
 CHUNK_LABEL = "calibrew-chunk"
 SUM_FAN_IN = 8
@@ -33,13 +34,18 @@ def read_events(dataset: Dataset) -> Any:
 
 def plan_variations(cfg: AnalysisConfig, params: Any, metadata: dict[str, Any],
                     events_meta: Any) -> list[str]:
-    """The variations of a dataset, found by initialising the calibrators on its typetracer."""
-    variation_calibrators = cfg.variations_for_sample(str(metadata["sample"]))
+    """The variations of a dataset (shape, then weight), found on its typetracer."""
+    sample = str(metadata["sample"])
+    variation_calibrators = cfg.variations_for_sample(sample)
     manager = CalibratorsManager(
         cfg.calibrator_classes(), events_meta, params, metadata,
         requested_calibrator_variations=variation_calibrators,
     )
-    return manager.variations_to_run(variation_calibrators)
+    shape = manager.variations_to_run(variation_calibrators)
+    weights = weight_variation_names(
+        metadata, params, cfg.weights_for_sample(sample),
+        cfg.weight_variations_for_sample(sample), events_meta)
+    return shape + [w for w in weights if w not in shape]
 
 
 @dataclass

@@ -38,9 +38,25 @@ def _enabled_model() -> type[BaseModel]:
 
 def section_schemas() -> dict[str, type[BaseModel]]:
     """Parameter sections validated on load, by name."""
-    from pipeline.calibration.jets import JetsCalibrationParams
+    from pydantic import RootModel
 
-    return {"jets_calibration": JetsCalibrationParams, "calibrators_enabled": _enabled_model()}
+    from pipeline.calibration.egamma import EgammaSettings
+    from pipeline.calibration.jets import JetsCalibrationParams
+    from pipeline.calibration.met import METSettings
+
+    class Egamma(RootModel[dict[str, EgammaSettings]]):
+        pass
+
+    class Met(RootModel[dict[str, METSettings]]):
+        pass
+
+    return {
+        "jets_calibration": JetsCalibrationParams,
+        "electron_scale_and_smearing": Egamma,
+        "photon_scale_and_smearing": Egamma,
+        "met_rescaling": Met,
+        "calibrators_enabled": _enabled_model(),
+    }
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,6 +74,34 @@ def defaults() -> DictConfig:
     cfg = OmegaConf.create(_defaults_yaml())
     assert isinstance(cfg, DictConfig)
     return cfg
+
+
+def section(params: Any, *path: str) -> dict[str, Any] | None:
+    """The mapping at ``params[path[0]][path[1]]...`` as a plain dict, or None if absent.
+
+    Examples
+    --------
+    >>> section(defaults(), "jets_calibration", "collection", "2022_preEE")
+    {'AK4PFPuppi': 'Jet', 'AK8PFPuppi': 'FatJet'}
+    >>> section(defaults(), "no_such_section") is None
+    True
+    """
+    node = params
+    for key in path:
+        try:
+            if node is None or key not in node:
+                return None
+        except TypeError:
+            return None
+        node = node[key]
+    if node is None:
+        return None
+    if isinstance(node, DictConfig):
+        out: dict[str, Any] = OmegaConf.to_container(node, resolve=True)  # type: ignore[assignment]
+        return out
+    if isinstance(node, dict):
+        return node
+    raise TypeError(f"parameters {'.'.join(path)}: expected a mapping, got {node!r}")
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> list[tuple[str, str]]:

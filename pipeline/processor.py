@@ -33,8 +33,8 @@ from pipeline.outputs.histograms import (
     to_vector,
     weighted_view,
 )
-from pipeline.selection import Expression, event_mask
-from pipeline.weights import generator_weight
+from pipeline.selection import Expression, event_mask, make_cut
+from pipeline.weights import compute_weights, generator_weight
 
 ALL_EVENTS = "all events"
 
@@ -47,8 +47,10 @@ class ProcessingPlan:
     params: Any
     metadata: Mapping[str, Any]
     variation_calibrators: tuple[str, ...]
+    weights: tuple[str, ...]
+    varied_weights: tuple[str, ...]
     variations: tuple[str, ...]
-    preselection: tuple[tuple[str, Expression], ...]
+    preselection: tuple[tuple[str, Any], ...]
     categories: tuple[tuple[str, Expression], ...]
     histograms: tuple[tuple[HistogramLayout, tuple[Expression, ...]], ...]
 
@@ -98,8 +100,10 @@ def make_plan(
         params=params,
         metadata=dict(metadata),
         variation_calibrators=tuple(cfg.variations_for_sample(str(metadata["sample"]))),
+        weights=tuple(cfg.weights_for_sample(str(metadata["sample"]))),
+        varied_weights=tuple(cfg.weight_variations_for_sample(str(metadata["sample"]))),
         variations=tuple(variations),
-        preselection=tuple((name, Expression(expr, f"preselection.{name}"))
+        preselection=tuple((name, make_cut(expr, f"preselection.{name}", params, metadata))
                            for name, expr in cfg.preselection.items()),
         categories=categories,
         histograms=tuple(histograms),
@@ -118,18 +122,23 @@ def _flat_numpy(array: Any) -> np.ndarray:
     return np.asarray(ak.to_numpy(flat), dtype=np.float64)
 
 
-def _fill_arrays(values: list[Any], weight: Any, mask: Any) -> tuple[list[np.ndarray], np.ndarray]:
-    """Select events, broadcast per-event values to objects, flatten, drop missing values."""
+def _fill_arrays(values: list[Any], weights: list[Any],
+                 mask: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Select events, broadcast per-event values to objects, flatten, drop missing values.
+
+    Returns the observables and one flat weight array per entry of ``weights``.
+    """
     arrays = [v[mask] if isinstance(v, ak.Array) else v for v in values]
+    selected = [w[mask] for w in weights]
     if all(isinstance(a, ak.Array) and a.ndim == 1 for a in arrays):
-        flat = [_flat_numpy(a) for a in arrays] + [_flat_numpy(weight[mask])]
+        flat = [_flat_numpy(a) for a in arrays + selected]
     else:
-        flat = [_flat_numpy(a) for a in ak.broadcast_arrays(*arrays, weight[mask])]
-    *obs, w = flat
-    finite = np.ones(len(w), dtype=bool)
+        flat = [_flat_numpy(a) for a in ak.broadcast_arrays(*arrays, *selected)]
+    obs, ws = flat[: len(arrays)], flat[len(arrays):]
+    finite = np.ones(len(ws[0]), dtype=bool)
     for o in obs:
         finite &= ~np.isnan(o)
-    return [o[finite] for o in obs], w[finite]
+    return [o[finite] for o in obs], [w[finite] for w in ws]
 
 
 class ChunkProcessor:
@@ -171,9 +180,9 @@ class ChunkProcessor:
         plan = self.plan
         out = plan.empty_histograms()
         manager = self.manager(events)
-        weight = generator_weight(events, plan.metadata)
-        touched: list[Any] = [weight]
-        n_events = len(weight) if not tracing else 0
+        generator = generator_weight(events, plan.metadata)
+        touched: list[Any] = [generator]
+        n_events = len(generator) if not tracing else 0
         for variation, calibrated in manager.calibration_loop(
             events, variations_for_calibrators=list(plan.variation_calibrators)
         ):
@@ -194,10 +203,16 @@ class ChunkProcessor:
             for name, expr in plan.categories:
                 mask = selected & event_mask(expr.evaluate(calibrated), expr)
                 categories.append((name, mask))
+            weights = compute_weights(
+                calibrated, plan.metadata, plan.params, list(plan.weights),
+                list(plan.varied_weights) if variation == NOMINAL else [])
+            # at the nominal, each weight variation fills its own slot of the variation axis
+            fills = [(variation, weights.nominal), *weights.variations.items()]
             if tracing:
                 touched += [m for _, m in steps + categories if isinstance(m, ak.Array)]
+                touched += [w for _, w in fills]
             elif variation == NOMINAL:
-                self._fill_cutflow(out[CUTFLOW], weight, n_events, steps, categories)
+                self._fill_cutflow(out[CUTFLOW], generator, n_events, steps, categories)
             for layout, exprs in plan.histograms:
                 if variation not in layout.variations:
                     continue
@@ -206,14 +221,17 @@ class ChunkProcessor:
                     touched += [v for v in values if isinstance(v, ak.Array)]
                     continue
                 h = out[layout.name]
-                variation_index = layout.variations.index(variation)
+                slots = [(layout.variations.index(name), w) for name, w in fills
+                         if name in layout.variations]
                 for category, mask in categories:
                     if category not in layout.categories:
                         continue
-                    obs, w = _fill_arrays(values, weight, _as_event_mask(mask, n_events))
-                    part = layout.observables()
-                    part.fill(*obs, weight=w)
-                    add_into(h, (layout.categories.index(category), variation_index), part)
+                    obs, flat_weights = _fill_arrays(
+                        values, [w for _, w in slots], _as_event_mask(mask, n_events))
+                    for (index, _), w in zip(slots, flat_weights):
+                        part = layout.observables()
+                        part.fill(*obs, weight=w)
+                        add_into(h, (layout.categories.index(category), index), part)
         if tracing:
             for array in touched:
                 ak.typetracer.touch_data(array)

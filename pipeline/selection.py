@@ -106,3 +106,78 @@ def event_mask(value: Any, expression: Expression, n_events: int | None = None) 
     if isinstance(value.type.content, ak.types.OptionType):
         value = ak.fill_none(value, False)
     return value
+
+
+# --- built-in cuts that need payloads: referenced as "@name" in the preselection -------------
+
+#: Built-in cuts by name; a preselection entry ``"@jet_veto_map"`` uses one.
+CUTS: dict[str, type[BuiltinCut]] = {}
+
+
+class BuiltinCut:
+    """An event selection that needs parameters (payloads); settings from
+    ``selections.<period>.<name>`` in the parameters."""
+
+    name: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            CUTS[cls.name] = cls
+
+    def __init__(self, params: Any, metadata: Mapping[str, Any], where: str) -> None:
+        from pipeline.errors import ConfigError
+        from pipeline.parameters import section
+
+        period = str(metadata.get("year", ""))
+        settings = section(params, "selections", period, self.name)
+        if settings is None:
+            raise ConfigError("parameters", [(f"selections.{period}.{self.name}",
+                              f"missing: {where} uses @{self.name}")])
+        self.settings: dict[str, Any] = settings
+        self.metadata = metadata
+        self.where = where
+        self.text = f"@{self.name}"
+
+    def evaluate(self, events: Any) -> Any:
+        raise NotImplementedError
+
+
+class JetVetoMap(BuiltinCut):
+    """Reject events with a jet in a vetoed (eta, phi) region of the JME jet veto map.
+
+    Settings: ``json_path``, ``correction``, ``map_type`` (default ``jetvetomap``), and the
+    jets considered: ``pt_min`` (15 GeV), ``jet_id_min`` (2, tight), ``max_em_fraction``
+    (0.9), ``jets`` (``Jet``), as JME recommends.
+    """
+
+    name = "jet_veto_map"
+
+    def evaluate(self, events: Any) -> Any:
+        from pipeline.corrections import get_correction
+
+        s = self.settings
+        veto = get_correction(s["json_path"], s["correction"])
+        jets = events[s.get("jets", "Jet")]
+        considered = (
+            (jets.pt > s.get("pt_min", 15.0))
+            & (jets.jetId >= s.get("jet_id_min", 2))
+            & ((jets.chEmEF + jets.neEmEF) < s.get("max_em_fraction", 0.9))
+        )
+        # the map is defined for |eta| < 5.191 and phi in [-pi, pi]
+        eta = np.minimum(np.maximum(jets.eta, -5.19), 5.19)
+        phi = np.minimum(np.maximum(jets.phi, -3.1415), 3.1415)
+        vetoed = veto.evaluate(s.get("map_type", "jetvetomap"), eta, phi) > 0
+        return ~ak.any(considered & vetoed, axis=1)
+
+
+def make_cut(text: str, where: str, params: Any, metadata: Mapping[str, Any]) -> Any:
+    """An :class:`Expression`, or a built-in cut for a text ``"@name"``."""
+    if text.startswith("@"):
+        from pipeline.errors import UnknownNameError
+
+        name = text[1:]
+        if name not in CUTS:
+            raise UnknownNameError("built-in cut", name, CUTS, where)
+        return CUTS[name](params, metadata, where)
+    return Expression(text, where)

@@ -65,6 +65,18 @@ def test_bad_config_names_file_and_key(tmp_path, old, new, key_path, message):
     assert re.search(message, text), text
 
 
+def test_unknown_weight_and_unapplied_weight_variation(tmp_path):
+    text = GOOD_CONFIG + "weights:\n  common: {inclusive: [pilup]}\n"
+    with pytest.raises(ConfigError, match=r"weights.common.inclusive\[0\]: unknown weight "
+                                          r"'pilup'; valid weights are: .*pileup"):
+        load_config(write(tmp_path, "w.yaml", text))
+    text = GOOD_CONFIG.replace("variations:\n", "variations:\n  weights:\n"
+                               "    common: {inclusive: [pileup]}\n")
+    with pytest.raises(ConfigError, match="variations of weight 'pileup' asked for sample "
+                                          "'TTbar', which does not apply it"):
+        load_config(write(tmp_path, "w2.yaml", text))
+
+
 def test_bysample_unknown_sample(tmp_path):
     text = GOOD_CONFIG.replace(
         "    common: {inclusive: [jet_calibration]}",

@@ -7,6 +7,7 @@ import pipeline.calibration
 def test_calibration_api():
     assert sorted(pipeline.calibration.__all__) == sorted([
         "CALIBRATORS", "NOMINAL", "Calibrator", "CalibratorsManager", "JetsCalibrator",
+        "ElectronsScaleCalibrator", "PhotonsScaleCalibrator", "METCalibrator",
         "default_calibrators_sequence", "get_calibrator",
     ])
     for name in pipeline.calibration.__all__:

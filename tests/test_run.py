@@ -32,6 +32,7 @@ def test_demo_outputs(demo_run):
     assert summary["chunks"] == 4
     assert summary["chunks_done"] == 4  # counted by the progress plugin on the scheduler
     assert summary["cutflow"]["all events"]["events"] == 200
+    assert 0 < summary["cutflow"]["jet_veto"]["events"] <= 200
     assert summary["sum_genweights"] == pytest.approx(
         float(np.sum(uproot.open(summary["files"][0])["Events"]["genWeight"].array(library="np"))))
     for path in summary["outputs"]:
@@ -41,7 +42,11 @@ def test_demo_outputs(demo_run):
     h = histograms["jet_pt"]
     assert [ax.name for ax in h.axes] == ["category", "variation", "pt"]
     assert list(h.axes["variation"])[0] == "nominal"
-    assert len(h.axes["variation"]) == 29
+    variations = list(h.axes["variation"])
+    # 1 + 2 x (11 regrouped JES + JER for AK4, Total + JER for AK8) + ele scale/smear + MET
+    # unclustered; then the weights: pileup, 8 b-tag shape systematics, electron and muon SFs
+    assert len(variations) == 1 + 2 * (12 + 2) + 4 + 2 + 2 * (1 + 8 + 1 + 1)
+    assert {"met_unclusteredUp", "ele_smearDown", "btag_cferr1Up", "pileupDown"} <= set(variations)
     assert len(histograms["jet_eta_pt"].axes["variation"]) == 1  # variations: false
     with uproot.open(demo_run / name / "histograms.root") as root:
         nominal = root["inclusive/jet_pt"].values()

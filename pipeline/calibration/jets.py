@@ -47,6 +47,7 @@ from pipeline.calibration import ops
 from pipeline.calibration.calibrator import Calibrator
 from pipeline.corrections import get_compound, get_correction
 from pipeline.errors import CalibrationError, ConfigError
+from pipeline.parameters import section
 from pipeline.rng import object_normal
 
 JET_RADIUS = {"AK4": 0.4, "AK8": 0.8}
@@ -75,7 +76,8 @@ class JetsCalibrationParams(BaseModel):
     variations: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
 
 
-def _rho(events: Any) -> Any:
+def rho_of(events: Any) -> Any:
+    """The event energy density rho (Run 3 ``Rho_fixedGridRhoFastjetAll`` or Run 2 name)."""
     if "Rho" in events.fields:
         return events.Rho.fixedGridRhoFastjetAll
     return events.fixedGridRhoFastjetAll
@@ -102,10 +104,9 @@ class JetsCalibrator(Calibrator):
 
     def __init__(self, params: Any, metadata: Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(params, metadata, **kwargs)
-        section = params[self.params_section] if params is not None else None
-        if section is None:
+        raw = section(params, self.params_section)
+        if raw is None:
             raise ConfigError("parameters", [(self.params_section, "section missing")])
-        raw = section if isinstance(section, dict) else _to_container(section)
         self.config = JetsCalibrationParams.model_validate(raw)
         period = self.year
         if period not in self.config.collection:
@@ -175,7 +176,7 @@ class JetsCalibrator(Calibrator):
             if apply:
                 tag = self._jec_tag(jet_type, settings)
                 jec = get_compound(settings.json_path, f"{tag}_{settings.level}_{jet_type}")
-                factor = jec.evaluate(jets.area, jets.eta, pt_raw, _rho(events))
+                factor = jec.evaluate(jets.area, jets.eta, pt_raw, rho_of(events))
                 pt, mass = pt_raw * factor, mass_raw * factor
             else:
                 pt, mass = jets.pt, jets.mass
@@ -225,7 +226,7 @@ class JetsCalibrator(Calibrator):
         self, events: Any, jets: Any, jet_type: str, settings: JetTypeSettings, pt: Any
     ) -> dict[str, Any]:
         """Hybrid JER smearing factors (nominal, up, down) for the JEC-corrected jets."""
-        rho = _rho(events)
+        rho = rho_of(events)
         resolution = get_correction(
             settings.json_path, f"{settings.jer}_PtResolution_{jet_type}"
         ).evaluate(jets.eta, pt, rho)
@@ -285,8 +286,3 @@ class JetsCalibrator(Calibrator):
             out[f"{coll_name}.mass_raw"] = nominal["mass_raw"]
         return out
 
-
-def _to_container(section: Any) -> Any:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(section, resolve=True)

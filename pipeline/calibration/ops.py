@@ -56,3 +56,13 @@ def delta_r(eta1: Any, phi1: Any, eta2: Any, phi2: Any) -> Any:
     """Distance in (eta, phi), with phi differences folded into [-pi, pi)."""
     dphi = np.mod(phi1 - phi2 + np.pi, 2 * np.pi) - np.pi
     return np.hypot(eta1 - eta2, dphi)
+
+
+def sum(array: Any, axis: int | None = None) -> Any:
+    """Sum (``ak.sum`` / ``dak.sum``)."""
+    return _lib(array).sum(array, axis=axis)
+
+
+def prod(array: Any, axis: int | None = None) -> Any:
+    """Product (``ak.prod`` / ``dak.prod``)."""
+    return _lib(array).prod(array, axis=axis)
