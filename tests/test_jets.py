@@ -128,3 +128,87 @@ def test_missing_branch_is_named(tt_events):
     stripped = ak.with_field(tt_events, tt_events.Jet[["pt", "eta", "phi", "mass", "area"]], "Jet")
     with pytest.raises(CalibrationError, match="Jet_rawFactor is missing"):
         CalibratorsManager([JetsCalibrator], stripped, defaults(), MC)
+
+
+def test_optional_sort_by_pt(tt_events):
+    from omegaconf import OmegaConf
+
+    from pipeline.parameters import defaults
+
+    params = OmegaConf.merge(defaults(), {"jets_calibration": {"sort_by_pt": {
+        "2022_preEE": {"AK4PFPuppi": True}}}})
+    unsorted = dict(CalibratorsManager([JetsCalibrator], tt_events, defaults(), MC)
+                    .calibration_loop(tt_events, ["jet_calibration"]))
+    manager = CalibratorsManager([JetsCalibrator], tt_events, params, MC)
+    for variation, events in manager.calibration_loop(tt_events, ["jet_calibration"]):
+        pt = events.Jet.pt
+        assert ak.all(pt[:, 1:] <= pt[:, :-1]), variation
+        # the same jets, reordered: every field moved with its jet
+        order = ak.argsort(unsorted[variation].Jet.pt, axis=1, ascending=False)
+        assert ak.all(events.Jet.eta == tt_events.Jet.eta[order])
+        assert ak.all(pt == unsorted[variation].Jet.pt[order])
+
+
+def test_jer_matches_a_plain_computation(tt_events):
+    """Hybrid JER for AK4 and AK8 jets, jet by jet, with direct correctionlib calls."""
+    import math
+
+    from pipeline.parameters import defaults
+    from pipeline.rng import normal
+
+    manager = CalibratorsManager([JetsCalibrator], tt_events, defaults(), MC)
+    out = dict(manager.calibration_loop(tt_events, ["jet_calibration"]))
+    cases = [
+        ("Jet", "GenJet", "genJetIdx", "AK4PFPuppi", 0.4, "jet_jerc_Summer22_V3.json.gz", TAG),
+        ("FatJet", "GenJetAK8", "genJetAK8Idx", "AK8PFPuppi", 0.8,
+         "pog/2022_Summer22/JME_fatJet_jerc.json.gz", "Summer22_22Sep2023_V2_MC"),
+    ]
+    for coll, gen_coll, index_field, jet_type, radius, path, tag in cases:
+        cs = correctionlib.CorrectionSet.from_file(str(find_data_file(path)))
+        jec = cs.compound[f"{tag}_L1L2L3Res_{jet_type}"]
+        reso = cs[f"Summer22_22Sep2023_JRV1_MC_PtResolution_{jet_type}"]
+        scale = cs[f"Summer22_22Sep2023_JRV1_MC_ScaleFactor_{jet_type}"]
+        expected = {"nominal": [], f"{jet_type}_JERUp": [], f"{jet_type}_JERDown": []}
+        for i in range(len(tt_events)):
+            rho = tt_events.Rho.fixedGridRhoFastjetAll[i]
+            gens = tt_events[gen_coll][i]
+            ids = [int(tt_events[k][i]) for k in ("run", "luminosityBlock", "event")]
+            for index, jet in enumerate(tt_events[coll][i]):
+                raw = jet["pt"] * (1 - jet["rawFactor"])
+                pt = raw * jec.evaluate(jet["area"], jet["eta"], raw, rho)
+                sigma = reso.evaluate(jet["eta"], pt, rho)
+                g = int(jet[index_field])
+                matched = False
+                if 0 <= g < len(gens):
+                    gen = gens[g]
+                    dphi = (jet["phi"] - gen["phi"] + math.pi) % (2 * math.pi) - math.pi
+                    matched = (math.hypot(jet["eta"] - gen["eta"], dphi) < radius / 2
+                               and abs(pt - gen["pt"]) < 3 * sigma * pt)
+                z = float(normal(*(np.array([v]) for v in ids), np.array([index]),
+                                 f"jer:{jet_type}")[0])
+                for key, syst in (("nominal", "nom"), (f"{jet_type}_JERUp", "up"),
+                                  (f"{jet_type}_JERDown", "down")):
+                    s = scale.evaluate(jet["eta"], pt, syst)
+                    if matched:
+                        factor = 1 + (s - 1) * (pt - gen["pt"]) / pt
+                    else:
+                        factor = 1 + sigma * z * math.sqrt(max(s * s - 1, 0.0))
+                    expected[key].append(pt * max(factor, 0.0))
+        assert len(expected["nominal"]) > 0
+        for key, values in expected.items():
+            got = ak.to_numpy(ak.flatten(out[key][coll].pt))
+            np.testing.assert_allclose(got, values, rtol=1e-6, err_msg=f"{coll} {key}")
+
+
+def test_payloads_are_loaded_once_per_process(tt_events):
+    from pipeline.corrections.loader import _load
+    from pipeline.parameters import defaults
+
+    _load.cache_clear()
+    for a, b in ((0, 100), (100, 200)):
+        chunk = tt_events[a:b]
+        manager = CalibratorsManager([JetsCalibrator], chunk, defaults(), MC)
+        list(manager.calibration_loop(chunk, ["jet_calibration"]))
+    info = _load.cache_info()
+    assert info.misses == 2  # the AK4 and the AK8 payloads, each parsed once
+    assert info.hits > 0

@@ -74,6 +74,11 @@ class JetsCalibrationParams(BaseModel):
     apply_jec_Data: dict[str, dict[str, bool]] = Field(default_factory=dict)
     apply_jer_MC: dict[str, dict[str, bool]] = Field(default_factory=dict)
     variations: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
+    sort_by_pt: dict[str, dict[str, bool]] = Field(
+        default_factory=dict,
+        description="re-sort the calibrated jets by decreasing pt, per period and jet type "
+        "(indices into the jets held by other collections then no longer apply)",
+    )
 
 
 def rho_of(events: Any) -> Any:
@@ -93,7 +98,7 @@ class JetsCalibrator(Calibrator):
         f"{coll}.{field}"
         for coll in ("Jet", "FatJet")
         for field in ("pt", "mass", "pt_raw", "mass_raw")
-    ]
+    ] + ["Jet", "FatJet"]  # whole collections, when re-sorted by pt
     columns_read = [
         "Jet.pt", "Jet.mass", "Jet.eta", "Jet.phi", "Jet.rawFactor", "Jet.area",
         "Jet.genJetIdx", "GenJet.pt", "GenJet.eta", "GenJet.phi", "Rho.fixedGridRhoFastjetAll",
@@ -280,9 +285,14 @@ class JetsCalibrator(Calibrator):
                 else:
                     pt = nominal["pt_jec"] * payload
                     mass = nominal["mass_jec"] * payload
-            out[f"{coll_name}.pt"] = pt
-            out[f"{coll_name}.mass"] = mass
-            out[f"{coll_name}.pt_raw"] = nominal["pt_raw"]
-            out[f"{coll_name}.mass_raw"] = nominal["mass_raw"]
+            fields = {"pt": pt, "mass": mass, "pt_raw": nominal["pt_raw"],
+                      "mass_raw": nominal["mass_raw"]}
+            if self._flag(self.config.sort_by_pt, jet_type, False):
+                jets = self.original_jets[coll_name]
+                for field, values in fields.items():
+                    jets = ops.with_field(jets, values, field)
+                out[coll_name] = jets[ops.argsort(pt, axis=1, ascending=False)]
+            else:
+                out.update({f"{coll_name}.{field}": v for field, v in fields.items()})
         return out
 

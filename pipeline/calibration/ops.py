@@ -66,3 +66,8 @@ def sum(array: Any, axis: int | None = None) -> Any:
 def prod(array: Any, axis: int | None = None) -> Any:
     """Product (``ak.prod`` / ``dak.prod``)."""
     return _lib(array).prod(array, axis=axis)
+
+
+def with_field(array: Any, value: Any, where: str) -> Any:
+    """A new record array with field ``where`` set (``ak.with_field`` / ``dak.with_field``)."""
+    return _lib(array, value).with_field(array, value, where=where)

@@ -39,8 +39,8 @@ from pipeline.graph import build_dataset_graph  # noqa: E402
 from pipeline.parameters import load_parameters  # noqa: E402
 from pipeline.samples import cache_dir  # noqa: E402
 
-KEEP = ["Jet_*", "FatJet_*", "GenJet*", "Rho_*", "genWeight", "PuppiMET_*", "Electron_*",
-        "Muon_*", "Pileup_*"]
+KEEP = ["Jet_*", "FatJet_*", "GenJet*", "Rho_*", "genWeight", "PuppiMET_*", "RawPuppiMET_*",
+        "CorrT1METJet_*", "Electron_*", "Photon_*", "Muon_*", "Pileup_*"]
 METADATA = {"sample": "TTbar", "year": "2022_preEE", "isMC": True, "dataset": "bench"}
 
 
@@ -62,9 +62,12 @@ class BenchVariations(Calibrator):
 
 
 def sample_file(events: int) -> Path:
+    import hashlib
+
     from pipeline.make_sample import make_sample
 
-    path = cache_dir() / "bench" / f"tt_resampled_{events}.root"
+    tag = hashlib.sha256(" ".join(KEEP).encode()).hexdigest()[:8]
+    path = cache_dir() / "bench" / f"tt_resampled_{events}_{tag}.root"
     if not path.exists():
         print(f"making {path} ({events:,} events)...", flush=True)
         make_sample("nano_tt_v12.root", path, events, seed=7, keep=KEEP)
@@ -96,16 +99,17 @@ def bench_demo(path: Path, chunksize: int) -> dict:
             "variations": len(graph.plan.variations)}
 
 
-def bench_read_floor(path: Path, columns: list[str], chunksize: int) -> dict:
+def bench_read_floor(path: Path, columns: list[str], chunksize: int,
+                     max_events: int | None = None) -> dict:
     """(b): plain uproot reading of the same branches, chunk by chunk, in this process."""
     start = time.perf_counter()
     n_events = 0
     with uproot.open(path) as handle:
         tree = handle["Events"]
-        for begin in range(0, tree.num_entries, chunksize):
+        stop = min(tree.num_entries, max_events or tree.num_entries)
+        for begin in range(0, stop, chunksize):
             arrays = tree.arrays(columns, entry_start=begin,
-                                 entry_stop=min(begin + chunksize, tree.num_entries),
-                                 library="np")
+                                 entry_stop=min(begin + chunksize, stop), library="np")
             n_events += len(arrays[columns[0]])
         compressed = sum(tree[c].compressed_bytes for c in columns)
     elapsed = time.perf_counter() - start
@@ -135,16 +139,159 @@ def bench_graph(path: Path, n_variations: int, chunksize: int) -> dict:
             "chunks": len(dataset.chunks)}
 
 
+# --- (e), (f): the jet chain with 1, 11 and all JES sources, against a plain eager script ----
+
+JET_TAG = "Summer22_22Sep2023_V3_MC"
+JET_PAYLOAD = "jet_jerc_Summer22_V3.json.gz"
+CUT = "(Jet.pt > 30) & (abs(Jet.eta) < 2.4)"
+JET_CHAIN_BRANCHES = ["Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "Jet_rawFactor", "Jet_area",
+                      "Jet_genJetIdx", "GenJet_pt", "GenJet_eta", "GenJet_phi",
+                      "Rho_fixedGridRhoFastjetAll", "genWeight"]
+
+
+def jes_source_sets() -> dict[str, list[str]]:
+    """1 source (Total), the 11 regrouped sources, and all the full sources of the payload."""
+    from pipeline.corrections import load_correction_set
+
+    names = [k[len(JET_TAG) + 1: -len("_AK4PFPuppi")] for k in load_correction_set(JET_PAYLOAD)
+             if k.startswith(JET_TAG + "_") and k.endswith("_AK4PFPuppi")]
+    levels = {"L1FastJet", "L2Relative", "L3Absolute", "L2L3Residual", "L1L2L3Res"}
+    full = sorted(n for n in names if n not in levels and not n.startswith(
+        ("Regrouped_", "SubTotal", "Total")))
+    regrouped = sorted(n for n in names if n.startswith("Regrouped_") and n != "Regrouped_Total")
+    return {"1": ["Total"], "11": regrouped, f"all ({len(full)})": full}
+
+
+def jet_chain_config(path: Path) -> AnalysisConfig:
+    return AnalysisConfig.model_validate({
+        "datasets": {"bench": {"files": [str(path)], "metadata": {
+            k: v for k, v in METADATA.items() if k != "dataset"}}},
+        "calibrators": ["jet_calibration"],
+        "variations": {"shape": {"common": {"inclusive": ["jet_calibration"]}}},
+        "preselection": {"two_jets": f"ak.num(Jet[{CUT}]) >= 2"},
+        "histograms": {
+            "jet_pt": {"axes": [{"expr": f"Jet.pt[{CUT}]", "bins": 30, "start": 0,
+                                 "stop": 300}]},
+            "ht": {"axes": [{"expr": f"ak.sum(Jet.pt[{CUT}], axis=1)", "bins": 25,
+                             "start": 0, "stop": 1000}]},
+        },
+    })
+
+
+def jet_params(sources: list[str]):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(load_parameters(), {"jets_calibration": {
+        "collection": {"2022_preEE": {"AK4PFPuppi": "Jet"}},
+        "variations": {"2022_preEE": {"AK4PFPuppi": [f"JES_{s}" for s in sources] + ["JER"]}},
+    }})
+
+
+def bench_jet_chain(path: Path, sources: list[str], chunksize: int, max_events: int) -> dict:
+    """calibrew's jet chain (AK4: JEC, the JES sources, JER), single process, eager chunks."""
+    from pipeline.nanoevents import read_eager
+    from pipeline.processor import ChunkProcessor, make_plan
+
+    cfg = jet_chain_config(path)
+    params = jet_params(sources)
+    n_events = 0
+    start = time.perf_counter()
+    processor = None
+    for begin in range(0, max_events, chunksize):
+        events = read_eager(str(path), start=begin, stop=min(begin + chunksize, max_events))
+        if processor is None:
+            from pipeline.graph import plan_variations
+
+            variations = plan_variations(cfg, params, METADATA, events)
+            processor = ChunkProcessor(make_plan(cfg, params, METADATA, variations))
+        processor.histograms(events)
+        n_events += len(events)
+    elapsed = time.perf_counter() - start
+    return {"events": n_events, "seconds": elapsed, "rate": n_events / elapsed}
+
+
+def plain_eager_script(path: Path, sources: list[str], chunksize: int, max_events: int) -> dict:
+    """The straightforward way: uproot arrays, correctionlib, one variation after another."""
+    import awkward as ak
+    import correctionlib
+    import hist
+
+    from pipeline.samples import find_data_file
+
+    cset = correctionlib.CorrectionSet.from_file(str(find_data_file(JET_PAYLOAD)))
+    jec = cset.compound[f"{JET_TAG}_L1L2L3Res_AK4PFPuppi"]
+    reso = cset["Summer22_22Sep2023_JRV1_MC_PtResolution_AK4PFPuppi"]
+    sf = cset["Summer22_22Sep2023_JRV1_MC_ScaleFactor_AK4PFPuppi"]
+    variations = ["nominal"] + [f"{s}{d}" for s in sources for d in ("Up", "Down")] + [
+        "JERUp", "JERDown"]
+    h_pt = hist.Hist(hist.axis.StrCategory(variations), hist.axis.Regular(30, 0, 300),
+                     storage=hist.storage.Weight())
+    h_ht = hist.Hist(hist.axis.StrCategory(variations), hist.axis.Regular(25, 0, 1000),
+                     storage=hist.storage.Weight())
+    branches = JET_CHAIN_BRANCHES
+    rng = np.random.default_rng(1)
+    start = time.perf_counter()
+    n_events = 0
+    with uproot.open(path) as handle:
+        tree = handle["Events"]
+        for begin in range(0, max_events, chunksize):
+            a = tree.arrays(branches, entry_start=begin,
+                            entry_stop=min(begin + chunksize, max_events))
+            n_events += len(a)
+            for variation in variations:
+                raw = a.Jet_pt * (1 - a.Jet_rawFactor)
+                pt = raw * jec.evaluate(a.Jet_area, a.Jet_eta, raw, a.Rho_fixedGridRhoFastjetAll)
+                if variation[:-2] in sources or variation[:-4] in sources:
+                    source = variation[:-2] if variation.endswith("Up") else variation[:-4]
+                    unc = cset[f"{JET_TAG}_{source}_AK4PFPuppi"].evaluate(a.Jet_eta, pt)
+                    pt = pt * (1 + unc if variation.endswith("Up") else 1 - unc)
+                res = reso.evaluate(a.Jet_eta, pt, a.Rho_fixedGridRhoFastjetAll)
+                syst = {"JERUp": "up", "JERDown": "down"}.get(variation, "nom")
+                s = sf.evaluate(a.Jet_eta, pt, syst)
+                idx = a.Jet_genJetIdx
+                valid = (idx >= 0) & (idx < ak.num(a.GenJet_pt))
+                gen_pt = ak.fill_none(a.GenJet_pt[ak.mask(idx, valid)], 0.0)
+                gen_eta = ak.fill_none(a.GenJet_eta[ak.mask(idx, valid)], 0.0)
+                gen_phi = ak.fill_none(a.GenJet_phi[ak.mask(idx, valid)], 0.0)
+                dphi = np.mod(a.Jet_phi - gen_phi + np.pi, 2 * np.pi) - np.pi
+                matched = valid & (np.hypot(a.Jet_eta - gen_eta, dphi) < 0.2) & (
+                    np.abs(pt - gen_pt) < 3 * res * pt)
+                counts = ak.num(pt)
+                z = ak.unflatten(rng.standard_normal(int(ak.sum(counts))), counts)
+                factor = ak.where(matched, 1 + (s - 1) * (pt - gen_pt) / pt,
+                                  1 + res * z * np.sqrt(np.maximum(s * s - 1, 0)))
+                pt = pt * np.maximum(factor, 0)
+                good = pt[(pt > 30) & (np.abs(a.Jet_eta) < 2.4)]
+                selected = ak.num(good) >= 2
+                w = a.genWeight[selected]
+                jets = good[selected]
+                h_pt.fill(variation, ak.to_numpy(ak.flatten(jets)),
+                          weight=ak.to_numpy(ak.flatten(ak.broadcast_arrays(w, jets)[0])))
+                h_ht.fill(variation, ak.to_numpy(ak.sum(jets, axis=1)), weight=ak.to_numpy(w))
+    elapsed = time.perf_counter() - start
+    return {"events": n_events, "seconds": elapsed, "rate": n_events / elapsed}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--chunksize", type=int, default=200_000)
     parser.add_argument("--variations", default="2,10,100,200",
                         help="numbers of shifted variations (Up + Down) for (c)")
+    parser.add_argument("--jes-events", type=int, default=200_000,
+                        help="events for the JES-source scan (e, f)")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
 
     path = sample_file(args.events)
+    jet_floor = bench_read_floor(path, JET_CHAIN_BRANCHES, args.chunksize, args.jes_events)
+    jes_rows = []
+    for label, sources in jes_source_sets().items():
+        ours = bench_jet_chain(path, sources, args.chunksize, args.jes_events)
+        plain = plain_eager_script(path, sources, args.chunksize, args.jes_events)
+        jes_rows.append((label, len(sources), ours, plain))
+        print(f"JES {label}: calibrew {ours['rate']:,.0f}/s, plain {plain['rate']:,.0f}/s",
+              flush=True)
     demo = bench_demo(path, args.chunksize)
     print(f"demo: {demo['rate']:,.0f} events/s, peak {demo['peak_mib']:,.0f} MiB", flush=True)
     floor = bench_read_floor(path, demo["columns"], args.chunksize)
@@ -177,6 +324,22 @@ def main() -> int:
     ]
     lines += [f"| {g['variations']} | {g['seconds']:.2f} | {g['tasks']} | {g['layers']} |"
               for g in graphs]
+    lines += [
+        "",
+        f"Jet chain (AK4: JEC, JES sources Up/Down, JER nominal/Up/Down; preselection, 2 "
+        f"histograms), single core, {args.jes_events:,} events, eager chunks of "
+        f"{args.chunksize:,}; (f) is a plain script: uproot + correctionlib, recomputing "
+        "each variation from scratch, one after another; the read floor of the jet chain's "
+        f"{len(JET_CHAIN_BRANCHES)} branches is {jet_floor['rate']:,.0f} events/s.",
+        "",
+        "| JES sources | variations | (e) calibrew, events/s | (e) / jet read floor "
+        "| (f) plain eager script, events/s | (e)/(f) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| {label} | {1 + 2 * n + 2} | {ours['rate']:,.0f} "
+              f"| {ours['rate'] / jet_floor['rate']:.3f} | {plain['rate']:,.0f} "
+              f"| {ours['rate'] / plain['rate']:.2f} |"
+              for label, n, ours, plain in jes_rows]
     table = "\n".join(lines)
     print(table)
     if args.write:
