@@ -80,6 +80,15 @@ class VariationsSpec(Strict):
     weights: NamesBySample = Field(default_factory=NamesBySample)
 
 
+def _unknown_names(prefix: str, spec: NamesBySample, valid: list[str], kind: str,
+                   valid_label: str) -> list[tuple[str, str]]:
+    """Problems for the names of ``spec`` (common and by sample) that are not ``valid``."""
+    lists = [(f"{prefix}.common.inclusive", spec.common.inclusive)]
+    lists += [(f"{prefix}.bysample.{s}.inclusive", v.inclusive) for s, v in spec.bysample.items()]
+    return [(f"{path}[{i}]", f"unknown {kind} {name!r}; {valid_label}: {', '.join(valid)}")
+            for path, listed in lists for i, name in enumerate(listed) if name not in valid]
+
+
 def _by_sample(spec: NamesBySample, sample: str) -> list[str]:
     out = list(spec.common.inclusive)
     extra = spec.bysample.get(sample)
@@ -199,14 +208,8 @@ class AnalysisConfig(Strict):
                                         f"calibrators are: {', '.join(err.valid)}")]) from None
         names = [c.name for c in classes]
         shape = self.variations.shape
-        entries = [("variations.shape.common.inclusive", shape.common.inclusive)]
-        entries += [(f"variations.shape.bysample.{s}.inclusive", v.inclusive)
-                    for s, v in shape.bysample.items()]
-        for path, listed in entries:
-            for i, name in enumerate(listed):
-                if name not in names:
-                    problems.append((f"{path}[{i}]", f"unknown calibrator {name!r}; calibrators "
-                                     f"in the sequence are: {', '.join(names)}"))
+        problems += _unknown_names("variations.shape", shape, names, "calibrator",
+                                   "calibrators in the sequence are")
         samples = sorted({d.metadata.sample for d in self.datasets.values()})
         by_sample = [("variations.shape", shape), ("weights", self.weights),
                      ("variations.weights", self.variations.weights)]
@@ -218,14 +221,8 @@ class AnalysisConfig(Strict):
         from pipeline.weights import WEIGHTS
 
         for prefix, spec in by_sample[1:]:
-            lists = [(f"{prefix}.common.inclusive", spec.common.inclusive)]
-            lists += [(f"{prefix}.bysample.{s}.inclusive", v.inclusive)
-                      for s, v in spec.bysample.items()]
-            for path, listed in lists:
-                for i, name in enumerate(listed):
-                    if name not in WEIGHTS:
-                        problems.append((f"{path}[{i}]", f"unknown weight {name!r}; valid "
-                                         f"weights are: {', '.join(sorted(WEIGHTS))}"))
+            problems += _unknown_names(prefix, spec, sorted(WEIGHTS), "weight",
+                                       "valid weights are")
         for sample in samples:
             applied = self.weights_for_sample(sample)
             for name in self.weight_variations_for_sample(sample):

@@ -193,16 +193,7 @@ class ChunkProcessor:
                     f"({len(plan.variations)} variations); calibrators must declare the same "
                     "variations for every chunk"
                 )
-            selected: Any = True
-            steps = []
-            for name, expr in plan.preselection:
-                cut = event_mask(expr.evaluate(calibrated), expr)
-                selected = selected & cut
-                steps.append((name, selected))
-            categories = []
-            for name, expr in plan.categories:
-                mask = selected & event_mask(expr.evaluate(calibrated), expr)
-                categories.append((name, mask))
+            steps, categories = self._selection(calibrated)
             weights = compute_weights(
                 calibrated, plan.metadata, plan.params, list(plan.weights),
                 list(plan.varied_weights) if variation == NOMINAL else [])
@@ -220,22 +211,39 @@ class ChunkProcessor:
                 if tracing:
                     touched += [v for v in values if isinstance(v, ak.Array)]
                     continue
-                h = out[layout.name]
-                slots = [(layout.variations.index(name), w) for name, w in fills
-                         if name in layout.variations]
-                for category, mask in categories:
-                    if category not in layout.categories:
-                        continue
-                    obs, flat_weights = _fill_arrays(
-                        values, [w for _, w in slots], _as_event_mask(mask, n_events))
-                    for (index, _), w in zip(slots, flat_weights):
-                        part = layout.observables()
-                        part.fill(*obs, weight=w)
-                        add_into(h, (layout.categories.index(category), index), part)
+                self._fill(out[layout.name], layout, values, fills, categories, n_events)
         if tracing:
             for array in touched:
                 ak.typetracer.touch_data(array)
         return out
+
+    def _selection(self, events: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+        """Cumulative preselection masks (the cutflow steps) and the category masks."""
+        selected: Any = True
+        steps = []
+        for name, cut in self.plan.preselection:
+            selected = selected & event_mask(cut.evaluate(events), cut)
+            steps.append((name, selected))
+        categories = [(name, selected & event_mask(expr.evaluate(events), expr))
+                      for name, expr in self.plan.categories]
+        return steps, categories
+
+    @staticmethod
+    def _fill(h: hist.Hist, layout: HistogramLayout, values: list[Any],
+              fills: list[tuple[str, Any]], categories: list[tuple[str, Any]],
+              n_events: int) -> None:
+        """Fill ``values`` once per category and per (variation, weight) slot of ``fills``."""
+        slots = [(layout.variations.index(name), w) for name, w in fills
+                 if name in layout.variations]
+        for category, mask in categories:
+            if category not in layout.categories:
+                continue
+            obs, flat_weights = _fill_arrays(
+                values, [w for _, w in slots], _as_event_mask(mask, n_events))
+            for (index, _), w in zip(slots, flat_weights):
+                part = layout.observables()
+                part.fill(*obs, weight=w)
+                add_into(h, (layout.categories.index(category), index), part)
 
     def _fill_cutflow(self, h: hist.Hist, weight: Any, n_events: int,
                       steps: list[tuple[str, Any]], categories: list[tuple[str, Any]]) -> None:

@@ -82,6 +82,13 @@ class Weight:
     def compute(self, events: Any, variations: bool) -> WeightValues:
         raise NotImplementedError
 
+    def selected(self, events: Any, collection: str) -> Any:
+        """The objects of ``collection`` that pass the settings' ``selection`` expression."""
+        from pipeline.selection import Expression
+
+        where = f"event_weights.{self.metadata.get('year')}.{self.name}.selection"
+        return events[collection][Expression(self.settings.selection, where).evaluate(events)]
+
 
 def _payload(settings: Any) -> Any:
     return get_correction(settings.json_path, settings.correction)
@@ -179,12 +186,9 @@ class ElectronIdWeight(Weight):
     settings_model = ElectronIdSettings
 
     def compute(self, events: Any, variations: bool) -> WeightValues:
-        from pipeline.selection import Expression
-
         s = self.settings
         corr = _payload(s)
-        mask = Expression(s.selection, f"event_weights.{self.name}.selection").evaluate(events)
-        electrons = events.Electron[mask]
+        electrons = self.selected(events, "Electron")
         eta = electrons.eta + electrons.deltaEtaSC
         pt = electrons.pt
 
@@ -212,13 +216,10 @@ class MuonIdIsoWeight(Weight):
     settings_model = MuonIdIsoSettings
 
     def compute(self, events: Any, variations: bool) -> WeightValues:
-        from pipeline.selection import Expression
-
         s = self.settings
         ident = get_correction(s.json_path, s.id)
         iso = get_correction(s.json_path, s.iso)
-        mask = Expression(s.selection, f"event_weights.{self.name}.selection").evaluate(events)
-        muons = events.Muon[mask]
+        muons = self.selected(events, "Muon")
         eta, pt = np.abs(muons.eta), muons.pt
 
         def sf(kind: str) -> Any:
