@@ -29,7 +29,7 @@ from pipeline.errors import InputFileError
 
 COFFEA_SDIST = "coffea==2026.9.0"
 JSONPOG_URL = "https://gitlab.cern.ch/cms-nanoAOD/jsonpog-integration/-/raw/master/POG/{pog}/{period}/{name}"
-_POG_DIRS = {"JME": "JME", "EGM": "EGM", "MUO": "MUO", "LUM": "LUM", "BTV": "BTV"}
+POGS = {"JME", "EGM", "MUO", "LUM", "BTV"}
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,9 +104,9 @@ def _download(path: Path, target: Path) -> None:
     if len(parts) == 3 and parts[0] == "pog":
         period, fname = parts[1], parts[2]
         pog = fname.split("_", 1)[0]
-        if pog not in _POG_DIRS:
+        if pog not in POGS:
             raise InputFileError(f"no public source known for {path}")
-        url = JSONPOG_URL.format(pog=_POG_DIRS[pog], period=period, name=fname)
+        url = JSONPOG_URL.format(pog=pog, period=period, name=fname)
         tmp = target.with_suffix(target.suffix + ".part")
         with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as out:
             shutil.copyfileobj(response, out)
