@@ -11,7 +11,7 @@ Files are never committed to the project. A name such as ``"nano_tt_v12.root"`` 
    JME test payloads, the CMS jsonpog-integration repository for ``pog/...`` payloads.
 
 Offline and not found, :func:`find_data_file` raises an error naming the file and every
-place looked.
+place looked. ``CALIBREW_OFFLINE=1`` turns downloads off.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def find_data_file(name: str | os.PathLike[str], download: bool = True) -> Path:
         looked.append(str(candidate))
         if candidate.exists():
             return candidate
-    if download:
+    if download and not os.environ.get("CALIBREW_OFFLINE"):
         target = cache_dir() / "data" / path
         try:
             _download(path, target)
@@ -115,30 +115,39 @@ def _download(path: Path, target: Path) -> None:
     _unpack_coffea_samples(target.parent if len(parts) == 1 else cache_dir() / "data")
 
 
-def _unpack_coffea_samples(dest: Path) -> None:
-    """Download the coffea sdist once and copy its ``tests/samples/`` into ``dest``."""
-    with tempfile.TemporaryDirectory() as tmp:
+def _coffea_sdist() -> Path:
+    """The coffea source archive, downloaded once into the cache."""
+    folder = cache_dir() / "downloads"
+    archives = sorted(folder.glob("coffea-*.tar.gz"))
+    if archives:
+        return archives[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
              "--dest", tmp, COFFEA_SDIST],
             check=True, capture_output=True, timeout=600,
         )
-        archives = list(Path(tmp).glob("coffea-*.tar.gz"))
-        if not archives:
+        found = list(Path(tmp).glob("coffea-*.tar.gz"))
+        if not found:
             raise InputFileError(f"pip download of {COFFEA_SDIST} gave no source archive")
-        with tarfile.open(archives[0]) as tar:
-            for member in tar.getmembers():
-                marker = "/tests/samples/"
-                if marker in member.name and member.isfile():
-                    rel = member.name.split(marker, 1)[1]
-                    if "/" in rel:
-                        continue
-                    out = dest / rel
-                    if out.exists():
-                        continue
-                    src = tar.extractfile(member)
-                    if src is None:
-                        continue
-                    dest.mkdir(parents=True, exist_ok=True)
-                    with src, open(out, "wb") as fh:
-                        shutil.copyfileobj(src, fh)
+        return Path(shutil.move(str(found[0]), folder / found[0].name))
+
+
+def _unpack_coffea_samples(dest: Path) -> None:
+    """Copy the files of the coffea sdist's ``tests/samples/`` into ``dest``."""
+    marker = "/tests/samples/"
+    with tarfile.open(_coffea_sdist()) as tar:
+        for member in tar.getmembers():
+            if marker not in member.name or not member.isfile():
+                continue
+            rel = member.name.split(marker, 1)[1]
+            out = dest / rel
+            if "/" in rel or out.exists():
+                continue
+            src = tar.extractfile(member)
+            if src is None:
+                continue
+            dest.mkdir(parents=True, exist_ok=True)
+            with src, open(out, "wb") as fh:
+                shutil.copyfileobj(src, fh)

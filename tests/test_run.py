@@ -64,7 +64,8 @@ def test_plot(demo_run):
     assert all(p.stat().st_size > 10_000 for p in pngs)
 
 
-def test_cli_errors_are_clear(tmp_path, capsys, project_root):
+def test_cli_errors_are_clear(tmp_path, capsys, project_root, monkeypatch):
+    monkeypatch.setenv("CALIBREW_OFFLINE", "1")  # a missing file is not looked for online
     config = (project_root / "configs" / "demo.yaml").read_text()
     (tmp_path / "params").mkdir()
     shutil.copy(project_root / "configs" / "params" / "2022_preEE.yaml", tmp_path / "params")
