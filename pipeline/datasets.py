@@ -74,7 +74,7 @@ def split_entries(num_entries: int, chunksize: int) -> list[tuple[int, int]]:
     Examples
     --------
     >>> split_entries(10, 4)
-    [(0, 4), (4, 7), (7, 10)]
+    [(0, 3), (3, 7), (7, 10)]
     >>> split_entries(0, 4)
     []
     """
