@@ -90,21 +90,7 @@ def run_job(job_path: str | Path, output: str | Path | None = None, site: str | 
         console.print(f"[bold]{ds.name}[/]: {len(ds.files)} file(s), {ds.entries:,} events, "
                       f"{len(ds.chunks)} chunk(s) of <= {chunksize:,}")
     site_profile = load_site(site or job.site, {"n_workers": workers or job.workers})
-    client, cluster = start_site(site_profile)
-    try:
-        console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/]")
-        return _compute_and_write(client, job, cfg, params, datasets, out_dir, console,
-                                  started, show_progress)
-    finally:
-        client.close()
-        cluster.close()
-
-
-def _compute_and_write(client: Any, job: JobSpec, cfg: AnalysisConfig, params: Any,
-                       datasets: list[Dataset], out_dir: Path, console: Console,
-                       started: float, show_progress: bool) -> RunResult:
-    from pipeline.progress import ChunkProgressPlugin, finished_chunks, watch
-
+    # the graphs are built (and every expression checked) before any cluster starts
     t0 = time.perf_counter()
     graphs = [build_dataset_graph(ds, cfg, params) for ds in datasets]
     totals = [g.total() for g in graphs]
@@ -112,6 +98,22 @@ def _compute_and_write(client: Any, job: JobSpec, cfg: AnalysisConfig, params: A
     console.print(f"graphs built in {build_s:.2f} s "
                   f"({sum(len(t.dask) for t in totals)} tasks, "
                   f"{sum(len(g.plan.variations) for g in graphs)} variations)")
+    client, cluster = start_site(site_profile)
+    try:
+        console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/]")
+        return _compute_and_write(client, job, cfg, graphs, totals, out_dir, console,
+                                  started, build_s, show_progress)
+    finally:
+        client.close()
+        cluster.close()
+
+
+def _compute_and_write(client: Any, job: JobSpec, cfg: AnalysisConfig,
+                       graphs: list[DatasetGraph], totals: list[Any], out_dir: Path,
+                       console: Console, started: float, build_s: float,
+                       show_progress: bool) -> RunResult:
+    from pipeline.progress import ChunkProgressPlugin, finished_chunks, watch
+
     client.register_plugin(ChunkProgressPlugin())
     compute_start = time.perf_counter()
     futures = client.compute(totals)

@@ -81,6 +81,11 @@ def test_cli_errors_are_clear(tmp_path, capsys, project_root, monkeypatch):
     assert main(["run", str(tmp_path / "job.yaml")]) == 2
     err = capsys.readouterr().err
     assert "nano_missing.root" in err and "not found" in err
+    (tmp_path / "cfg.yaml").write_text(config.replace('expr: "PuppiMET.pt"',
+                                                      'expr: "PuppiMET.ptt"'))
+    assert main(["run", str(tmp_path / "job.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "histograms.met.axes[0].expr: cannot evaluate 'PuppiMET.ptt'" in err
     assert not (tmp_path / "out").exists()  # nothing written
 
 
