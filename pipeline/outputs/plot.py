@@ -66,7 +66,7 @@ def plot_histogram(h: Any, name: str, category: str, path: Path, title: str = ""
         mplhep.histplot(nominal, edges, ax=ax, color="black", label="nominal")
         if len(h.axes["variation"]) > 1:
             ax.fill_between(edges, np.r_[low, low[-1]], np.r_[high, high[-1]], step="post",
-                            color="tab:blue", alpha=0.3, label="shape variations (quadrature)")
+                            color="tab:blue", alpha=0.3, label="variations (sum in quadrature)")
         with np.errstate(divide="ignore", invalid="ignore"):
             for i, (source, (up, down)) in enumerate(_sources(list(h.axes["variation"])).items()):
                 color = plt.cm.tab20(i % 20)
