@@ -1,7 +1,7 @@
 """``calibrew plot``: one PNG per histogram and category, nominal with its variations.
 
-1-D histograms: the nominal as a step line, the total of the shape variations as a
-shaded band (per source, the larger of the up and down shifts in each bin, summed in
+1-D histograms: the nominal as a step line, the total of the variations (shape and
+weight) as a shaded band (per source, the larger of the up and down shifts in each bin, summed in
 quadrature over sources), and a ratio panel with every variation's up/down over nominal.
 2-D histograms: the nominal as a colour map. 3-D histograms are skipped.
 """
