@@ -194,9 +194,15 @@ class ChunkProcessor:
                     "variations for every chunk"
                 )
             steps, categories = self._selection(calibrated)
-            weights = compute_weights(
-                calibrated, plan.metadata, plan.params, list(plan.weights),
-                list(plan.varied_weights) if variation == NOMINAL else [])
+            if variation == NOMINAL:
+                weights = nominal_weights = compute_weights(
+                    calibrated, plan.metadata, plan.params, list(plan.weights),
+                    list(plan.varied_weights))
+            else:
+                # weights whose inputs this variation did not change keep their nominal
+                reuse = nominal_weights.reusable(manager.changed_collections(variation))
+                weights = compute_weights(calibrated, plan.metadata, plan.params,
+                                          list(plan.weights), [], reuse=reuse)
             # at the nominal, each weight variation fills its own slot of the variation axis
             fills = [(variation, weights.nominal), *weights.variations.items()]
             if tracing:

@@ -82,6 +82,11 @@ class Weight:
     def compute(self, events: Any, variations: bool) -> WeightValues:
         raise NotImplementedError
 
+    def inputs(self) -> set[str] | None:
+        """Collections the weight reads (its nominal is reused where none of them changed);
+        None, the default, means unknown: the weight is recomputed for every variation."""
+        return None
+
     def selected(self, events: Any, collection: str) -> Any:
         """The objects of ``collection`` that pass the settings' ``selection`` expression."""
         from pipeline.selection import Expression
@@ -105,6 +110,9 @@ class PileupWeight(Weight):
 
     name = "pileup"
     settings_model = PileupSettings
+
+    def inputs(self) -> set[str] | None:
+        return {"Pileup"}
 
     def compute(self, events: Any, variations: bool) -> WeightValues:
         corr = _payload(self.settings)
@@ -141,6 +149,9 @@ class BtagShapeWeight(Weight):
 
     name = "btag_shape"
     settings_model = BtagShapeSettings
+
+    def inputs(self) -> set[str] | None:
+        return {self.settings.jets}
 
     def compute(self, events: Any, variations: bool) -> WeightValues:
         s = self.settings
@@ -185,6 +196,9 @@ class ElectronIdWeight(Weight):
     name = "electron_id"
     settings_model = ElectronIdSettings
 
+    def inputs(self) -> set[str] | None:
+        return {"Electron"}
+
     def compute(self, events: Any, variations: bool) -> WeightValues:
         s = self.settings
         corr = _payload(s)
@@ -215,6 +229,9 @@ class MuonIdIsoWeight(Weight):
     name = "muon_id_iso"
     settings_model = MuonIdIsoSettings
 
+    def inputs(self) -> set[str] | None:
+        return {"Muon"}
+
     def compute(self, events: Any, variations: bool) -> WeightValues:
         s = self.settings
         ident = get_correction(s.json_path, s.id)
@@ -240,27 +257,48 @@ def get_weight(name: str, where: str = "") -> type[Weight]:
 
 @dataclass
 class EventWeights:
-    """The total event weight and the totals of every weight variation."""
+    """The total event weight, the totals of every weight variation, and the per-weight
+    nominal factors with the collections each read (None: unknown)."""
 
     nominal: Any
     variations: dict[str, Any]
+    factors: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, set[str] | None] = field(default_factory=dict)
+
+    def reusable(self, changed: set[str] | None) -> dict[str, Any]:
+        """The nominal factors still valid when the collections ``changed`` changed."""
+        if changed is None:
+            return {}
+        out = {}
+        for name, factor in self.factors.items():
+            read = self.inputs.get(name)
+            if read is not None and not read & changed:
+                out[name] = factor
+        return out
 
 
 def compute_weights(events: Any, metadata: Mapping[str, Any], params: Any,
-                    names: list[str], varied: list[str]) -> EventWeights:
+                    names: list[str], varied: list[str],
+                    reuse: Mapping[str, Any] | None = None) -> EventWeights:
     """Generator weight times the named weights; the variations of the ``varied`` ones.
 
     A variation's total replaces that weight's nominal factor by its varied factor.
-    Data get weight one and no variations.
+    ``reuse`` gives nominal factors already known (of a weight whose inputs did not change);
+    those weights are not evaluated again. Data get weight one and no variations.
     """
     total = generator_weight(events, metadata)
     if not metadata.get("isMC"):
         return EventWeights(total, {})
     values: dict[str, WeightValues] = {}
+    inputs: dict[str, set[str] | None] = {}
     period = str(metadata.get("year", ""))
     for name in names:
         weight = get_weight(name)(section(params, "event_weights", period, name), metadata)
-        values[name] = weight.compute(events, variations=name in varied)
+        inputs[name] = weight.inputs()
+        if reuse is not None and name in reuse and name not in varied:
+            values[name] = WeightValues(reuse[name])
+        else:
+            values[name] = weight.compute(events, variations=name in varied)
     nominal = total
     for v in values.values():
         nominal = nominal * v.nominal
@@ -272,7 +310,8 @@ def compute_weights(events: Any, metadata: Mapping[str, Any], params: Any,
                 others = others * w.nominal
         for var_name, factor in v.variations.items():
             variations[var_name] = others * factor
-    return EventWeights(nominal, variations)
+    factors = {name: v.nominal for name, v in values.items()}
+    return EventWeights(nominal, variations, factors, inputs)
 
 
 def weight_variation_names(metadata: Mapping[str, Any], params: Any, names: list[str],

@@ -162,6 +162,8 @@ class CalibratorsManager:
             self.available_variations += own
             self.available_variations_bycalibrator[cls.name] = variations
         self._sequence_names = names
+        self._nominal_outputs: dict[str, Mapping[str, Any]] = {}
+        self._changed: dict[str, set[str]] = {}
         self.original_collections = self._original_collections(events)
 
     @property
@@ -212,6 +214,7 @@ class CalibratorsManager:
         if variation not in self.available_variations:
             raise UnknownNameError("variation", variation, self.available_variations)
         applied: list[str] = []
+        changed: set[str] = set()
         for calibrator in self.calibrator_sequence:
             columns = calibrator.calibrate(
                 events, self.original_collections, variation,
@@ -233,7 +236,31 @@ class CalibratorsManager:
                 check_structure(calibrator.name, key, old, value)
             events = with_columns(events, dict(columns))
             applied.append(calibrator.name)
+            changed |= self._changed_keys(calibrator.name, variation, columns)
+        self._changed[variation] = {key.split(".")[0] for key in changed}
         return events
+
+    def _changed_keys(self, name: str, variation: str, columns: Mapping[str, Any]) -> set[str]:
+        """Columns whose array is not the very object the calibrator returned at nominal."""
+        if variation == NOMINAL:
+            self._nominal_outputs[name] = dict(columns)
+            return set()
+        nominal = self._nominal_outputs.get(name)
+        if nominal is None:
+            return set(columns)
+        return {key for key, value in columns.items() if nominal.get(key) is not value}
+
+    def changed_collections(self, variation: str) -> set[str] | None:
+        """Collections that may differ from the nominal in ``variation`` (after it ran).
+
+        A calibrator that returns, for a variation, the same array objects as for the
+        nominal (it computed them once per chunk) changed nothing; any other returned
+        column counts as changed. None when unknown (the nominal or the variation has not
+        been calibrated yet by this manager).
+        """
+        if variation == NOMINAL:
+            return set()
+        return self._changed.get(variation) if NOMINAL in self._changed else None
 
     def calibration_loop(
         self,
