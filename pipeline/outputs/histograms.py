@@ -8,7 +8,6 @@ to three observable axes, with weighted storage. Per dataset calibrew writes
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ import hist
 import numpy as np
 
 from pipeline.config import AxisSpec, HistogramSpec
+from pipeline.outputs.atomic import atomic_path
 
 CUTFLOW = "cutflow"
 
@@ -106,16 +106,10 @@ def from_vector(h: hist.Hist, vector: np.ndarray) -> hist.Hist:
     return h
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def write_pickle(histograms: Mapping[str, hist.Hist], path: Path) -> Path:
     """Write ``{name: Hist}`` to ``path`` atomically (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, pickle.dumps(dict(histograms), protocol=pickle.HIGHEST_PROTOCOL))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(pickle.dumps(dict(histograms), protocol=pickle.HIGHEST_PROTOCOL))
     return path
 
 
@@ -126,9 +120,7 @@ def write_root(histograms: Mapping[str, hist.Hist], path: Path) -> Path:
     """
     import uproot
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with uproot.recreate(tmp) as out:
+    with atomic_path(path) as tmp, uproot.recreate(tmp) as out:
         for name, h in histograms.items():
             if name == CUTFLOW:
                 out["cutflow"] = h[:, "weighted"]
@@ -138,5 +130,4 @@ def write_root(histograms: Mapping[str, hist.Hist], path: Path) -> Path:
                 for variation in h.axes["variation"]:
                     key = name if variation == "nominal" else f"{name}_{variation}"
                     out[f"{category}/{key}"] = h[{"category": category, "variation": variation}]
-    tmp.replace(path)
     return path
