@@ -1,4 +1,5 @@
-"""The ``calibrew`` command line: ``run``, ``preprocess``, ``plot``, ``make-sample``."""
+"""The ``calibrew`` command line: ``run``, ``preprocess``, ``plot``, ``inspect``,
+``make-sample``."""
 
 from __future__ import annotations
 
@@ -50,6 +51,20 @@ def _cmd_make_sample(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
+    import json
+
+    from pipeline.outputs.inspect_table import describe, print_table
+    from pipeline.outputs.tables import open_table
+
+    table = open_table(args.table)
+    if args.json:
+        console.print_json(json.dumps(describe(table), default=str))
+    else:
+        print_table(table, console)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="calibrew",
@@ -74,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("output", help="the run's output directory")
     plot.add_argument("--dest", help="where to write the plots (default: OUTPUT/plots)")
     plot.set_defaults(func=_cmd_plot)
+
+    inspect = sub.add_parser("inspect", help="schema, rows, variations and provenance of a "
+                             "feature table")
+    inspect.add_argument("table", help="a table directory (<output>/<dataset>/<name>.zarr)")
+    inspect.add_argument("--json", action="store_true", help="print as JSON")
+    inspect.set_defaults(func=_cmd_inspect)
 
     sample = sub.add_parser("make-sample",
                             help="build a large NanoAOD-like file by resampling a small one")

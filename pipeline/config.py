@@ -133,6 +133,108 @@ class HistogramSpec(Strict):
     variations: bool = Field(default=True, description="fill the shape variations too")
 
 
+#: Columns every table holds; a configured column cannot take these names.
+RESERVED_COLUMNS = frozenset({
+    "run", "luminosityBlock", "event", "fold", "weight", "weight_variations", "label",
+    "is_data", "pass", "object_index", "constituent_index", "variations",
+})
+FEATURE_DTYPES = ("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
+                  "uint32", "uint64", "bool")
+
+
+class ColumnSpec(Strict):
+    """A table column: an expression and how it is stored."""
+
+    expr: str
+    dtype: Literal[FEATURE_DTYPES] | None = Field(  # type: ignore[valid-type]
+        default=None, description="storage type (default: float32 for floats, else as computed)"
+    )
+    unit: str | None = None
+    sentinel: float | None = Field(
+        default=None, description="value stored where the expression gives none (default: "
+        "the table's sentinel)"
+    )
+    description: str | None = None
+
+
+class CollectionSpec(Strict):
+    """An object collection kept in a table: per row, a list of objects with some fields."""
+
+    expr: str = Field(description="expression giving one list of records per row")
+    fields: list[str] = Field(min_length=1)
+    layout: Literal["ragged", "padded"] = "ragged"
+    length: int | None = Field(default=None, gt=0, description="padded length (layout padded)")
+    sort_by: str | None = Field(default=None, description="field to sort by, decreasing")
+    dtype: Literal[FEATURE_DTYPES] = "float32"  # type: ignore[valid-type]
+    units: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _padded_length(self) -> CollectionSpec:
+        if self.layout == "padded" and self.length is None:
+            raise ValueError("a padded collection needs its 'length' (a positive integer)")
+        if self.layout == "ragged" and self.length is not None:
+            raise ValueError("'length' is for layout: padded")
+        return self
+
+
+class TableSpec(Strict):
+    """A feature table written per dataset (``<output>/<dataset>/<name>.zarr``).
+
+    ``level`` ``event`` gives a row per selected event; ``object`` a row per object of the
+    ``objects`` expression (a list per event); ``constituent`` a row per constituent (a list
+    per object). ``aliases`` name intermediate expressions, evaluated in order, that later
+    ones use (``objects`` is available as ``obj``).
+    """
+
+    level: Literal["event", "object", "constituent"] = "event"
+    objects: str | None = Field(default=None, description="the row objects (object levels)")
+    select: str | None = Field(default=None, description="row mask over the objects")
+    aliases: dict[str, str] = Field(default_factory=dict)
+    columns: dict[str, str | ColumnSpec] = Field(default_factory=dict)
+    collections: dict[str, CollectionSpec] = Field(default_factory=dict)
+    variations: list[str] | Literal["all", "none"] = Field(
+        default="all", description="shape variations carried, by name"
+    )
+    weight_variations: bool = True
+    classes: list[str] | None = Field(default=None, description="label names; index = label")
+    labels: dict[str, str] = Field(default_factory=dict, description="sample -> class name")
+    preselection: dict[str, str] | None = Field(
+        default=None, description="event selection of the table (default: the analysis one)"
+    )
+    sentinel: float = Field(default=float("nan"), description="value of undefined entries")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TableSpec:
+        if self.level != "event" and not self.objects:
+            raise ValueError(f"level {self.level!r} needs 'objects' (the row objects)")
+        if self.level == "event" and (self.objects or self.select):
+            raise ValueError("'objects' and 'select' are for the object and constituent levels")
+        if self.level == "constituent" and self.collections:
+            raise ValueError("a constituent-level table has no collections (rows are the "
+                             "constituents)")
+        for name in [*self.columns, *self.collections, *self.aliases]:
+            if name in RESERVED_COLUMNS or "/" in name or "." in name:
+                raise ValueError(f"{name!r} is a reserved or invalid column name (reserved: "
+                                 f"{', '.join(sorted(RESERVED_COLUMNS))})")
+        if not self.columns and not self.collections:
+            raise ValueError("a table needs 'columns' or 'collections'")
+        if self.labels:
+            classes = self.class_names()
+            for sample, cls in self.labels.items():
+                if cls not in classes:
+                    raise ValueError(f"label {cls!r} of sample {sample!r} is not one of the "
+                                     f"classes {classes}")
+        return self
+
+    def class_names(self) -> list[str]:
+        """The label classes: ``classes`` if given, else the labels' names sorted."""
+        return list(self.classes) if self.classes else sorted(set(self.labels.values()))
+
+    def column_specs(self) -> dict[str, ColumnSpec]:
+        return {name: spec if isinstance(spec, ColumnSpec) else ColumnSpec(expr=spec)
+                for name, spec in self.columns.items()}
+
+
 class AnalysisConfig(Strict):
     """The analysis: datasets, calibrators, variations, selection, categories, histograms."""
 
@@ -158,6 +260,9 @@ class AnalysisConfig(Strict):
         description="named event masks, evaluated after the preselection",
     )
     histograms: dict[str, HistogramSpec] = Field(default_factory=dict)
+    tables: dict[str, TableSpec] = Field(
+        default_factory=dict, description="feature tables, written per dataset as <name>.zarr"
+    )
     chunksize: int = Field(default=100_000, gt=0)
 
     @field_validator("categories")
@@ -235,6 +340,15 @@ class AnalysisConfig(Strict):
                     problems.append((f"histograms.{hname}.categories[{i}]",
                                      f"unknown category {cat!r}; categories are: "
                                      f"{', '.join(self.categories)}"))
+        for tname, table in self.tables.items():
+            for sample in table.labels:
+                if sample not in samples:
+                    problems.append((f"tables.{tname}.labels.{sample}",
+                                     f"unknown sample; samples are: {', '.join(samples)}"))
+            unlabelled = [s for s in samples if s not in table.labels]
+            if table.labels and unlabelled:
+                problems.append((f"tables.{tname}.labels", "no label for sample(s) "
+                                 f"{', '.join(unlabelled)}; give every sample a class"))
         if problems:
             raise ConfigError(source, problems)
 

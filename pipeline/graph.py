@@ -9,8 +9,10 @@ per-chunk histogram vectors. Its size does not grow with the number of variation
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import awkward as ak
 import dask
 import dask_awkward as dak
 import numpy as np
@@ -20,6 +22,7 @@ from pipeline.calibration.manager import CalibratorsManager
 from pipeline.config import AnalysisConfig
 from pipeline.datasets import Dataset
 from pipeline.nanoevents import read_lazy
+from pipeline.outputs.tables import TableWriter
 from pipeline.processor import ChunkProcessor, ProcessingPlan, make_plan
 from pipeline.weights import weight_variation_names
 
@@ -33,8 +36,8 @@ def read_events(dataset: Dataset) -> Any:
 
 
 def plan_variations(cfg: AnalysisConfig, params: Any, metadata: dict[str, Any],
-                    events_meta: Any) -> list[str]:
-    """The variations of a dataset (shape, then weight), found on its typetracer."""
+                    events_meta: Any) -> tuple[list[str], list[str]]:
+    """The shape and the weight variations of a dataset, found on its typetracer."""
     sample = str(metadata["sample"])
     variation_calibrators = cfg.variations_for_sample(sample)
     manager = CalibratorsManager(
@@ -45,7 +48,7 @@ def plan_variations(cfg: AnalysisConfig, params: Any, metadata: dict[str, Any],
     weights = weight_variation_names(
         metadata, params, cfg.weights_for_sample(sample),
         cfg.weight_variations_for_sample(sample), events_meta)
-    return shape + [w for w in weights if w not in shape]
+    return shape, [w for w in weights if w not in shape]
 
 
 @dataclass
@@ -89,17 +92,54 @@ def _sum_vectors(parts: list[Any]) -> np.ndarray:
     return total
 
 
-def build_dataset_graph(dataset: Dataset, cfg: AnalysisConfig, params: Any) -> DatasetGraph:
-    """Build the lazy graph of one preprocessed dataset (``dataset.chunks`` set)."""
+def table_identity(dataset: Dataset, cfg: AnalysisConfig) -> dict[str, Any]:
+    """What makes two runs write the same tables: the config and the dataset's chunks."""
+    return {"config": cfg.digest(), "dataset": dataset.name,
+            "chunks": [[c.file, c.start, c.stop] for c in dataset.chunks]}
+
+
+def table_writers(dataset: Dataset, cfg: AnalysisConfig,
+                  output: Path | None) -> dict[str, TableWriter]:
+    """The stores of the dataset's feature tables, ``<output>/<dataset>/<table>.zarr``."""
+    if output is None:
+        return {}
+    identity = table_identity(dataset, cfg)
+    return {name: TableWriter(output / dataset.name / f"{name}.zarr", len(dataset.chunks),
+                              identity)
+            for name in cfg.tables}
+
+
+def _part_indices(n: int, name: str) -> dak.Array:
+    """One partition per chunk holding the chunk's index: it names the table parts."""
+    meta = ak.Array(ak.Array(np.zeros(1, dtype=np.int64)).layout.to_typetracer(
+        forget_length=True))
+    return dak.from_map(_index_array, list(range(n)), label=f"calibrew-part-{name}", meta=meta)
+
+
+def _index_array(index: int) -> ak.Array:
+    return ak.Array(np.array([index], dtype=np.int64))
+
+
+def build_dataset_graph(dataset: Dataset, cfg: AnalysisConfig, params: Any,
+                        output: Path | None = None) -> DatasetGraph:
+    """Build the lazy graph of one preprocessed dataset (``dataset.chunks`` set).
+
+    With ``output``, each chunk task also writes its part of the dataset's feature tables
+    (the stores are prepared by the caller, see :func:`table_writers`).
+    """
     if not dataset.chunks:
         raise ValueError(f"dataset {dataset.name!r} has no chunks: preprocess it first")
     events = read_events(dataset)
     metadata = dict(dataset.metadata)
-    variations = plan_variations(cfg, params, metadata, events._meta)
-    plan = make_plan(cfg, params, metadata, variations)
+    shape, weights = plan_variations(cfg, params, metadata, events._meta)
+    plan = make_plan(cfg, params, metadata, shape + weights, shape,
+                     table_writers(dataset, cfg, output))
     processor = ChunkProcessor(plan)
+    # with tables, a second input names each chunk's part (both are fused into one task)
+    inputs = [events, _part_indices(len(dataset.chunks), dataset.name)] if plan.writers \
+        else [events]
     # The meta is given, so the processor is traced once, at optimisation (column projection).
     chunks = dak.map_partitions(
-        processor, events, label=f"{CHUNK_LABEL}-{dataset.name}", meta=processor.meta(),
+        processor, *inputs, label=f"{CHUNK_LABEL}-{dataset.name}", meta=processor.meta(),
     )
     return DatasetGraph(dataset=dataset, plan=plan, chunks=chunks)

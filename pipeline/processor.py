@@ -24,6 +24,7 @@ from pipeline.calibration.calibrator import Calibrator
 from pipeline.calibration.manager import NOMINAL, CalibratorsManager
 from pipeline.config import AnalysisConfig
 from pipeline.errors import CalibrationError
+from pipeline.features import TablePlan, TableRows, make_table_plan
 from pipeline.outputs.histograms import (
     CUTFLOW,
     HistogramLayout,
@@ -33,6 +34,7 @@ from pipeline.outputs.histograms import (
     to_vector,
     weighted_view,
 )
+from pipeline.outputs.tables import Column, TableWriter
 from pipeline.selection import Expression, event_mask, make_cut
 from pipeline.weights import compute_weights, generator_weight
 
@@ -53,6 +55,8 @@ class ProcessingPlan:
     preselection: tuple[tuple[str, Any], ...]
     categories: tuple[tuple[str, Expression], ...]
     histograms: tuple[tuple[HistogramLayout, tuple[Expression, ...]], ...]
+    tables: tuple[TablePlan, ...] = ()
+    writers: tuple[tuple[str, TableWriter], ...] = ()
 
     @property
     def cutflow_steps(self) -> list[str]:
@@ -83,8 +87,14 @@ def make_plan(
     params: Any,
     metadata: Mapping[str, Any],
     variations: Sequence[str],
+    shape_variations: Sequence[str] | None = None,
+    writers: Mapping[str, TableWriter] | None = None,
 ) -> ProcessingPlan:
-    """Compile the config's expressions and fix the histogram layouts for one dataset."""
+    """Compile the config's expressions and fix the histogram layouts for one dataset.
+
+    ``shape_variations`` (default: all of ``variations``) are those of the calibrators, the
+    others being weight variations; ``writers`` give the feature tables' stores by name.
+    """
     categories = tuple((name, Expression(expr, f"categories.{name}"))
                        for name, expr in cfg.categories.items())
     histograms = []
@@ -95,7 +105,13 @@ def make_plan(
         exprs = tuple(Expression(a.expr, f"histograms.{hname}.axes[{i}].expr")
                       for i, a in enumerate(spec.axes))
         histograms.append((layout, exprs))
+    shape = list(variations if shape_variations is None else shape_variations)
+    weight_variations = [v for v in variations if v not in shape]
+    tables = tuple(make_table_plan(name, spec, params, metadata, shape, weight_variations)
+                   for name, spec in cfg.tables.items())
     return ProcessingPlan(
+        tables=tables,
+        writers=tuple((writers or {}).items()),
         calibrators=tuple(cfg.calibrator_classes()),
         params=params,
         metadata=dict(metadata),
@@ -153,11 +169,22 @@ class ChunkProcessor:
     def __init__(self, plan: ProcessingPlan) -> None:
         self.plan = plan
 
-    def __call__(self, events: Any) -> ak.Array:
+    def __call__(self, events: Any, part: Any = None) -> ak.Array:
+        """Histograms of the chunk as a one-row array; feature-table parts written.
+
+        ``part`` (a one-element array: the chunk's index) names the table parts this chunk
+        writes; a part already written (a resumed run) is not computed again.
+        """
         if _is_tracing(events):
-            self._run(events, tracing=True)
+            self._run(events, tracing=True, tables=[t.name for t in self.plan.tables])
             return self.meta()
-        vector = np.concatenate([to_vector(h) for h in self.histograms(events).values()])
+        writers = dict(self.plan.writers)
+        index = None if part is None else int(np.asarray(part)[0])
+        todo = [] if index is None else [n for n, w in writers.items() if not w.part_done(index)]
+        histograms, tables = self._compute(events, todo)
+        for name, (columns, attrs) in tables.items():
+            writers[name].write_part(index, columns, attrs)  # type: ignore[arg-type]
+        vector = np.concatenate([to_vector(h) for h in histograms.values()])
         return ak.to_regular(ak.Array(vector[np.newaxis, :]), axis=1)
 
     def meta(self) -> ak.Array:
@@ -167,7 +194,17 @@ class ChunkProcessor:
 
     def histograms(self, events: Any) -> dict[str, hist.Hist]:
         """Run the whole per-chunk computation eagerly and return ``{name: Hist}``."""
-        return self._run(events, tracing=False)
+        return self._compute(events, [])[0]
+
+    def tables(self, events: Any) -> dict[str, tuple[dict[str, Column], dict[str, Any]]]:
+        """Every feature table's columns and part attributes, computed eagerly."""
+        return self._compute(events, [t.name for t in self.plan.tables])[1]
+
+    def _compute(self, events: Any, tables: list[str]) -> tuple[
+            dict[str, hist.Hist], dict[str, tuple[dict[str, Column], dict[str, Any]]]]:
+        out: dict[str, TableRows] = {}
+        histograms = self._run(events, tracing=False, tables=tables, rows_out=out)
+        return histograms, {name: rows.finish() for name, rows in out.items()}
 
     def manager(self, events: Any) -> CalibratorsManager:
         plan = self.plan
@@ -176,10 +213,12 @@ class ChunkProcessor:
             requested_calibrator_variations=list(plan.variation_calibrators),
         )
 
-    def _run(self, events: Any, tracing: bool) -> dict[str, hist.Hist]:
+    def _run(self, events: Any, tracing: bool, tables: Sequence[str] = (),
+             rows_out: dict[str, TableRows] | None = None) -> dict[str, hist.Hist]:
         plan = self.plan
         out = plan.empty_histograms()
         manager = self.manager(events)
+        rows = {t.name: TableRows(t, events, tracing) for t in plan.tables if t.name in tables}
         generator = generator_weight(events, plan.metadata)
         touched: list[Any] = [generator]
         n_events = len(generator) if not tracing else 0
@@ -194,15 +233,22 @@ class ChunkProcessor:
                     "variations for every chunk"
                 )
             steps, categories = self._selection(calibrated)
+            changed = manager.changed_collections(variation)
             if variation == NOMINAL:
                 weights = nominal_weights = compute_weights(
                     calibrated, plan.metadata, plan.params, list(plan.weights),
                     list(plan.varied_weights))
+                weights_changed = False
             else:
                 # weights whose inputs this variation did not change keep their nominal
-                reuse = nominal_weights.reusable(manager.changed_collections(variation))
+                reuse = nominal_weights.reusable(changed)
                 weights = compute_weights(calibrated, plan.metadata, plan.params,
                                           list(plan.weights), [], reuse=reuse)
+                weights_changed = bool(nominal_weights.factors) and set(reuse) != set(
+                    nominal_weights.factors)
+            selected = steps[-1][1] if steps else True
+            for table in rows.values():
+                table.add(variation, calibrated, selected, weights, changed, weights_changed)
             # at the nominal, each weight variation fills its own slot of the variation axis
             fills = [(variation, weights.nominal), *weights.variations.items()]
             if tracing:
@@ -221,6 +267,10 @@ class ChunkProcessor:
         if tracing:
             for array in touched:
                 ak.typetracer.touch_data(array)
+            for table in rows.values():
+                table.finish()
+        if rows_out is not None:
+            rows_out.update(rows)
         return out
 
     def _selection(self, events: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:

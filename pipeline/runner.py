@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,9 @@ from pipeline.config import AnalysisConfig, JobSpec, load_job
 from pipeline.datasets import Dataset, preprocess, resolve_files
 from pipeline.graph import DatasetGraph, build_dataset_graph
 from pipeline.outputs.histograms import CUTFLOW, write_pickle, write_root
+from pipeline.outputs.provenance import provenance
 from pipeline.outputs.report import write_json
+from pipeline.outputs.tables import TableError
 from pipeline.parameters import load_parameters
 from pipeline.processor import ALL_EVENTS
 
@@ -58,14 +61,47 @@ def dataset_summary(graph: DatasetGraph, histograms: dict[str, Any]) -> dict[str
     }
 
 
-def write_dataset_outputs(output: Path, graph: DatasetGraph,
-                          histograms: dict[str, Any]) -> dict[str, Any]:
-    """Write histograms.pkl, histograms.root and summary.json of one dataset."""
+def finalize_tables(graph: DatasetGraph, summary: dict[str, Any], cfg: AnalysisConfig,
+                    params: Any) -> list[Path]:
+    """Write each feature table's final metadata (making it visible); return their paths."""
+    dataset = graph.dataset
+    origin = provenance(cfg.digest(), params, str(dataset.metadata.get("year", "")),
+                        dataset.files, dataset.entries)
+    written = []
+    for table, (_, writer) in zip(graph.plan.tables, graph.plan.writers):
+        parts = writer.part_attrs()
+        changed = {json.dumps(p.get("changed_columns"), sort_keys=True) for p in parts}
+        if len(changed) > 1:
+            raise TableError(f"{writer.path}: parts store different columns per variation "
+                             f"({len(changed)} layouts); calibrators must change the same "
+                             "collections in every chunk")
+        selected: dict[str, int] = {}
+        for p in parts:
+            for variation, count in p.get("selected", {}).items():
+                selected[variation] = selected.get(variation, 0) + int(count)
+        writer.finalize({
+            **table.attrs(),
+            "dataset": dataset.name,
+            "metadata": dict(dataset.metadata),
+            "changed_columns": parts[0].get("changed_columns", {}) if parts else {},
+            "events_total": summary["events"],
+            "sum_genweights": summary["sum_genweights"],
+            "events_selected": selected,
+            "provenance": origin,
+        })
+        written.append(writer.path)
+    return written
+
+
+def write_dataset_outputs(output: Path, graph: DatasetGraph, histograms: dict[str, Any],
+                          cfg: AnalysisConfig, params: Any) -> dict[str, Any]:
+    """Write histograms.pkl, histograms.root, summary.json and finalize the tables."""
     folder = output / graph.dataset.name
     summary = dataset_summary(graph, histograms)
     written = [
         write_pickle(histograms, folder / "histograms.pkl"),
         write_root(histograms, folder / "histograms.root"),
+        *finalize_tables(graph, summary, cfg, params),
         write_json(summary, folder / "summary.json"),
     ]
     summary["outputs"] = [str(p) for p in written]
@@ -92,7 +128,10 @@ def run_job(job_path: str | Path, output: str | Path | None = None, site: str | 
     site_profile = load_site(site or job.site, {"n_workers": workers or job.workers})
     # the graphs are built (and every expression checked) before any cluster starts
     t0 = time.perf_counter()
-    graphs = [build_dataset_graph(ds, cfg, params) for ds in datasets]
+    graphs = [build_dataset_graph(ds, cfg, params, out_dir) for ds in datasets]
+    for graph in graphs:  # an existing table of another config or schema stops the run here
+        for _, writer in graph.plan.writers:
+            writer.prepare()
     totals = [g.total() for g in graphs]
     build_s = time.perf_counter() - t0
     console.print(f"graphs built in {build_s:.2f} s "
@@ -101,14 +140,14 @@ def run_job(job_path: str | Path, output: str | Path | None = None, site: str | 
     client, cluster = start_site(site_profile)
     try:
         console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/]")
-        return _compute_and_write(client, job, cfg, graphs, totals, out_dir, console,
+        return _compute_and_write(client, job, cfg, params, graphs, totals, out_dir, console,
                                   started, build_s, show_progress)
     finally:
         client.close()
         cluster.close()
 
 
-def _compute_and_write(client: Any, job: JobSpec, cfg: AnalysisConfig,
+def _compute_and_write(client: Any, job: JobSpec, cfg: AnalysisConfig, params: Any,
                        graphs: list[DatasetGraph], totals: list[Any], out_dir: Path,
                        console: Console, started: float, build_s: float,
                        show_progress: bool) -> RunResult:
@@ -129,7 +168,8 @@ def _compute_and_write(client: Any, job: JobSpec, cfg: AnalysisConfig,
     for graph, vector in zip(graphs, vectors):
         histograms = graph.plan.unpack(vector)
         result.histograms[graph.dataset.name] = histograms
-        summaries[graph.dataset.name] = write_dataset_outputs(out_dir, graph, histograms)
+        summaries[graph.dataset.name] = write_dataset_outputs(out_dir, graph, histograms, cfg,
+                                                              params)
         summaries[graph.dataset.name]["events_per_s"] = (
             summaries[graph.dataset.name]["events"] / compute_s
         )

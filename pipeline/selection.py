@@ -26,22 +26,34 @@ _SAFE_GLOBALS: dict[str, Any] = {
 
 
 class _EventNamespace(Mapping[str, Any]):
-    def __init__(self, events: Any) -> None:
+    """The names an expression sees: ``events``, its fields, then ``extra`` names.
+
+    The names looked up are recorded in ``used`` (what the expression depends on).
+    """
+
+    def __init__(self, events: Any, extra: Mapping[str, Any] | None = None) -> None:
         self.events = events
         self.fields = set(events.fields)
+        self.extra = dict(extra or {})
+        self.used: set[str] = set()
 
     def __getitem__(self, key: str) -> Any:
+        if key in self.extra:
+            self.used.add(key)
+            return self.extra[key]
         if key == "events":
+            self.used.add(key)
             return self.events
         if key in self.fields:
+            self.used.add(key)
             return self.events[key]
         raise KeyError(key)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(["events", *sorted(self.fields)])
+        return iter(["events", *sorted(self.fields), *sorted(self.extra)])
 
     def __len__(self) -> int:
-        return len(self.fields) + 1
+        return len(self.fields) + 1 + len(self.extra)
 
 
 class Expression:
@@ -66,8 +78,18 @@ class Expression:
         except SyntaxError as err:
             raise ExpressionError(f"{where}: invalid expression {text!r}: {err.msg}") from None
 
-    def evaluate(self, events: Any) -> Any:
-        namespace = _EventNamespace(events)
+    def evaluate(self, events: Any, extra: Mapping[str, Any] | None = None,
+                 used: set[str] | None = None) -> Any:
+        """The value over ``events``; ``extra`` adds names; ``used`` collects the names read.
+
+        Examples
+        --------
+        >>> import awkward as ak
+        >>> events, used = ak.Array([{"x": 1.0, "y": 2.0}]), set()
+        >>> Expression("x + k", "doc").evaluate(events, {"k": 10}, used).tolist(), sorted(used)
+        ([11.0], ['k', 'x'])
+        """
+        namespace = _EventNamespace(events, extra)
         try:
             return eval(self.code, _SAFE_GLOBALS, namespace)
         except NameError as err:
@@ -86,6 +108,9 @@ class Expression:
             raise ExpressionError(
                 f"{self.where}: cannot evaluate {self.text!r}: {type(err).__name__}: {err}"
             ) from err
+        finally:
+            if used is not None:
+                used |= namespace.used
 
 
 def _summary(fields: set[str], limit: int = 25) -> str:

@@ -38,6 +38,7 @@ def make_part(index: int, rows: int) -> dict:
 
 def write_all(path, parts, skip=()):
     writer = TableWriter(path, n_parts=len(parts), identity=IDENTITY)
+    writer.prepare()
     for i, part in enumerate(parts):
         if i not in skip:
             writer.write_part(i, part)
@@ -83,14 +84,17 @@ def test_resume_writes_only_missing_parts_and_equals_uninterrupted(tmp_path):
     # a part being written when the run died is a temporary directory: never counted
     (resumed / "parts" / ".tmp-00001-dead").mkdir()
     writer = TableWriter(resumed, n_parts=4, identity=IDENTITY)
+    writer.prepare()
     assert writer.missing_parts() == [1, 3]
     for i in writer.missing_parts():
         writer.write_part(i, parts[i])
     writer.finalize({"dataset": "tt"})
     assert not list((resumed / "parts").glob(".tmp-*"))
     a, b = open_table(whole), open_table(resumed)
-    for name in a.columns():
+    for name in a.event_columns():
         np.testing.assert_array_equal(a.to_numpy([name])[name], b.to_numpy([name])[name])
+    for name in a.collections():
+        assert a.to_awkward(name).tolist() == b.to_awkward(name).tolist()
 
 
 def test_other_configuration_or_schema_is_refused_and_left_intact(tmp_path):
@@ -98,13 +102,13 @@ def test_other_configuration_or_schema_is_refused_and_left_intact(tmp_path):
     write_all(path, [make_part(0, 4)]).finalize({})
     before = sorted(p.name for p in path.rglob("*"))
     with pytest.raises(TableError, match="another configuration"):
-        TableWriter(path, n_parts=1, identity={"config": "other"})
+        TableWriter(path, n_parts=1, identity={"config": "other"}).prepare()
     meta = path / "zarr.json"
     doc = json.loads(meta.read_text())
     doc["attributes"]["schema_version"] = SCHEMA_VERSION + 1
     meta.write_text(json.dumps(doc))
     with pytest.raises(TableError, match=f"schema version {SCHEMA_VERSION + 1}"):
-        TableWriter(path, n_parts=1, identity=IDENTITY)
+        TableWriter(path, n_parts=1, identity=IDENTITY).prepare()
     with pytest.raises(TableError, match="schema version"):
         open_table(path)
     assert sorted(p.name for p in path.rglob("*")) == before
@@ -112,6 +116,7 @@ def test_other_configuration_or_schema_is_refused_and_left_intact(tmp_path):
 
 def test_rows_must_agree_and_chunks_are_large(tmp_path):
     writer = TableWriter(tmp_path / "t.zarr", n_parts=1, identity=IDENTITY)
+    writer.prepare()
     with pytest.raises(TableError, match="'weight' has a different number of rows"):
         writer.write_part(0, {"event": np.arange(3), "weight": np.zeros(4)})
     rows = 600_000

@@ -10,6 +10,7 @@ Layout of one table (``<output>/<dataset>/features.zarr``)::
           Jet/pt
           FatJet/pt           padded collection: 2-D (rows, length) per field, plus ``mask``
           FatJet/mask
+          variations/jesUp/   per shape variation: its pass mask and the columns it changes
 
 Each part is written into a temporary directory and renamed into place when complete, so a
 part is either absent or whole; the root's ``complete`` attribute, with the list of parts and
@@ -28,7 +29,7 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from pipeline.errors import CalibrewError
 SCHEMA_VERSION = 1
 MIN_CHUNK_BYTES = 1 << 20
 PARTS = "parts"
+VARIATIONS = "variations"
+NOMINAL = "nominal"
 
 
 class TableError(CalibrewError):
@@ -117,6 +120,7 @@ class TableWriter:
     >>> import tempfile, numpy as np
     >>> path = tempfile.mkdtemp() + "/features.zarr"
     >>> writer = TableWriter(path, n_parts=1, identity={"config": "abc"})
+    >>> writer.prepare()
     >>> writer.write_part(0, {"event": np.arange(3, dtype=np.uint64)})
     3
     >>> writer.finalize({"dataset": "doc"})
@@ -129,9 +133,13 @@ class TableWriter:
         self.path = Path(path)
         self.n_parts = n_parts
         self.identity = dict(identity)
-        self._prepare()
 
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
+        """Create the table, or check that the one there can be resumed (same identity).
+
+        Called once by the client before any part is written; a table of another schema
+        version or identity raises :class:`TableError` and is left untouched.
+        """
         root_meta = self.path / "zarr.json"
         if root_meta.exists():
             attrs = _root_attrs(self.path)
@@ -165,15 +173,24 @@ class TableWriter:
     def missing_parts(self) -> list[int]:
         return [i for i in range(self.n_parts) if not self.part_done(i)]
 
-    def write_part(self, index: int, columns: Mapping[str, Column]) -> int:
-        """Write part ``index`` atomically; return its number of rows."""
+    def write_part(self, index: int, columns: Mapping[str, Column],
+                   attrs: Mapping[str, Any] | None = None) -> int:
+        """Write part ``index`` atomically; return its number of rows.
+
+        A name with ``/`` (``variations/jesUp/pt``) goes into nested groups; ``attrs`` are
+        stored on the part (summed or checked by :meth:`finalize`).
+        """
         if not 0 <= index < self.n_parts:
             raise TableError(f"{self.path}: part {index} outside 0..{self.n_parts - 1}")
         rows = _rows(columns)
         final = self.path / PARTS / part_name(index)
         tmp = self.path / PARTS / f".tmp-{part_name(index)}-{uuid.uuid4().hex[:8]}"
-        group = zarr.open_group(str(tmp), mode="w")
-        for name, column in columns.items():
+        root = zarr.open_group(str(tmp), mode="w")
+        for path, column in columns.items():
+            *parents, name = path.split("/")
+            group = root
+            for parent in parents:
+                group = group.require_group(parent)
             if isinstance(column, RaggedColumn):
                 sub = group.create_group(name)
                 _write_array(sub, "offsets", column.offsets.astype(np.int64))
@@ -188,7 +205,7 @@ class TableWriter:
                 sub.attrs["layout"] = "padded"
             else:
                 _write_array(group, name, np.asarray(column))
-        group.attrs["rows"] = rows
+        root.attrs.update({**dict(attrs or {}), "rows": rows})
         if final.exists():  # an earlier attempt of the same part: replace it whole
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -199,13 +216,16 @@ class TableWriter:
         missing = self.missing_parts()
         if missing:
             raise TableError(f"{self.path}: cannot finalize, parts {missing} are missing")
-        rows = [int(_group_attrs(self.path / PARTS / part_name(i))["rows"])
-                for i in range(self.n_parts)]
+        rows = [int(a["rows"]) for a in self.part_attrs()]
         for stale in (self.path / PARTS).glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         group = zarr.open_group(str(self.path), mode="r+")
         group.attrs.update({**dict(attrs), "parts": rows, "rows": sum(rows),
                             "complete": True})
+
+    def part_attrs(self) -> list[dict[str, Any]]:
+        """The attributes each written part carries (row count and what its writer added)."""
+        return [_group_attrs(self.path / PARTS / part_name(i)) for i in range(self.n_parts)]
 
 
 def _rows(columns: Mapping[str, Column]) -> int:
@@ -232,7 +252,32 @@ def _root_attrs(path: Path) -> dict[str, Any]:
 
 
 class Table:
-    """A complete feature table, read as numpy arrays or a pandas DataFrame."""
+    """A complete feature table, read as numpy arrays, a pandas DataFrame or awkward arrays.
+
+    Rows are those that pass in any variation; a read selects the rows that pass in the
+    ``variation`` asked (``"nominal"`` by default; ``None`` keeps every row) and the
+    ``folds`` asked, and takes a column's values of that variation where it has its own.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> path = tempfile.mkdtemp() + "/features.zarr"
+    >>> writer = TableWriter(path, n_parts=1, identity={})
+    >>> writer.prepare()
+    >>> writer.write_part(0, {"event": np.arange(4, dtype=np.uint64),
+    ...                       "fold": np.array([0, 1, 2, 3], dtype=np.uint8),
+    ...                       "pass": np.array([True, True, False, True]),
+    ...                       "x": np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32),
+    ...                       "variations/up/pass": np.array([True, True, True, False]),
+    ...                       "variations/up/x": np.array([1.5, 2.5, 3.5, 4.5], np.float32)})
+    4
+    >>> writer.finalize({})
+    >>> table = open_table(path)
+    >>> table.to_numpy(["x"])["x"].tolist()
+    [1.0, 2.0, 4.0]
+    >>> table.to_numpy(["x"], variation="up", folds=[1, 2])["x"].tolist()
+    [2.5, 3.5]
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -246,71 +291,215 @@ class Table:
             raise TableError(f"{self.path}: the table is not complete (its run did not finish)")
         self.parts = [zarr.open_group(str(self.path / PARTS / part_name(i)), mode="r")
                       for i in range(len(self.attrs["parts"]))]
+        first = self.parts[0] if self.parts else None
+        self._arrays = sorted(first.array_keys()) if first is not None else []
+        self._groups = ({name: str(g.attrs.get("layout")) for name, g in first.groups()
+                         if name != VARIATIONS} if first is not None else {})
+        self._variations: dict[str, list[str]] = {}
+        if first is not None and VARIATIONS in first:
+            for name, group in sorted(first[VARIATIONS].groups()):
+                self._variations[name] = sorted(group.array_keys())
 
     @property
     def rows(self) -> int:
+        """Rows stored (passing in any variation)."""
         return int(self.attrs["rows"])
 
-    def columns(self) -> list[str]:
-        """All column names: event-level ones, then collections as ``Collection.field``."""
-        if not self.parts:
-            return []
-        part = self.parts[0]
-        names = sorted(part.array_keys())
-        for name, group in sorted(part.groups()):
-            names += [f"{name}.{f}" for f in sorted(group.array_keys())]
-        return names
-
-    def _read(self, name: str, parts: Iterable[Any]) -> np.ndarray:
-        collection, _, field = name.partition(".")
-        arrays: list[np.ndarray] = []
-        base = 0
-        for part in parts:
-            if collection not in part:
-                raise TableError(f"{self.path}: no column {name!r}; columns are: "
-                                 f"{', '.join(self.columns())}")
-            node = part[collection]
-            values = node[field][...] if field else node[...]
-            if field == "offsets":  # ragged offsets restart at 0 in every part: rebase them
-                shifted = values + base
-                base = int(shifted[-1])
-                values = shifted if not arrays else shifted[1:]
-            arrays.append(values)
-        return np.concatenate(arrays) if arrays else np.zeros(0)
-
-    def to_numpy(self, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Columns as numpy arrays (all parts concatenated, in order).
-
-        A ragged collection's ``Collection.field`` is its flat content and
-        ``Collection.offsets`` its offsets (rows + 1); see :meth:`to_awkward`.
-        """
-        return {name: self._read(name, self.parts) for name in (columns or self.columns())}
-
-    def to_awkward(self, collection: str) -> Any:
-        """A ragged or padded collection as an awkward array of records, one list per row."""
-        import awkward as ak
-
-        layout = self.parts[0][collection].attrs.get("layout") if self.parts else None
-        fields = [f for f in self.columns() if f.startswith(collection + ".")]
-        names = [f.split(".", 1)[1] for f in fields if not f.endswith((".offsets", ".mask"))]
-        data = self.to_numpy([f"{collection}.{n}" for n in names])
-        if layout == "ragged":
-            counts = np.diff(self._read(f"{collection}.offsets", self.parts))
-            return ak.zip({n: ak.unflatten(data[f"{collection}.{n}"], counts) for n in names})
-        mask = self._read(f"{collection}.mask", self.parts)
-        records = ak.zip({n: ak.from_regular(ak.Array(data[f"{collection}.{n}"]))
-                          for n in names})
-        return records[ak.from_regular(ak.Array(mask))]
+    @property
+    def part_rows(self) -> list[int]:
+        return [int(r) for r in self.attrs["parts"]]
 
     def event_columns(self) -> list[str]:
-        """The event-level (one value per row) column names."""
-        return sorted(self.parts[0].array_keys()) if self.parts else []
+        """Names of the one-value-per-row columns (incl. run, event, fold, weight...)."""
+        return list(self._arrays)
 
-    def to_pandas(self, columns: Sequence[str] | None = None) -> Any:
-        """Event-level columns as a pandas DataFrame (default: all of them)."""
+    def collections(self) -> dict[str, str]:
+        """Object collections and their layout (``ragged`` or ``padded``)."""
+        return dict(self._groups)
+
+    def variations(self) -> dict[str, list[str]]:
+        """Shape variations and the columns each stores (its ``pass`` mask included)."""
+        return {k: list(v) for k, v in self._variations.items()}
+
+    def weight_variations(self) -> list[str]:
+        """Names of the columns of ``weight_variations``."""
+        return list(self.attrs.get("weight_variations", []))
+
+    def columns(self) -> list[str]:
+        """Every column: one-value-per-row ones, then collections as ``Collection.field``."""
+        names = list(self._arrays)
+        if self.parts:
+            for name in self._groups:
+                names += [f"{name}.{f}" for f in sorted(self.parts[0][name].array_keys())]
+        return names
+
+    # -- row selection ------------------------------------------------------------------
+    def _check_variation(self, variation: str | None) -> None:
+        if variation not in (None, NOMINAL) and variation not in self._variations:
+            raise TableError(f"{self.path}: no variation {variation!r}; variations are: "
+                             f"{', '.join(self._variations) or 'none'}")
+
+    def _row_mask(self, part: Any, start: int, stop: int, variation: str | None,
+                  folds: Sequence[int] | None) -> np.ndarray | None:
+        mask = None
+        if variation is not None and "pass" in self._arrays:
+            node = part if variation == NOMINAL else part[VARIATIONS][variation]
+            mask = np.asarray(node["pass"][start:stop], dtype=bool)
+        if folds is not None:
+            in_folds = np.isin(part["fold"][start:stop], np.asarray(list(folds)))
+            mask = in_folds if mask is None else mask & in_folds
+        return mask
+
+    def _event_values(self, part: Any, name: str, start: int, stop: int,
+                      variation: str | None) -> np.ndarray:
+        if variation not in (None, NOMINAL) and name in self._variations.get(variation, ()):
+            return np.asarray(part[VARIATIONS][variation][name][start:stop])
+        if name not in part:
+            raise TableError(f"{self.path}: no column {name!r}; columns are: "
+                             f"{', '.join(self.columns())}")
+        return np.asarray(part[name][start:stop])
+
+    def blocks(self, block_rows: int | None = None) -> list[tuple[int, int, int]]:
+        """``(part, start, stop)`` row ranges of about ``block_rows`` (default: one chunk)."""
+        out = []
+        for index, rows in enumerate(self.part_rows):
+            step = block_rows or (self.parts[index]["event"].chunks[0] if rows else 1)
+            out += [(index, a, min(a + step, rows)) for a in range(0, rows, step)]
+        return out
+
+    def read_block(self, block: tuple[int, int, int], columns: Sequence[str],
+                   variation: str | None = NOMINAL,
+                   folds: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        """Event-level ``columns`` of one block (see :meth:`blocks`), rows selected."""
+        self._check_variation(variation)
+        index, start, stop = block
+        part = self.parts[index]
+        mask = self._row_mask(part, start, stop, variation, folds)
+        out = {}
+        for name in columns:
+            values = self._event_values(part, name, start, stop, variation)
+            out[name] = values if mask is None else values[mask]
+        return out
+
+    def to_numpy(self, columns: Sequence[str] | None = None, variation: str | None = NOMINAL,
+                 folds: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        """Event-level columns as numpy arrays (all parts, in order), rows selected.
+
+        ``variation``: whose pass mask selects rows and whose values a column takes
+        (``None``: all rows, nominal values); ``folds``: keep these folds only.
+        """
+        names = list(columns or self.event_columns())
+        for name in names:
+            if "." in name:
+                raise TableError(f"{name!r} is a collection field: read it with "
+                                 "to_awkward() or padded()")
+        blocks = [self.read_block((i, 0, rows), names, variation, folds)
+                  for i, rows in enumerate(self.part_rows)]
+        return {n: np.concatenate([b[n] for b in blocks]) if blocks else np.zeros(0)
+                for n in names}
+
+    def to_pandas(self, columns: Sequence[str] | None = None, variation: str | None = NOMINAL,
+                  folds: Sequence[int] | None = None) -> Any:
+        """Event-level columns as a DataFrame; ``weight_variations`` as ``weight_<name>``."""
         import pandas as pd
 
-        return pd.DataFrame(self.to_numpy(columns or self.event_columns()))
+        names = list(columns or self.event_columns())
+        data = self.to_numpy(names, variation, folds)
+        frame: dict[str, np.ndarray] = {}
+        for name, values in data.items():
+            if name == "weight_variations":
+                for i, wname in enumerate(self.weight_variations()):
+                    frame[f"weight_{wname}"] = values[:, i]
+            else:
+                frame[name] = values
+        return pd.DataFrame(frame)
+
+    def _collection_parts(self, collection: str) -> list[Any]:
+        if collection not in self._groups:
+            raise TableError(f"{self.path}: no collection {collection!r}; collections are: "
+                             f"{', '.join(self._groups) or 'none'}")
+        return [part[collection] for part in self.parts]
+
+    def padded(self, collection: str, fields: Sequence[str] | None = None,
+               variation: str | None = NOMINAL, folds: Sequence[int] | None = None,
+               length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A collection as a dense ``(rows, length, fields)`` array and its ``(rows, length)``
+        mask: training tensors. A ragged collection is padded here (``length`` needed)."""
+        pieces = [self.padded_block(collection, (i, 0, rows), variation, folds, length, fields)
+                  for i, rows in enumerate(self.part_rows)]
+        if not pieces:
+            return np.zeros((0, length or 0, 0), np.float32), np.zeros((0, length or 0), bool)
+        return (np.concatenate([p[0] for p in pieces]),
+                np.concatenate([p[1] for p in pieces]))
+
+    def padded_block(self, collection: str, block: tuple[int, int, int],
+                     variation: str | None = NOMINAL, folds: Sequence[int] | None = None,
+                     length: int | None = None,
+                     fields: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`padded` for one block (see :meth:`blocks`)."""
+        self._check_variation(variation)
+        self._collection_parts(collection)
+        index, start, stop = block
+        part = self.parts[index]
+        group = part[collection]
+        names = list(fields or self._fields(collection))
+        if self._groups[collection] == "padded":
+            mask = np.asarray(group["mask"][start:stop])
+            dense = np.stack([np.asarray(group[f][start:stop]) for f in names], axis=-1)
+            if length is not None and length != mask.shape[1]:
+                raise TableError(f"{collection!r} is stored padded to {mask.shape[1]}, "
+                                 f"not {length}")
+        else:
+            if length is None:
+                raise TableError(f"{collection!r} is ragged: give the padded length")
+            offsets = np.asarray(group["offsets"][start : stop + 1])
+            lo, hi = int(offsets[0]), int(offsets[-1])
+            dense, mask = _pad(offsets - lo, [np.asarray(group[f][lo:hi]) for f in names],
+                               length)
+        rows = self._row_mask(part, start, stop, variation, folds)
+        return (dense, mask) if rows is None else (dense[rows], mask[rows])
+
+    def _fields(self, collection: str) -> list[str]:
+        group = self.parts[0][collection]
+        return [f for f in sorted(group.array_keys()) if f not in ("offsets", "mask")]
+
+    def to_awkward(self, collection: str, variation: str | None = NOMINAL,
+                   folds: Sequence[int] | None = None) -> Any:
+        """A collection as an awkward array of records, one list per selected row."""
+        import awkward as ak
+
+        groups = self._collection_parts(collection)
+        names = self._fields(collection)
+        pieces = []
+        for part, group in zip(self.parts, groups):
+            rows = part["event"].shape[0]
+            if self._groups[collection] == "ragged":
+                counts = np.diff(np.asarray(group["offsets"][...]))
+                array = ak.zip({f: ak.unflatten(np.asarray(group[f][...]), counts)
+                                for f in names})
+            else:
+                records = ak.zip({f: ak.from_regular(ak.Array(np.asarray(group[f][...])))
+                                  for f in names})
+                array = records[ak.from_regular(ak.Array(np.asarray(group["mask"][...])))]
+            mask_rows = self._row_mask(part, 0, rows, variation, folds)
+            pieces.append(array if mask_rows is None else array[mask_rows])
+        return ak.concatenate(pieces) if pieces else ak.Array([])
+
+
+def _pad(offsets: np.ndarray, contents: list[np.ndarray],
+         length: int) -> tuple[np.ndarray, np.ndarray]:
+    counts = np.diff(offsets)
+    rows = len(counts)
+    position = np.arange(offsets[-1]) - np.repeat(offsets[:-1], counts)
+    keep = position < length
+    row = np.repeat(np.arange(rows), counts)[keep]
+    dense = np.zeros((rows, length, len(contents)),
+                     dtype=np.result_type(*contents) if contents else np.float32)
+    for i, content in enumerate(contents):
+        dense[row, position[keep], i] = content[keep]
+    mask = np.zeros((rows, length), dtype=bool)
+    mask[row, position[keep]] = True
+    return dense, mask
 
 
 def open_table(path: str | os.PathLike[str]) -> Table:

@@ -202,8 +202,8 @@ def bench_jet_chain(path: Path, sources: list[str], chunksize: int, max_events: 
         if processor is None:
             from pipeline.graph import plan_variations
 
-            variations = plan_variations(cfg, params, METADATA, events)
-            processor = ChunkProcessor(make_plan(cfg, params, METADATA, variations))
+            shape, weights = plan_variations(cfg, params, METADATA, events)
+            processor = ChunkProcessor(make_plan(cfg, params, METADATA, shape + weights))
         processor.histograms(events)
         n_events += len(events)
     elapsed = time.perf_counter() - start

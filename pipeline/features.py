@@ -1,0 +1,428 @@
+"""Feature tables: the rows and columns of a table, built per chunk for every variation.
+
+A table (``tables.<name>`` in the analysis config) has a row per selected event (``event``
+level), per object of an ``objects`` expression (``object``), or per constituent of such
+objects (``constituent``). For one chunk, :class:`TableRows` collects, variation by
+variation, which rows pass and the columns the variation may change; :meth:`TableRows.finish`
+keeps the rows that pass in any variation (so rows stay aligned across variations) and
+returns flat numpy columns for :class:`~pipeline.outputs.tables.TableWriter`.
+
+A column is stored again for a shape variation when the expression reads a collection that
+the variation changed (the calibrators' outputs are compared with the nominal ones by the
+:class:`~pipeline.calibration.manager.CalibratorsManager`). Object rows are identified by
+their position in the ``objects`` list, which must have the same length in every variation
+(cuts that vary belong in ``select``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from pipeline.calibration.manager import NOMINAL
+from pipeline.config import CollectionSpec, ColumnSpec, TableSpec
+from pipeline.errors import ConfigError, ExpressionError
+from pipeline.outputs.tables import Column, PaddedColumn, RaggedColumn
+from pipeline.rng import hash_identity
+from pipeline.selection import Expression, event_mask, make_cut
+
+N_FOLDS = 10
+IDENTITY = ("run", "luminosityBlock", "event")
+IDENTITY_DTYPES = {"run": np.uint32, "luminosityBlock": np.uint32, "event": np.uint64}
+#: a column that reads one of these may change in every variation
+_ANY_COLLECTION = "events"
+
+
+def fold_of(run: Any, lumi: Any, event: Any) -> np.ndarray:
+    """The train/test fold (0 to 9) of each event, hashed from its identity.
+
+    Examples
+    --------
+    >>> fold_of(np.array([1, 1]), np.array([2, 2]), np.array([3, 4])).tolist()
+    [1, 4]
+    """
+    h = hash_identity(np.asarray(run), np.asarray(lumi), np.asarray(event), 0, "fold")
+    return (np.asarray(h, dtype=np.uint64) % np.uint64(N_FOLDS)).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    """One table of one dataset, compiled: expressions, variations carried, label."""
+
+    name: str
+    spec: TableSpec
+    preselection: tuple[tuple[str, Any], ...] | None
+    aliases: tuple[tuple[str, Expression], ...]
+    objects: Expression | None
+    select: Expression | None
+    columns: tuple[tuple[str, Expression, ColumnSpec], ...]
+    collections: tuple[tuple[str, Expression, CollectionSpec], ...]
+    variations: tuple[str, ...]
+    weight_variations: tuple[str, ...]
+    label: int | None
+    is_data: bool
+
+    @property
+    def level(self) -> str:
+        return self.spec.level
+
+    def attrs(self) -> dict[str, Any]:
+        """The table's static description (root attributes)."""
+        columns = {}
+        for name, _, spec in self.columns:
+            columns[name] = {"expr": spec.expr, "dtype": spec.dtype, "unit": spec.unit,
+                             "sentinel": _json_float(self.sentinel(spec)),
+                             "description": spec.description}
+        collections = {name: {"expr": spec.expr, "fields": spec.fields, "layout": spec.layout,
+                              "length": spec.length, "sort_by": spec.sort_by,
+                              "dtype": spec.dtype, "units": spec.units}
+                       for name, _, spec in self.collections}
+        return {
+            "table": self.name,
+            "level": self.level,
+            "objects": self.spec.objects,
+            "select": self.spec.select,
+            "aliases": dict(self.spec.aliases),
+            "columns": columns,
+            "collections": collections,
+            "shape_variations": list(self.variations),
+            "weight_variations": list(self.weight_variations),
+            "labels": {"classes": self.spec.class_names(), "by_sample": dict(self.spec.labels),
+                       "label": self.label},
+            "folds": {"n": N_FOLDS, "hash": "splitmix64(run, luminosityBlock, event, 'fold')"},
+            "units": {"weight": "per event (generator weight x weights)"},
+        }
+
+    def sentinel(self, spec: ColumnSpec) -> float:
+        return self.spec.sentinel if spec.sentinel is None else spec.sentinel
+
+
+def _json_float(value: float) -> float | str:
+    return "nan" if value != value else value
+
+
+def make_table_plan(name: str, spec: TableSpec, params: Any, metadata: Mapping[str, Any],
+                    shape_variations: Sequence[str],
+                    weight_variations: Sequence[str]) -> TablePlan:
+    """Compile table ``name`` for one dataset; unknown variation names are config errors."""
+    where = f"tables.{name}"
+    if spec.variations == "all":
+        carried = [v for v in shape_variations if v != NOMINAL]
+    elif spec.variations == "none":
+        carried = []
+    else:
+        carried = list(spec.variations)
+        known = [v for v in shape_variations if v != NOMINAL]
+        bad = [(f"{where}.variations[{i}]", f"unknown shape variation {v!r} for dataset "
+                f"{metadata.get('dataset')!r}; its variations are: {', '.join(known) or 'none'}")
+               for i, v in enumerate(carried) if v not in known]
+        if bad:
+            raise ConfigError("analysis config", bad)
+    preselection = None
+    if spec.preselection is not None:
+        preselection = tuple((cut, make_cut(text, f"{where}.preselection.{cut}", params,
+                                            metadata))
+                             for cut, text in spec.preselection.items())
+    sample = str(metadata.get("sample"))
+    label = spec.class_names().index(spec.labels[sample]) if sample in spec.labels else None
+    return TablePlan(
+        name=name,
+        spec=spec,
+        preselection=preselection,
+        aliases=tuple((a, Expression(text, f"{where}.aliases.{a}"))
+                      for a, text in spec.aliases.items()),
+        objects=Expression(spec.objects, f"{where}.objects") if spec.objects else None,
+        select=Expression(spec.select, f"{where}.select") if spec.select else None,
+        columns=tuple((c, Expression(s.expr, f"{where}.columns.{c}"), s)
+                      for c, s in spec.column_specs().items()),
+        collections=tuple((c, Expression(s.expr, f"{where}.collections.{c}.expr"), s)
+                          for c, s in spec.collections.items()),
+        variations=tuple(carried),
+        weight_variations=tuple(weight_variations) if spec.weight_variations else (),
+        label=label,
+        is_data=not bool(metadata.get("isMC")),
+    )
+
+
+@dataclass
+class _Variation:
+    passed: Any
+    columns: dict[str, Any] = field(default_factory=dict)
+    weight: Any = None
+
+
+class TableRows:
+    """The rows of one table for one chunk, collected variation by variation.
+
+    Call :meth:`add` with the nominal first, then with each variation; then :meth:`finish`.
+    On a typetracer (``tracing``), :meth:`add` only evaluates and touches what it reads.
+    """
+
+    def __init__(self, plan: TablePlan, events: Any, tracing: bool) -> None:
+        self.plan = plan
+        self.tracing = tracing
+        self.identity = {k: events[k] for k in IDENTITY}
+        self.n_events = 0 if tracing else len(events)
+        self.touched: list[Any] = []
+        self.by_variation: dict[str, _Variation] = {}
+        self.row_template: Any = None
+        self.nominal_shape: np.ndarray | None = None
+        self.collections: dict[str, Any] = {}
+        self.weight_variations: dict[str, Any] = {}
+        self._deps: dict[str, set[str]] = {}
+
+    # -- evaluation -----------------------------------------------------------------------
+    def _namespace(self, events: Any) -> tuple[dict[str, Any], Any, Any]:
+        """Aliases (and ``obj``) evaluated in order; the objects and the row template."""
+        extra: dict[str, Any] = {}
+        for name, expr in self.plan.aliases:
+            used: set[str] = set()
+            extra[name] = expr.evaluate(events, extra, used)
+            self._deps[name] = self._resolve(used)
+        objects = template = None
+        if self.plan.objects is not None:
+            used = set()
+            objects = self.plan.objects.evaluate(events, extra, used)
+            self._deps["obj"] = self._resolve(used)
+            extra["obj"] = objects
+            depth = 2 if self.plan.level == "constituent" else 1
+            if not isinstance(objects, ak.Array) or objects.ndim < depth + 1:
+                raise ExpressionError(
+                    f"{self.plan.objects.where}: {self.plan.objects.text!r} must give "
+                    f"{'a list of lists' if depth == 2 else 'a list'} per event for level "
+                    f"{self.plan.level!r}, got {getattr(objects, 'type', type(objects))}")
+            template = ak.local_index(objects, axis=depth)
+        return extra, objects, template
+
+    def _resolve(self, used: set[str]) -> set[str]:
+        out: set[str] = set()
+        for name in used:
+            out |= self._deps.get(name, {name})
+        return out
+
+    def _passed(self, events: Any, extra: dict[str, Any], analysis_selected: Any,
+                template: Any) -> Any:
+        plan = self.plan
+        if plan.preselection is None:
+            selected = analysis_selected
+        else:
+            selected = True
+            for _, cut in plan.preselection:
+                selected = selected & event_mask(cut.evaluate(events), cut)
+        if isinstance(selected, bool):
+            selected = ak.values_astype(self.identity["event"], bool) | selected
+        if template is None:
+            return selected
+        passed = ak.broadcast_arrays(selected, template)[0]
+        if plan.select is not None:
+            mask = plan.select.evaluate(events, extra)
+            passed = passed & ak.fill_none(self._rows_shaped(mask, template, plan.select), False)
+        return passed
+
+    def _rows_shaped(self, value: Any, template: Any, expr: Expression) -> Any:
+        if template is None:
+            if not isinstance(value, ak.Array):
+                value = ak.broadcast_arrays(value, self.identity["event"])[0]
+            elif value.ndim != 1:
+                raise ExpressionError(
+                    f"{expr.where}: {expr.text!r} gives {value.type}; an event-level column "
+                    "needs one value per event (keep lists as a collection)")
+            return value
+        try:
+            return ak.broadcast_arrays(value, template)[0]
+        except Exception as err:
+            raise ExpressionError(
+                f"{expr.where}: {expr.text!r} does not give one value per row of level "
+                f"{self.plan.level!r} (objects {self.plan.spec.objects!r}): {err}") from None
+
+    def add(self, variation: str, events: Any, analysis_selected: Any, weights: Any,
+            changed: set[str] | None, weights_changed: bool) -> None:
+        """Evaluate the rows' pass mask and the columns ``variation`` may change."""
+        plan = self.plan
+        nominal = variation == NOMINAL
+        if not nominal and variation not in plan.variations:
+            return
+        extra, objects, template = self._namespace(events)
+        if not self.tracing and template is not None:
+            shape = _shape_signature(template)
+            if nominal:
+                self.row_template, self.nominal_shape = template, shape
+            elif not np.array_equal(shape, self.nominal_shape):
+                raise ExpressionError(
+                    f"tables.{plan.name}.objects: {plan.spec.objects!r} gives another number of "
+                    f"objects in variation {variation!r} than at nominal; rows are matched by "
+                    "position, so cuts that vary belong in 'select'")
+        record = _Variation(self._passed(events, extra, analysis_selected, template))
+        for name, expr, _ in plan.columns:
+            used: set[str] = set()
+            if nominal or self.tracing:
+                value = expr.evaluate(events, extra, used)
+                self._deps[f"column:{name}"] = self._resolve(used)
+            elif self._changes(f"column:{name}", changed):
+                value = expr.evaluate(events, extra)
+            else:
+                continue
+            record.columns[name] = self._rows_shaped(value, template, expr)
+        if nominal or weights_changed:
+            record.weight = weights.nominal
+        if nominal:
+            self.weight_variations = {k: weights.variations[k] for k in plan.weight_variations}
+            for name, expr, spec in plan.collections:
+                self.collections[name] = self._collection(expr, spec, events, extra)
+        self.by_variation[variation] = record
+        if self.tracing:
+            self.touched += [record.passed, record.weight, *record.columns.values(),
+                             *self.collections.values(), *self.weight_variations.values()]
+            if objects is not None:
+                self.touched.append(template)
+
+    def _changes(self, key: str, changed: set[str] | None) -> bool:
+        deps = self._deps.get(key, {_ANY_COLLECTION})
+        return changed is None or _ANY_COLLECTION in deps or bool(deps & changed)
+
+    def _collection(self, expr: Expression, spec: CollectionSpec, events: Any,
+                    extra: dict[str, Any]) -> Any:
+        value = expr.evaluate(events, extra)
+        depth = 2 if self.plan.level == "object" else 1
+        if not isinstance(value, ak.Array) or value.ndim != depth + 1:
+            raise ExpressionError(
+                f"{expr.where}: {expr.text!r} must give a list of objects per "
+                f"{'object' if depth == 2 else 'event'}, got {getattr(value, 'type', value)}")
+        missing = [f for f in spec.fields if f not in value.fields]
+        if missing:
+            raise ExpressionError(f"{expr.where}: no field(s) {', '.join(missing)} in "
+                                  f"{expr.text!r}; its fields are: {', '.join(value.fields)}")
+        if spec.sort_by:
+            if spec.sort_by not in value.fields:
+                raise ExpressionError(f"{expr.where}: sort_by {spec.sort_by!r} is not a field "
+                                      f"of {expr.text!r}")
+            value = value[ak.argsort(value[spec.sort_by], axis=-1, ascending=False,
+                                     stable=True)]
+        return ak.zip({f: value[f] for f in spec.fields}, depth_limit=None)
+
+    # -- the part's columns ---------------------------------------------------------------
+    def finish(self) -> tuple[dict[str, Column], dict[str, Any]]:
+        """The part's columns (rows passing in any variation) and its attributes."""
+        plan = self.plan
+        if self.tracing:
+            for array in self.touched:
+                if isinstance(array, ak.Array):
+                    ak.typetracer.touch_data(array)
+            return {}, {}
+        flat_passed = {v: _flat_bool(r.passed) for v, r in self.by_variation.items()}
+        keep = np.zeros_like(flat_passed[NOMINAL])
+        for passed in flat_passed.values():
+            keep |= passed
+        template = self.row_template
+        out: dict[str, Column] = {}
+        for key in IDENTITY:
+            out[key] = self._event_column(self.identity[key], template, keep,
+                                          IDENTITY_DTYPES[key])
+        out["fold"] = fold_of(out["run"], out["luminosityBlock"], out["event"])
+        if plan.level != "event":
+            out["object_index"] = _flat(ak.local_index(template, axis=1), keep, np.int32)
+        if plan.level == "constituent":
+            out["constituent_index"] = _flat(template, keep, np.int32)
+        nominal = self.by_variation[NOMINAL]
+        out["weight"] = self._event_column(nominal.weight, template, keep, np.float64)
+        names = list(self.weight_variations)
+        rows = int(keep.sum())
+        out["weight_variations"] = (
+            np.stack([self._event_column(self.weight_variations[n], template, keep, np.float64)
+                      for n in names], axis=1) if names else np.zeros((rows, 0), np.float64))
+        if plan.label is not None:
+            out["label"] = np.full(rows, plan.label, dtype=np.int32)
+        out["is_data"] = np.full(rows, plan.is_data, dtype=bool)
+        out["pass"] = flat_passed[NOMINAL][keep]
+        specs = {name: spec for name, _, spec in plan.columns}
+        for name, value in nominal.columns.items():
+            out[name] = self._column(value, keep, specs[name])
+        changed: dict[str, list[str]] = {}
+        for variation in plan.variations:
+            record = self.by_variation[variation]
+            prefix = f"variations/{variation}/"
+            out[prefix + "pass"] = flat_passed[variation][keep]
+            for name, value in record.columns.items():
+                out[prefix + name] = self._column(value, keep, specs[name])
+            if record.weight is not None:
+                out[prefix + "weight"] = self._event_column(record.weight, template, keep,
+                                                            np.float64)
+            changed[variation] = sorted([*record.columns]
+                                        + (["weight"] if record.weight is not None else []))
+        for (name, _, spec), value in zip(plan.collections, self.collections.values()):
+            out[name] = self._stored_collection(value, keep, spec)
+        attrs = {"events": self.n_events, "changed_columns": changed,
+                 "selected": {v: int(p.sum()) for v, p in flat_passed.items()}}
+        return out, attrs
+
+    def _event_column(self, value: Any, template: Any, keep: np.ndarray, dtype: Any) -> Any:
+        if template is not None:
+            value = ak.broadcast_arrays(value, template)[0]
+        return _flat(value, keep, dtype)
+
+    def _column(self, value: Any, keep: np.ndarray, spec: ColumnSpec) -> np.ndarray:
+        flat = ak.flatten(value, axis=None) if value.ndim > 1 else value
+        computed = _computed_dtype(flat)
+        dtype = np.dtype(spec.dtype) if spec.dtype else (
+            np.dtype(np.float32) if computed.kind == "f" else computed)
+        if isinstance(flat.type.content, ak.types.OptionType):
+            flat = ak.fill_none(flat, _fill_value(dtype, self.plan.sentinel(spec)))
+        return np.asarray(ak.to_numpy(flat))[keep].astype(dtype)
+
+    def _stored_collection(self, value: Any, keep: np.ndarray, spec: CollectionSpec) -> Column:
+        if self.plan.level == "object":
+            value = ak.flatten(value, axis=1)
+        value = value[keep]
+        dtype = np.dtype(spec.dtype)
+        if spec.layout == "ragged":
+            counts = np.asarray(ak.to_numpy(ak.num(value, axis=1)), dtype=np.int64)
+            offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+            np.cumsum(counts, out=offsets[1:])
+            fields = {f: np.asarray(ak.to_numpy(ak.flatten(value[f], axis=1))).astype(dtype)
+                      for f in spec.fields}
+            return RaggedColumn(offsets, fields)
+        length = int(spec.length or 0)
+        padded = ak.pad_none(value, length, axis=1, clip=True)
+        mask = np.asarray(ak.to_numpy(~ak.is_none(padded, axis=1)), dtype=bool)
+        fields = {f: np.asarray(ak.to_numpy(ak.fill_none(padded[f], 0)), dtype=dtype)
+                  for f in spec.fields}
+        return PaddedColumn(fields, mask.reshape(len(value), length))
+
+
+def _computed_dtype(array: Any) -> np.dtype[Any]:
+    content = array.type.content
+    if isinstance(content, ak.types.OptionType):
+        content = content.content
+    return np.dtype(getattr(content, "primitive", "float64"))
+
+
+def _fill_value(dtype: np.dtype[Any], sentinel: float) -> Any:
+    """The sentinel, or -1 (0 for unsigned, False for bool) where an integer needs one."""
+    if dtype.kind == "f" or sentinel == sentinel:
+        return False if dtype.kind == "b" else sentinel
+    return 0 if dtype.kind in "ub" else -1
+
+
+def _shape_signature(template: Any) -> np.ndarray:
+    """Object counts (and constituent counts) of a row template, as one flat array."""
+    parts = [np.asarray(ak.to_numpy(ak.num(template, axis=1)))]
+    if template.ndim > 2:
+        parts.append(np.asarray(ak.to_numpy(ak.flatten(ak.num(template, axis=2)))))
+    return np.concatenate(parts)
+
+
+def _flat_bool(value: Any) -> np.ndarray:
+    flat = ak.flatten(value, axis=None) if value.ndim > 1 else value
+    return np.asarray(ak.to_numpy(ak.fill_none(flat, False)), dtype=bool)
+
+
+def _flat(value: Any, keep: np.ndarray, dtype: Any) -> np.ndarray:
+    flat = ak.flatten(value, axis=None) if value.ndim > 1 else value
+    return np.asarray(ak.to_numpy(flat)).astype(dtype)[keep]
+
+
+__all__ = ["N_FOLDS", "TablePlan", "TableRows", "fold_of", "make_table_plan"]

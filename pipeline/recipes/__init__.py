@@ -1,0 +1,1 @@
+"""Building blocks of the recipes under configs/ (one module per downstream consumer)."""
