@@ -129,10 +129,10 @@ def run_job(job_path: str | Path, output: str | Path | None = None, site: str | 
     # the graphs are built (and every expression checked) before any cluster starts
     t0 = time.perf_counter()
     graphs = [build_dataset_graph(ds, cfg, params, out_dir) for ds in datasets]
+    totals = [g.total() for g in graphs]  # traced here: expressions are checked
     for graph in graphs:  # an existing table of another config or schema stops the run here
         for _, writer in graph.plan.writers:
             writer.prepare()
-    totals = [g.total() for g in graphs]
     build_s = time.perf_counter() - t0
     console.print(f"graphs built in {build_s:.2f} s "
                   f"({sum(len(t.dask) for t in totals)} tasks, "

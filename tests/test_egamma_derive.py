@@ -158,17 +158,19 @@ def test_match_table_keeps_unmatched_with_flag(tt_events):
     assert ak.all(ak.num(table) == ak.num(gen))
     assert ak.all(table.gen_pt == gen.pt)
     assert table.matched.tolist() == (~ak.is_none(index, axis=1)).tolist()
+    pairs = []
     for i_event, row in enumerate(table.tolist()):
-        for entry, j in zip(row, index[i_event].tolist()):
+        for i_gen, (entry, j) in enumerate(zip(row, index[i_event].tolist())):
             if j is None:
                 assert entry["reco_pt"] is None and entry["reco_eta"] is None
             else:
                 ele = reco[i_event, j]
-                assert entry["reco_pt"] == ele.pt
-                assert entry["reco_eta"] == abs(np.float32(ele.eta) + np.float32(ele.deltaEtaSC))
-    abs_eta, gen_pt, reco_pt = fit_inputs(table)
-    assert len(abs_eta) == len(gen_pt) == len(reco_pt) == ak.sum(table.matched)
-    assert np.all(abs_eta >= 0)
+                eta_sc = abs(np.float32(ele.eta) + np.float32(ele.deltaEtaSC))
+                assert entry["reco_pt"] == ele.pt and entry["reco_eta"] == eta_sc
+                pairs.append((eta_sc, gen[i_event, i_gen].pt, ele.pt))
+    assert len(pairs) > 50
+    for got, expected in zip(fit_inputs(table), zip(*pairs)):
+        np.testing.assert_array_equal(got, np.array(expected, dtype=np.float64))
 
 
 # --- fit ----------------------------------------------------------------------------------------

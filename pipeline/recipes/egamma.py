@@ -302,7 +302,7 @@ def correction_payload(
                            "description": "corrected pt [GeV]"},
                 "data": {
                     "nodetype": "formula",
-                    "expression": "y + [0] + [1]*abs(x)",
+                    "expression": "y + [0] + [1]*min(abs(x), [2])",
                     "parser": "TFormula",
                     "variables": ["abs_eta", "pt"],
                     "parameters": [a, b, eta_max],

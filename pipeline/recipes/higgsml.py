@@ -171,9 +171,10 @@ def derived_features(pri: Mapping[str, Any]) -> dict[str, ak.Array]:
     -----
     The challenge reads the jets as present from ``PRI_n_jets`` alone. After the removal
     of soft jets in :func:`apply_systematics`, an event that had three or more jets can
-    have ``PRI_n_jets >= 2`` with the subleading jet at the -25 sentinel; the challenge
-    then computes the jet-jet features from the sentinel values, and so does this
-    function.
+    have ``PRI_n_jets >= 2`` with the subleading jet at the -25 sentinel (or
+    ``PRI_n_jets >= 1`` with the leading jet at -25); the challenge then computes the
+    jet-jet features, ``DER_pt_tot`` and the lepton centrality from the sentinel values
+    (a jet of pT -25 at eta -25, phi -25), and so does this function.
 
     Examples
     --------

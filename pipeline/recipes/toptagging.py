@@ -157,7 +157,7 @@ def jet_constituents(events: Any, jets: str = "FatJet", candidates: str = "PFCan
     linked = ak.zip({"owner": owner, "pt": pt, "eta": eta, "phi": phi, "mass": mass})
 
     # Group by jet: order the rows by (jet, decreasing pt) with two stable sorts...
-    pass
+    linked = linked[ak.argsort(linked["pt"], axis=1, ascending=False, stable=True)]
     linked = linked[ak.argsort(linked["owner"], axis=1, stable=True)]
     # ... and count the rows of every jet, empty jets included: each jet index is added
     # once to the owners, so the run lengths of the sorted keys are one per jet, in order.
