@@ -1,4 +1,4 @@
-"""The ``calibrew`` command line: ``run``, ``preprocess``, ``plot``, ``inspect``,
+"""The ``calibrew`` command line: ``run``, ``preprocess``, ``plot``, ``inspect``, ``derive``,
 ``make-sample``."""
 
 from __future__ import annotations
@@ -65,6 +65,20 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_derive(args: argparse.Namespace, console: Console) -> int:
+    from pipeline.recipes.derive import derive_correction
+
+    result = derive_correction(args.table, args.out, eta_column=args.eta_column,
+                               eta_max=args.eta_max, name=args.name, weighted=args.weighted,
+                               response_window=tuple(args.response_window))
+    console.print(f"fit on {result.rows:,} matched rows (core): gen pT - reco pT = "
+                  f"{result.a:.4f} + {result.b:.4f} x min(|eta|, {result.eta_max}) GeV")
+    console.print(f"median response reco/gen: {result.response_before:.4f} before, "
+                  f"{result.response_after:.4f} after")
+    console.print(f"payload: {result.payload}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="calibrew",
@@ -95,6 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("table", help="a table directory (<output>/<dataset>/<name>.zarr)")
     inspect.add_argument("--json", action="store_true", help="print as JSON")
     inspect.set_defaults(func=_cmd_inspect)
+
+    derive = sub.add_parser("derive", help="fit the e/gamma energy correction from a matched "
+                            "table and write it as a correctionlib payload")
+    derive.add_argument("table", help="a matched e/gamma feature table (.zarr)")
+    derive.add_argument("--out", required=True, help="payload to write (.json or .json.gz)")
+    derive.add_argument("--eta-column", default="sc_eta", help="eta column (default sc_eta)")
+    derive.add_argument("--eta-max", type=float, default=2.5,
+                        help="|eta| beyond which the correction stays constant")
+    derive.add_argument("--name", default="egamma_eta_linear", help="correction name")
+    derive.add_argument("--weighted", action="store_true", help="weight rows by 'weight'")
+    derive.add_argument("--response-window", type=float, nargs=2, default=(0.5, 1.5),
+                        metavar=("LOW", "HIGH"), help="reco/gen pT range of the rows fitted")
+    derive.set_defaults(func=_cmd_derive)
 
     sample = sub.add_parser("make-sample",
                             help="build a large NanoAOD-like file by resampling a small one")

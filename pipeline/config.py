@@ -182,8 +182,8 @@ class TableSpec(Strict):
 
     ``level`` ``event`` gives a row per selected event; ``object`` a row per object of the
     ``objects`` expression (a list per event); ``constituent`` a row per constituent (a list
-    per object). ``aliases`` name intermediate expressions, evaluated in order, that later
-    ones use (``objects`` is available as ``obj``).
+    per object). ``aliases`` name intermediate expressions, evaluated in order after
+    ``objects`` (available as ``obj``), that later expressions use.
     """
 
     level: Literal["event", "object", "constituent"] = "event"
@@ -371,6 +371,10 @@ class JobSpec(Strict):
     output: str = Field(description="output directory, relative to the working directory")
     chunksize: int | None = Field(default=None, gt=0)
     workers: int | None = Field(default=None, gt=0, description="local workers (default: cores)")
+    parameters: list[str] = Field(
+        default_factory=list, description="parameter files merged over the config's ones "
+        "(relative to the job file)"
+    )
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -410,6 +414,7 @@ def load_job(path: str | Path) -> tuple[JobSpec, AnalysisConfig]:
     if not config_path.exists():
         raise ConfigError(str(path), [("config", f"analysis config {config_path} not found")])
     cfg = load_config(config_path)
+    job.parameters = [str((path.parent / p).resolve()) for p in job.parameters]
     if job.datasets != "all":
         for i, name in enumerate(job.datasets):
             if name not in cfg.datasets:

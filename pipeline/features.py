@@ -167,7 +167,7 @@ class TableRows:
         self.tracing = tracing
         self.identity = {k: events[k] for k in IDENTITY}
         self.n_events = 0 if tracing else len(events)
-        self.touched: list[Any] = []
+        self.touched: list[Any] = list(self.identity.values())
         self.by_variation: dict[str, _Variation] = {}
         self.row_template: Any = None
         self.nominal_shape: np.ndarray | None = None
@@ -177,15 +177,11 @@ class TableRows:
 
     # -- evaluation -----------------------------------------------------------------------
     def _namespace(self, events: Any) -> tuple[dict[str, Any], Any, Any]:
-        """Aliases (and ``obj``) evaluated in order; the objects and the row template."""
+        """``obj`` (the objects), then the aliases in order; the objects and the row template."""
         extra: dict[str, Any] = {}
-        for name, expr in self.plan.aliases:
-            used: set[str] = set()
-            extra[name] = expr.evaluate(events, extra, used)
-            self._deps[name] = self._resolve(used)
         objects = template = None
         if self.plan.objects is not None:
-            used = set()
+            used: set[str] = set()
             objects = self.plan.objects.evaluate(events, extra, used)
             self._deps["obj"] = self._resolve(used)
             extra["obj"] = objects
@@ -196,6 +192,10 @@ class TableRows:
                     f"{'a list of lists' if depth == 2 else 'a list'} per event for level "
                     f"{self.plan.level!r}, got {getattr(objects, 'type', type(objects))}")
             template = ak.local_index(objects, axis=depth)
+        for name, expr in self.plan.aliases:
+            used = set()
+            extra[name] = expr.evaluate(events, extra, used)
+            self._deps[name] = self._resolve(used)
         return extra, objects, template
 
     def _resolve(self, used: set[str]) -> set[str]:
@@ -365,13 +365,12 @@ class TableRows:
         return _flat(value, keep, dtype)
 
     def _column(self, value: Any, keep: np.ndarray, spec: ColumnSpec) -> np.ndarray:
-        flat = ak.flatten(value, axis=None) if value.ndim > 1 else value
-        computed = _computed_dtype(flat)
+        computed = _computed_dtype(value)
         dtype = np.dtype(spec.dtype) if spec.dtype else (
             np.dtype(np.float32) if computed.kind == "f" else computed)
-        if isinstance(flat.type.content, ak.types.OptionType):
-            flat = ak.fill_none(flat, _fill_value(dtype, self.plan.sentinel(spec)))
-        return np.asarray(ak.to_numpy(flat))[keep].astype(dtype)
+        # missing values take the sentinel before flattening (flattening drops them)
+        filled = ak.fill_none(value, _fill_value(dtype, self.plan.sentinel(spec)), axis=None)
+        return _flat(filled, keep, dtype)
 
     def _stored_collection(self, value: Any, keep: np.ndarray, spec: CollectionSpec) -> Column:
         if self.plan.level == "object":
@@ -394,7 +393,7 @@ class TableRows:
 
 
 def _computed_dtype(array: Any) -> np.dtype[Any]:
-    content = array.type.content
+    content = ak.flatten(array, axis=None).type.content
     if isinstance(content, ak.types.OptionType):
         content = content.content
     return np.dtype(getattr(content, "primitive", "float64"))
@@ -416,13 +415,14 @@ def _shape_signature(template: Any) -> np.ndarray:
 
 
 def _flat_bool(value: Any) -> np.ndarray:
-    flat = ak.flatten(value, axis=None) if value.ndim > 1 else value
-    return np.asarray(ak.to_numpy(ak.fill_none(flat, False)), dtype=bool)
+    return _flat(ak.fill_none(value, False, axis=None), None, bool)
 
 
-def _flat(value: Any, keep: np.ndarray, dtype: Any) -> np.ndarray:
+def _flat(value: Any, keep: np.ndarray | None, dtype: Any) -> np.ndarray:
+    """All values of a (filled) array, one per row, as numpy ``dtype``; ``keep`` selects."""
     flat = ak.flatten(value, axis=None) if value.ndim > 1 else value
-    return np.asarray(ak.to_numpy(flat)).astype(dtype)[keep]
+    array = np.asarray(ak.to_numpy(flat)).astype(dtype)
+    return array if keep is None else array[keep]
 
 
 __all__ = ["N_FOLDS", "TablePlan", "TableRows", "fold_of", "make_table_plan"]

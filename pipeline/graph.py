@@ -8,6 +8,8 @@ per-chunk histogram vectors. Its size does not grow with the number of variation
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,18 +94,24 @@ def _sum_vectors(parts: list[Any]) -> np.ndarray:
     return total
 
 
-def table_identity(dataset: Dataset, cfg: AnalysisConfig) -> dict[str, Any]:
-    """What makes two runs write the same tables: the config and the dataset's chunks."""
-    return {"config": cfg.digest(), "dataset": dataset.name,
+def table_identity(dataset: Dataset, cfg: AnalysisConfig, params: Any) -> dict[str, Any]:
+    """What makes two runs write the same tables: config, parameters and chunks."""
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(params, resolve=True) if OmegaConf.is_config(params) \
+        else params
+    digest = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode())
+    return {"config": cfg.digest(), "parameters": digest.hexdigest()[:16],
+            "dataset": dataset.name,
             "chunks": [[c.file, c.start, c.stop] for c in dataset.chunks]}
 
 
-def table_writers(dataset: Dataset, cfg: AnalysisConfig,
+def table_writers(dataset: Dataset, cfg: AnalysisConfig, params: Any,
                   output: Path | None) -> dict[str, TableWriter]:
     """The stores of the dataset's feature tables, ``<output>/<dataset>/<table>.zarr``."""
     if output is None:
         return {}
-    identity = table_identity(dataset, cfg)
+    identity = table_identity(dataset, cfg, params)
     return {name: TableWriter(output / dataset.name / f"{name}.zarr", len(dataset.chunks),
                               identity)
             for name in cfg.tables}
@@ -133,7 +141,7 @@ def build_dataset_graph(dataset: Dataset, cfg: AnalysisConfig, params: Any,
     metadata = dict(dataset.metadata)
     shape, weights = plan_variations(cfg, params, metadata, events._meta)
     plan = make_plan(cfg, params, metadata, shape + weights, shape,
-                     table_writers(dataset, cfg, output))
+                     table_writers(dataset, cfg, params, output))
     processor = ChunkProcessor(plan)
     # with tables, a second input names each chunk's part (both are fused into one task)
     inputs = [events, _part_indices(len(dataset.chunks), dataset.name)] if plan.writers \

@@ -25,6 +25,19 @@ _SAFE_GLOBALS: dict[str, Any] = {
 }
 
 
+_RECIPES_LOADED = False
+
+
+def _load_recipe_functions() -> None:
+    """Add the recipe functions (:mod:`pipeline.recipes`) to the expression namespace."""
+    global _RECIPES_LOADED
+    if not _RECIPES_LOADED:
+        from pipeline.recipes import expression_functions
+
+        _SAFE_GLOBALS.update(expression_functions())
+        _RECIPES_LOADED = True
+
+
 class _EventNamespace(Mapping[str, Any]):
     """The names an expression sees: ``events``, its fields, then ``extra`` names.
 
@@ -89,6 +102,7 @@ class Expression:
         >>> Expression("x + k", "doc").evaluate(events, {"k": 10}, used).tolist(), sorted(used)
         ([11.0], ['k', 'x'])
         """
+        _load_recipe_functions()  # here: also in worker processes, which unpickle expressions
         namespace = _EventNamespace(events, extra)
         try:
             return eval(self.code, _SAFE_GLOBALS, namespace)

@@ -341,13 +341,15 @@ def test_xgboost_quantile_dmatrix_from_the_iterator(runs):
     assert matrix.feature_names == ["pt", "eta"]
     np.testing.assert_array_equal(matrix.get_weight(), data["met"])
     np.testing.assert_array_equal(matrix.get_label(), data["object_index"])
-    booster = xgboost.train({"max_depth": 2}, matrix, num_boost_round=2)
+    booster = xgboost.train({"max_depth": 2, "max_bin": 16}, matrix, num_boost_round=2)
     assert booster.num_boosted_rounds() == 2
-    direct = xgboost.QuantileDMatrix(np.column_stack([data["pt"], data["eta"]]), max_bin=16)
+    direct = xgboost.QuantileDMatrix(np.column_stack([data["pt"], data["eta"]]), max_bin=16,
+                                     weight=data["met"])
     np.testing.assert_array_equal(matrix.get_quantile_cut()[1], direct.get_quantile_cut()[1])
 
 
-def test_inspect_prints_schema_variations_and_provenance(runs, capsys):
+def test_inspect_prints_schema_variations_and_provenance(runs, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # no line wrapping
     path = runs / "one" / "tt" / "features.zarr"
     assert main(["inspect", str(path)]) == 0
     text = capsys.readouterr().out
