@@ -45,6 +45,9 @@ class DatasetMetadata(Strict):
     isMC: bool
     era: str | None = Field(default=None, description="run era of collision data, e.g. C")
     xsec: float | None = Field(default=None, description="cross-section in pb (MC)")
+    generator_weight: str = Field(
+        default="genWeight", description="the per-event generator weight column (MC)"
+    )
 
     @model_validator(mode="after")
     def _era_for_data(self) -> DatasetMetadata:
@@ -198,6 +201,10 @@ class TableSpec(Strict):
     weight_variations: bool = True
     classes: list[str] | None = Field(default=None, description="label names; index = label")
     labels: dict[str, str] = Field(default_factory=dict, description="sample -> class name")
+    label: str | None = Field(
+        default=None, description="an expression giving each row's integer label (instead "
+        "of 'labels' by sample), e.g. a truth flag or a label column of the input"
+    )
     preselection: dict[str, str] | None = Field(
         default=None, description="event selection of the table (default: the analysis one)"
     )
@@ -218,6 +225,8 @@ class TableSpec(Strict):
                                  f"{', '.join(sorted(RESERVED_COLUMNS))})")
         if not self.columns and not self.collections:
             raise ValueError("a table needs 'columns' or 'collections'")
+        if self.label and self.labels:
+            raise ValueError("give 'labels' (by sample) or 'label' (an expression), not both")
         if self.labels:
             classes = self.class_names()
             for sample, cls in self.labels.items():

@@ -13,6 +13,7 @@ from typing import Any
 import uproot
 
 from pipeline.errors import InputFileError
+from pipeline.parquet_input import is_parquet, parquet_rows
 from pipeline.samples import cache_dir, find_data_file
 
 
@@ -42,6 +43,14 @@ class Dataset:
     @property
     def entries(self) -> int:
         return sum(c.entries for c in self.chunks)
+
+    @property
+    def format(self) -> str:
+        """``"parquet"`` for flat Parquet event tables, else ``"nanoaod"`` (ROOT)."""
+        kinds = {is_parquet(f) for f in self.files}
+        if len(kinds) > 1:
+            raise InputFileError(f"dataset {self.name!r} mixes Parquet and ROOT files")
+        return "parquet" if kinds == {True} else "nanoaod"
 
     def steps_by_file(self) -> dict[str, dict[str, Any]]:
         """The ``{file: {"object_path": tree, "steps": [[start, stop], ...]}}`` coffea reads."""
@@ -109,6 +118,8 @@ def count_entries(file: str, tree: str = "Events") -> int:
             return int(json.loads(cached.read_text())["entries"])
         except (ValueError, KeyError):
             pass  # a damaged cache entry is simply recomputed
+    if is_parquet(file):
+        return parquet_rows(file)
     try:
         with uproot.open(file) as handle:
             if tree not in handle:

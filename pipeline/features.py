@@ -64,6 +64,7 @@ class TablePlan:
     variations: tuple[str, ...]
     weight_variations: tuple[str, ...]
     label: int | None
+    label_expr: Expression | None
     is_data: bool
 
     @property
@@ -92,7 +93,7 @@ class TablePlan:
             "shape_variations": list(self.variations),
             "weight_variations": list(self.weight_variations),
             "labels": {"classes": self.spec.class_names(), "by_sample": dict(self.spec.labels),
-                       "label": self.label},
+                       "label": self.label, "expr": self.spec.label},
             "folds": {"n": N_FOLDS, "hash": "splitmix64(run, luminosityBlock, event, 'fold')"},
             "units": {"weight": "per event (generator weight x weights)"},
         }
@@ -144,6 +145,7 @@ def make_table_plan(name: str, spec: TableSpec, params: Any, metadata: Mapping[s
         variations=tuple(carried),
         weight_variations=tuple(weight_variations) if spec.weight_variations else (),
         label=label,
+        label_expr=Expression(spec.label, f"{where}.label") if spec.label else None,
         is_data=not bool(metadata.get("isMC")),
     )
 
@@ -173,6 +175,7 @@ class TableRows:
         self.nominal_shape: np.ndarray | None = None
         self.collections: dict[str, Any] = {}
         self.weight_variations: dict[str, Any] = {}
+        self.label_values: Any = None
         self._deps: dict[str, set[str]] = {}
 
     # -- evaluation -----------------------------------------------------------------------
@@ -267,6 +270,10 @@ class TableRows:
             else:
                 continue
             record.columns[name] = self._rows_shaped(value, template, expr)
+        if plan.label_expr is not None and nominal:
+            self.label_values = self._rows_shaped(plan.label_expr.evaluate(events, extra),
+                                                  template, plan.label_expr)
+            self.touched.append(self.label_values)
         if nominal or weights_changed:
             record.weight = weights.nominal
         if nominal:
@@ -336,6 +343,8 @@ class TableRows:
                       for n in names], axis=1) if names else np.zeros((rows, 0), np.float64))
         if plan.label is not None:
             out["label"] = np.full(rows, plan.label, dtype=np.int32)
+        elif self.label_values is not None:
+            out["label"] = _flat(ak.fill_none(self.label_values, -1, axis=None), keep, np.int32)
         out["is_data"] = np.full(rows, plan.is_data, dtype=bool)
         out["pass"] = flat_passed[NOMINAL][keep]
         specs = {name: spec for name, _, spec in plan.columns}

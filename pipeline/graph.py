@@ -25,6 +25,7 @@ from pipeline.config import AnalysisConfig
 from pipeline.datasets import Dataset
 from pipeline.nanoevents import read_lazy
 from pipeline.outputs.tables import TableWriter
+from pipeline.parquet_input import read_parquet_lazy
 from pipeline.processor import ChunkProcessor, ProcessingPlan, make_plan
 from pipeline.weights import weight_variation_names
 
@@ -33,7 +34,11 @@ SUM_FAN_IN = 8
 
 
 def read_events(dataset: Dataset) -> Any:
-    """Lazy NanoEvents (dask-awkward) of ``dataset``, one partition per chunk."""
+    """Lazy events (dask-awkward) of ``dataset``, one partition per chunk: NanoEvents, or
+    the records of a flat Parquet table."""
+    if dataset.format == "parquet":
+        return read_parquet_lazy([(c.file, c.start, c.stop) for c in dataset.chunks],
+                                 dataset.name)
     return read_lazy(dataset.steps_by_file())
 
 

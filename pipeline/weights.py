@@ -31,7 +31,8 @@ WEIGHTS: dict[str, type[Weight]] = {}
 
 
 def generator_weight(events: Any, metadata: Mapping[str, Any]) -> Any:
-    """``genWeight`` for MC (as float64), ones for data.
+    """The generator weight for MC (``genWeight``, or the column named by the metadata's
+    ``generator_weight``) as float64, ones for data.
 
     Examples
     --------
@@ -42,12 +43,13 @@ def generator_weight(events: Any, metadata: Mapping[str, Any]) -> Any:
     [1.0]
     """
     if metadata.get("isMC"):
-        if "genWeight" not in events.fields:
+        column = str(metadata.get("generator_weight") or "genWeight")
+        if column not in events.fields:
             raise InputFileError(
                 f"dataset {metadata.get('dataset', '?')!r} is MC but its events have no "
-                "genWeight branch"
+                f"{column} column (metadata.generator_weight)"
             )
-        return ops.values_astype(events.genWeight, np.float64)
+        return ops.values_astype(ops.fill_none(events[column], 0), np.float64)
     return ops.values_astype(events.run, np.float64) * 0 + 1
 
 
