@@ -254,7 +254,7 @@ class TableRows:
             shape = _shape_signature(template)
             if nominal:
                 self.row_template, self.nominal_shape = template, shape
-            elif not np.array_equal(shape, self.nominal_shape):
+            elif self.nominal_shape is None or not np.array_equal(shape, self.nominal_shape):
                 raise ExpressionError(
                     f"tables.{plan.name}.objects: {plan.spec.objects!r} gives another number of "
                     f"objects in variation {variation!r} than at nominal; rows are matched by "

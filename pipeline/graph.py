@@ -126,7 +126,10 @@ def _part_indices(n: int, name: str) -> dak.Array:
     """One partition per chunk holding the chunk's index: it names the table parts."""
     meta = ak.Array(ak.Array(np.zeros(1, dtype=np.int64)).layout.to_typetracer(
         forget_length=True))
-    return dak.from_map(_index_array, list(range(n)), label=f"calibrew-part-{name}", meta=meta)
+    parts = dak.from_map(_index_array, list(range(n)), label=f"calibrew-part-{name}",
+                         meta=meta)
+    assert isinstance(parts, dak.Array)
+    return parts
 
 
 def _index_array(index: int) -> ak.Array:

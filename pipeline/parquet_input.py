@@ -52,7 +52,7 @@ def file_key(file: str) -> int:
 
     Examples
     --------
-    >>> file_key("/data/FAIR_Universe_HiggsML_data.parquet") == file_key("FAIR_Universe_HiggsML_data.parquet")
+    >>> file_key("/data/HiggsML.parquet") == file_key("HiggsML.parquet")
     True
     """
     return zlib.crc32(Path(file).name.encode())
@@ -76,7 +76,6 @@ def _file_form(file: str) -> tuple[ak.forms.RecordForm, list[str]]:
 def read_rows(file: str, start: int, stop: int, columns: Sequence[str] | None = None,
               synthesized: Sequence[str] = ()) -> ak.Array:
     """Rows ``[start, stop)`` of ``file`` as an event record (only the row groups needed)."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
@@ -105,9 +104,9 @@ def read_rows(file: str, start: int, stop: int, columns: Sequence[str] | None = 
                 "event": np.arange(start, start + n, dtype=np.uint64)}
     arrays = {name: ak.Array(fields[name]) if name in fields else identity[name]
               for name in wanted if name in fields or name in synthesized}
-    del pa
-    return ak.Array(ak.zip(arrays, depth_limit=1).layout) if arrays else ak.Array(
-        ak.contents.RecordArray([], [], length=n))
+    if not arrays:  # nothing but the number of rows asked for
+        return ak.Array(ak.contents.RecordArray([], [], length=n))
+    return ak.zip(arrays, depth_limit=1)
 
 
 class ParquetChunkReader(ColumnProjectionMixin):
@@ -124,11 +123,11 @@ class ParquetChunkReader(ColumnProjectionMixin):
         return self._form
 
     @property
-    def behavior(self) -> dict | None:  # type: ignore[type-arg]
+    def behavior(self) -> dict[str, Any] | None:
         return None
 
     @property
-    def attrs(self) -> dict | None:  # type: ignore[type-arg]
+    def attrs(self) -> dict[str, Any] | None:
         return None
 
     @property
@@ -152,8 +151,10 @@ def read_parquet_lazy(chunks: Sequence[tuple[str, int, int]], name: str = "") ->
         if _file_form(other)[0] != form:
             raise InputFileError(f"Parquet file {other} has other columns than {files[0]}; "
                                  "the files of a dataset need one schema")
-    return dak.from_map(ParquetChunkReader(form, synthesized), list(chunks),
-                        label=f"from-parquet-{name}" if name else "from-parquet")
+    events = dak.from_map(ParquetChunkReader(form, synthesized), list(chunks),
+                          label=f"from-parquet-{name}" if name else "from-parquet")
+    assert isinstance(events, dak.Array)
+    return events
 
 
 def read_parquet_eager(file: str, start: int = 0, stop: int | None = None) -> ak.Array:

@@ -148,7 +148,7 @@ def test_table_contents(runs, tt_events):
     pts = padded[..., table._fields("jets").index("pt")]
     assert np.all(np.diff(np.where(mask, pts, 0), axis=1) <= 0)  # sorted by pt, decreasing
     electrons = table.to_awkward("electrons")
-    dense, emask = table.padded("electrons", ["pt"], length=3)
+    _, emask = table.padded("electrons", ["pt"], length=3)
     np.testing.assert_array_equal(emask.sum(axis=1), np.minimum(ak.num(electrons), 3))
     frame = table.to_pandas(["event", "ht", "weight_variations"], folds=[0, 1, 2])
     assert list(frame.columns) == ["event", "ht", "weight_pileupUp", "weight_pileupDown"]

@@ -32,3 +32,13 @@ def test_version_and_entry_points():
     from pipeline.parameters import defaults
 
     assert "jets_calibration" in defaults()
+
+
+def test_ml_reader_api():
+    import pipeline.ml
+
+    assert sorted(pipeline.ml.__all__) == sorted([
+        "Table", "TableError", "TableStream", "open_table", "torch_dataset", "xgboost_iterator",
+    ])
+    for name in pipeline.ml.__all__:
+        assert hasattr(pipeline.ml, name)

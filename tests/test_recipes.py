@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import awkward as ak
 import numpy as np
-import pytest
 import uproot
 
 from pipeline.cli import main

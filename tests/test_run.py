@@ -56,6 +56,24 @@ def test_demo_outputs(demo_run):
         assert "cutflow" in root
 
 
+def test_demo_feature_table(demo_run):
+    from pipeline.ml import open_table
+
+    report = json.loads((demo_run / "report.json").read_text())
+    (name,) = report["datasets"]
+    summary = report["datasets"][name]
+    table = open_table(demo_run / name / "features.zarr")
+    assert str(table.path) in summary["outputs"]
+    # the nominal rows are the events passing the preselection, as in the cutflow
+    assert table.attrs["events_selected"]["nominal"] == summary["cutflow"]["two_jets"]["events"]
+    assert len(table.to_numpy(["event"])["event"]) == summary["cutflow"]["two_jets"]["events"]
+    shape = [v for v in summary["variations"] if v in table.variations()]
+    assert len(table.variations()) == len(shape) == 34  # every shape variation is carried
+    assert len(table.weight_variations()) == len(summary["variations"]) - 1 - 34
+    jets, mask = table.padded("jets")
+    assert jets.shape[1:] == (8, 5) and mask.any()
+
+
 def test_plot(demo_run):
     assert main(["plot", str(demo_run)]) == 0
     pngs = sorted((demo_run / "plots").rglob("*.png"))

@@ -150,6 +150,6 @@ def get_calibrator(name: str, where: str = "") -> type[Calibrator]:
 
 
 def _load_builtins() -> None:
-    import pipeline.calibration.builtin  # noqa: F401  (registers the built-in calibrators)
-    import pipeline.recipes.egamma  # noqa: F401  (and those of the recipes)
+    import pipeline.calibration.builtin
+    import pipeline.recipes.egamma
     import pipeline.recipes.higgsml_calibrators  # noqa: F401

@@ -33,7 +33,7 @@ def torch_dataset(*args: Any, **kwargs: Any) -> Any:
     except ImportError:
         raise CalibrewError("torch_dataset needs PyTorch: pip install torch") from None
 
-    class TableDataset(IterableDataset):  # type: ignore[misc, type-arg]
+    class TableDataset(IterableDataset):
         def __init__(self, stream: TableStream) -> None:
             self.stream = stream
 

@@ -32,7 +32,7 @@ def xgboost_iterator(table: Table | str, features: Sequence[str], label: str = "
     opened = table if isinstance(table, Table) else open_table(table)
     columns = [*features, label] + ([weight] if weight else [])
 
-    class TableIterator(xgboost.DataIter):  # type: ignore[misc]
+    class TableIterator(xgboost.DataIter):
         def __init__(self) -> None:
             self.blocks = opened.blocks()
             self.position = 0

@@ -13,7 +13,7 @@ from pipeline.outputs.tables import Table
 def describe(table: Table) -> dict[str, Any]:
     """The summary ``calibrew inspect`` prints, as a dict."""
     attrs = table.attrs
-    part = table.parts[0] if table.parts else None
+    part: Any = table.parts[0] if table.parts else None
     columns = {}
     for name in table.event_columns():
         array = part[name] if part is not None else None
