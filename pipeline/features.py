@@ -167,6 +167,11 @@ class TableRows:
     def __init__(self, plan: TablePlan, events: Any, tracing: bool) -> None:
         self.plan = plan
         self.tracing = tracing
+        missing = [k for k in IDENTITY if k not in events.fields]
+        if missing:
+            raise ExpressionError(f"tables.{plan.name}: the events have no {', '.join(missing)}; "
+                                  "a table needs the event identity (run, luminosityBlock, "
+                                  "event)")
         self.identity = {k: events[k] for k in IDENTITY}
         self.n_events = 0 if tracing else len(events)
         self.touched: list[Any] = list(self.identity.values())
@@ -217,7 +222,7 @@ class TableRows:
             for _, cut in plan.preselection:
                 selected = selected & event_mask(cut.evaluate(events), cut)
         if isinstance(selected, bool):
-            selected = ak.values_astype(self.identity["event"], bool) | selected
+            selected = ak.full_like(self.identity["event"], selected, dtype=bool)
         if template is None:
             return selected
         passed = ak.broadcast_arrays(selected, template)[0]

@@ -5,9 +5,12 @@ fused design of DESIGN.md): for one chunk of events it runs the calibrator seque
 the nominal and each variation, applies the preselection and categories, and fills every
 histogram over its category and variation axes. It returns the filled histograms as one
 flat float64 vector, so the graph stays the same size whatever the number of variations.
+With feature tables configured it also builds each table's rows for the chunk
+(:mod:`pipeline.features`) and writes them as the chunk's part of the table.
 
-The same object runs eagerly on a whole file (``processor.histograms(events)``), which is
-how the tests compare the lazy graph with an eager computation.
+The same object runs eagerly on a whole file (``processor.histograms(events)``,
+``processor.tables(events)``), which is how the tests compare the lazy graph with an eager
+computation.
 """
 
 from __future__ import annotations
@@ -183,7 +186,8 @@ class ChunkProcessor:
         todo = [] if index is None else [n for n, w in writers.items() if not w.part_done(index)]
         histograms, tables = self._compute(events, todo)
         for name, (columns, attrs) in tables.items():
-            writers[name].write_part(index, columns, attrs)  # type: ignore[arg-type]
+            assert index is not None  # tables are only built for a known part
+            writers[name].write_part(index, columns, attrs)
         vector = np.concatenate([to_vector(h) for h in histograms.values()])
         return ak.to_regular(ak.Array(vector[np.newaxis, :]), axis=1)
 

@@ -119,7 +119,7 @@ def test_table_contents(runs, tt_events):
     assert attrs["events_total"] == 200
     assert attrs["sum_genweights"] == pytest.approx(float(np.sum(tt_events.genWeight)))
     assert attrs["labels"] == {"classes": ["background", "signal"], "by_sample": {"TTbar":
-                               "signal"}, "label": 1}
+                               "signal"}, "label": 1, "expr": None}
     assert attrs["columns"]["ht"]["unit"] == "GeV"
     assert attrs["provenance"]["config_digest"] == load_config(
         runs / "analysis.yaml").digest()

@@ -40,9 +40,10 @@ import zarr
 from pipeline.errors import CalibrewError
 
 SCHEMA_VERSION = 1
-#: 4 MiB: measured (tests/benchmarks/bench_tables.py, 2M rows in 10 parts) against 1 MiB,
-#: numpy reads 2.3x and tensor reads 2.2x faster, writes 1.1x; 16 MiB gains little more
-#: for numpy and makes the blocks of a shuffled stream coarse.
+#: 4 MiB, by measurement (tests/benchmarks/bench_tables.py, 2M rows in 10 parts): against
+#: 1 MiB, reads into numpy and into padded tensors are 1.1x faster, writes the same; 16 MiB
+#: reads tensors 1.2x faster but numpy columns 0.9x, and makes a shuffled stream's blocks
+#: (one chunk of the event column) coarse: 2M rows instead of 0.5M.
 MIN_CHUNK_BYTES = 4 << 20
 PARTS = "parts"
 VARIATIONS = "variations"
