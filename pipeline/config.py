@@ -223,6 +223,13 @@ class TableSpec(Strict):
             if name in RESERVED_COLUMNS or "/" in name or "." in name:
                 raise ValueError(f"{name!r} is a reserved or invalid column name (reserved: "
                                  f"{', '.join(sorted(RESERVED_COLUMNS))})")
+        for name in self.aliases:
+            if name in ("obj", "events"):
+                raise ValueError(f"alias {name!r}: 'obj' and 'events' are names of the "
+                                 "expression language")
+        both = sorted(set(self.columns) & set(self.collections))
+        if both:
+            raise ValueError(f"{', '.join(both)}: both a column and a collection")
         if not self.columns and not self.collections:
             raise ValueError("a table needs 'columns' or 'collections'")
         if self.label and self.labels:

@@ -72,7 +72,8 @@ class TablePlan:
         return self.spec.level
 
     def attrs(self) -> dict[str, Any]:
-        """The table's static description (root attributes)."""
+        """The table's static description (root attributes; the runner adds the sentinels
+        the parts used)."""
         columns = {}
         for name, _, spec in self.columns:
             columns[name] = {"expr": spec.expr, "dtype": spec.dtype, "unit": spec.unit,
@@ -111,7 +112,9 @@ def make_table_plan(name: str, spec: TableSpec, params: Any, metadata: Mapping[s
                     weight_variations: Sequence[str]) -> TablePlan:
     """Compile table ``name`` for one dataset; unknown variation names are config errors."""
     where = f"tables.{name}"
-    if spec.variations == "all":
+    if not metadata.get("isMC"):
+        carried: list[str] = []  # collision data have no shape variations
+    elif spec.variations == "all":
         carried = [v for v in shape_variations if v != NOMINAL]
     elif spec.variations == "none":
         carried = []
@@ -154,6 +157,7 @@ def make_table_plan(name: str, spec: TableSpec, params: Any, metadata: Mapping[s
 class _Variation:
     passed: Any
     columns: dict[str, Any] = field(default_factory=dict)
+    collections: dict[str, Any] = field(default_factory=dict)
     weight: Any = None
 
 
@@ -162,11 +166,18 @@ class TableRows:
 
     Call :meth:`add` with the nominal first, then with each variation; then :meth:`finish`.
     On a typetracer (``tracing``), :meth:`add` only evaluates and touches what it reads.
+    Values of one per event (weights, event-level columns in an object table) stay per event
+    and are taken for each row through the row's event index.
+
+    ``reordered``: collections a calibrator may put in another order per variation; objects
+    read from them cannot be matched across variations by position.
     """
 
-    def __init__(self, plan: TablePlan, events: Any, tracing: bool) -> None:
+    def __init__(self, plan: TablePlan, events: Any, tracing: bool,
+                 reordered: set[str] | None = None) -> None:
         self.plan = plan
         self.tracing = tracing
+        self.reordered = set(reordered or ())
         missing = [k for k in IDENTITY if k not in events.fields]
         if missing:
             raise ExpressionError(f"tables.{plan.name}: the events have no {', '.join(missing)}; "
@@ -176,18 +187,18 @@ class TableRows:
         self.n_events = 0 if tracing else len(events)
         self.touched: list[Any] = list(self.identity.values())
         self.by_variation: dict[str, _Variation] = {}
-        self.row_template: Any = None
+        self.template: Any = None
+        self.row_event: np.ndarray | None = None
         self.nominal_shape: np.ndarray | None = None
-        self.collections: dict[str, Any] = {}
         self.weight_variations: dict[str, Any] = {}
         self.label_values: Any = None
         self._deps: dict[str, set[str]] = {}
 
     # -- evaluation -----------------------------------------------------------------------
-    def _namespace(self, events: Any) -> tuple[dict[str, Any], Any, Any]:
-        """``obj`` (the objects), then the aliases in order; the objects and the row template."""
+    def _namespace(self, events: Any) -> tuple[dict[str, Any], Any]:
+        """``obj`` (the objects), then the aliases in order; and the row template."""
         extra: dict[str, Any] = {}
-        objects = template = None
+        template = None
         if self.plan.objects is not None:
             used: set[str] = set()
             objects = self.plan.objects.evaluate(events, extra, used)
@@ -204,7 +215,9 @@ class TableRows:
             used = set()
             extra[name] = expr.evaluate(events, extra, used)
             self._deps[name] = self._resolve(used)
-        return extra, objects, template
+        if self.tracing:
+            self.touched += [v for v in extra.values() if isinstance(v, ak.Array)]
+        return extra, template
 
     def _resolve(self, used: set[str]) -> set[str]:
         out: set[str] = set()
@@ -212,30 +225,23 @@ class TableRows:
             out |= self._deps.get(name, {name})
         return out
 
-    def _passed(self, events: Any, extra: dict[str, Any], analysis_selected: Any,
-                template: Any) -> Any:
-        plan = self.plan
-        if plan.preselection is None:
-            selected = analysis_selected
-        else:
-            selected = True
-            for _, cut in plan.preselection:
-                selected = selected & event_mask(cut.evaluate(events), cut)
-        if isinstance(selected, bool):
-            selected = ak.full_like(self.identity["event"], selected, dtype=bool)
-        if template is None:
-            return selected
-        passed = ak.broadcast_arrays(selected, template)[0]
-        if plan.select is not None:
-            mask = plan.select.evaluate(events, extra)
-            passed = passed & ak.fill_none(self._rows_shaped(mask, template, plan.select), False)
-        return passed
+    def _evaluate(self, key: str, expr: Expression, events: Any,
+                  extra: dict[str, Any]) -> Any:
+        used: set[str] = set()
+        value = expr.evaluate(events, extra, used)
+        self._deps[key] = self._resolve(used)
+        return value
 
-    def _rows_shaped(self, value: Any, template: Any, expr: Expression) -> Any:
-        if template is None:
-            if not isinstance(value, ak.Array):
-                value = ak.broadcast_arrays(value, self.identity["event"])[0]
-            elif value.ndim != 1:
+    def _changes(self, key: str, changed: set[str] | None) -> bool:
+        deps = self._deps.get(key, {_ANY_COLLECTION})
+        return changed is None or _ANY_COLLECTION in deps or bool(deps & changed)
+
+    def _per_row(self, value: Any, template: Any, expr: Expression) -> Any:
+        """``value`` checked: one per event, or (object levels) one per row."""
+        if not isinstance(value, ak.Array):  # a constant
+            return ak.full_like(self.identity["event"], value, dtype=np.asarray(value).dtype)
+        if value.ndim == 1 or template is None:
+            if value.ndim != 1:
                 raise ExpressionError(
                     f"{expr.where}: {expr.text!r} gives {value.type}; an event-level column "
                     "needs one value per event (keep lists as a collection)")
@@ -247,6 +253,29 @@ class TableRows:
                 f"{expr.where}: {expr.text!r} does not give one value per row of level "
                 f"{self.plan.level!r} (objects {self.plan.spec.objects!r}): {err}") from None
 
+    def _passed(self, events: Any, extra: dict[str, Any], analysis_selected: Any,
+                template: Any) -> Any:
+        """Whether each row passes: numpy booleans per row (a typetracer when tracing)."""
+        plan = self.plan
+        if plan.preselection is None:
+            selected = analysis_selected
+        else:
+            selected = True
+            for _, cut in plan.preselection:
+                selected = selected & event_mask(cut.evaluate(events), cut)
+        if isinstance(selected, bool):
+            selected = ak.full_like(self.identity["event"], selected, dtype=bool)
+        mask = None
+        if plan.select is not None:
+            mask = self._per_row(plan.select.evaluate(events, extra), template, plan.select)
+        if self.tracing:
+            self.touched += [selected, mask]
+            return selected
+        passed = self._rows(ak.fill_none(selected, False), bool)
+        if mask is not None:
+            passed &= self._rows(ak.fill_none(mask, False, axis=None), bool)
+        return passed
+
     def add(self, variation: str, events: Any, analysis_selected: Any, weights: Any,
             changed: set[str] | None, weights_changed: bool) -> None:
         """Evaluate the rows' pass mask and the columns ``variation`` may change."""
@@ -254,56 +283,74 @@ class TableRows:
         nominal = variation == NOMINAL
         if not nominal and variation not in plan.variations:
             return
-        extra, objects, template = self._namespace(events)
-        if not self.tracing and template is not None:
+        extra, template = self._namespace(events)
+        if nominal:
+            self._check_order()
+        if template is not None and not self.tracing:
             shape = _shape_signature(template)
             if nominal:
-                self.row_template, self.nominal_shape = template, shape
+                self.template, self.nominal_shape = template, shape
             elif self.nominal_shape is None or not np.array_equal(shape, self.nominal_shape):
                 raise ExpressionError(
                     f"tables.{plan.name}.objects: {plan.spec.objects!r} gives another number of "
                     f"objects in variation {variation!r} than at nominal; rows are matched by "
                     "position, so cuts that vary belong in 'select'")
+        if nominal and not self.tracing:
+            self.row_event = _row_events(template, self.n_events)
         record = _Variation(self._passed(events, extra, analysis_selected, template))
         for name, expr, _ in plan.columns:
-            used: set[str] = set()
+            key = f"column:{name}"
             if nominal or self.tracing:
-                value = expr.evaluate(events, extra, used)
-                self._deps[f"column:{name}"] = self._resolve(used)
-            elif self._changes(f"column:{name}", changed):
+                value = self._evaluate(key, expr, events, extra)
+            elif self._changes(key, changed):
                 value = expr.evaluate(events, extra)
             else:
                 continue
-            record.columns[name] = self._rows_shaped(value, template, expr)
+            record.columns[name] = self._per_row(value, template, expr)
+        for name, expr, spec in plan.collections:
+            key = f"collection:{name}"
+            if nominal or self.tracing:
+                value = self._evaluate(key, expr, events, extra)
+            elif self._changes(key, changed):
+                value = expr.evaluate(events, extra)
+            else:
+                continue
+            record.collections[name] = self._collection(value, expr, spec, template)
         if plan.label_expr is not None and nominal:
-            self.label_values = self._rows_shaped(plan.label_expr.evaluate(events, extra),
-                                                  template, plan.label_expr)
-            self.touched.append(self.label_values)
+            self.label_values = self._per_row(plan.label_expr.evaluate(events, extra),
+                                              template, plan.label_expr)
         if nominal or weights_changed:
             record.weight = weights.nominal
         if nominal:
             self.weight_variations = {k: weights.variations[k] for k in plan.weight_variations}
-            for name, expr, spec in plan.collections:
-                self.collections[name] = self._collection(expr, spec, events, extra)
         self.by_variation[variation] = record
         if self.tracing:
-            self.touched += [record.passed, record.weight, *record.columns.values(),
-                             *self.collections.values(), *self.weight_variations.values()]
-            if objects is not None:
-                self.touched.append(template)
+            self.touched += [template, self.label_values, record.weight,
+                             *record.columns.values(), *record.collections.values(),
+                             *self.weight_variations.values()]
 
-    def _changes(self, key: str, changed: set[str] | None) -> bool:
-        deps = self._deps.get(key, {_ANY_COLLECTION})
-        return changed is None or _ANY_COLLECTION in deps or bool(deps & changed)
+    def _check_order(self) -> None:
+        reordered = self._deps.get("obj", set()) & self.reordered
+        if reordered and self.plan.variations:
+            raise ConfigError("analysis config", [(
+                f"tables.{self.plan.name}.objects",
+                f"the objects come from {', '.join(sorted(reordered))}, which a calibrator "
+                "re-sorts in each variation (e.g. jets_calibration.sort_by_pt): rows could "
+                "not be matched across variations; carry no variations (variations: none) or "
+                "turn the re-sorting off")])
 
-    def _collection(self, expr: Expression, spec: CollectionSpec, events: Any,
-                    extra: dict[str, Any]) -> Any:
-        value = expr.evaluate(events, extra)
+    def _collection(self, value: Any, expr: Expression, spec: CollectionSpec,
+                    template: Any) -> Any:
         depth = 2 if self.plan.level == "object" else 1
         if not isinstance(value, ak.Array) or value.ndim != depth + 1:
             raise ExpressionError(
                 f"{expr.where}: {expr.text!r} must give a list of objects per "
                 f"{'object' if depth == 2 else 'event'}, got {getattr(value, 'type', value)}")
+        if template is not None and not self.tracing and not ak.all(
+                ak.num(value, axis=1) == ak.num(template, axis=1)):
+            raise ExpressionError(
+                f"{expr.where}: {expr.text!r} does not give one list per object of "
+                f"{self.plan.spec.objects!r} (another number of objects in some events)")
         missing = [f for f in spec.fields if f not in value.fields]
         if missing:
             raise ExpressionError(f"{expr.where}: no field(s) {', '.join(missing)} in "
@@ -317,6 +364,13 @@ class TableRows:
         return ak.zip({f: value[f] for f in spec.fields}, depth_limit=None)
 
     # -- the part's columns ---------------------------------------------------------------
+    def _rows(self, value: Any, dtype: Any) -> np.ndarray:
+        """One value per row (before ``keep``): per-event values through the row's event."""
+        assert self.row_event is not None
+        if value.ndim == 1:
+            return np.asarray(ak.to_numpy(value)).astype(dtype)[self.row_event]
+        return np.asarray(ak.to_numpy(ak.flatten(value, axis=None))).astype(dtype)
+
     def finish(self) -> tuple[dict[str, Column], dict[str, Any]]:
         """The part's columns (rows passing in any variation) and its attributes."""
         plan = self.plan
@@ -325,66 +379,73 @@ class TableRows:
                 if isinstance(array, ak.Array):
                     ak.typetracer.touch_data(array)
             return {}, {}
-        flat_passed = {v: _flat_bool(r.passed) for v, r in self.by_variation.items()}
-        keep = np.zeros_like(flat_passed[NOMINAL])
-        for passed in flat_passed.values():
-            keep |= passed
-        template = self.row_template
+        passed = {v: r.passed for v, r in self.by_variation.items()}
+        keep = np.zeros_like(passed[NOMINAL])
+        for mask in passed.values():
+            keep |= mask
+        rows = int(keep.sum())
         out: dict[str, Column] = {}
         for key in IDENTITY:
-            out[key] = self._event_column(self.identity[key], template, keep,
-                                          IDENTITY_DTYPES[key])
+            out[key] = self._rows(self.identity[key], IDENTITY_DTYPES[key])[keep]
         out["fold"] = fold_of(out["run"], out["luminosityBlock"], out["event"])
         if plan.level != "event":
-            out["object_index"] = _flat(ak.local_index(template, axis=1), keep, np.int32)
+            objects = ak.broadcast_arrays(ak.local_index(self.template, axis=1),
+                                          self.template)[0]
+            out["object_index"] = self._rows(objects, np.int32)[keep]
         if plan.level == "constituent":
-            out["constituent_index"] = _flat(template, keep, np.int32)
+            out["constituent_index"] = self._rows(self.template, np.int32)[keep]
         nominal = self.by_variation[NOMINAL]
-        out["weight"] = self._event_column(nominal.weight, template, keep, np.float64)
+        out["weight"] = self._rows(nominal.weight, np.float64)[keep]
         names = list(self.weight_variations)
-        rows = int(keep.sum())
         out["weight_variations"] = (
-            np.stack([self._event_column(self.weight_variations[n], template, keep, np.float64)
-                      for n in names], axis=1) if names else np.zeros((rows, 0), np.float64))
+            np.stack([self._rows(self.weight_variations[n], np.float64)[keep] for n in names],
+                     axis=1) if names else np.zeros((rows, 0), np.float64))
         if plan.label is not None:
             out["label"] = np.full(rows, plan.label, dtype=np.int32)
         elif self.label_values is not None:
-            out["label"] = _flat(ak.fill_none(self.label_values, -1, axis=None), keep, np.int32)
+            out["label"] = self._rows(ak.fill_none(self.label_values, -1, axis=None),
+                                      np.int32)[keep]
         out["is_data"] = np.full(rows, plan.is_data, dtype=bool)
-        out["pass"] = flat_passed[NOMINAL][keep]
+        out["pass"] = passed[NOMINAL][keep]
         specs = {name: spec for name, _, spec in plan.columns}
+        collection_specs = {name: spec for name, _, spec in plan.collections}
+        sentinels: dict[str, Any] = {}
         for name, value in nominal.columns.items():
-            out[name] = self._column(value, keep, specs[name])
+            out[name], sentinels[name] = self._column(name, value, keep, specs[name])
+        for name, value in nominal.collections.items():
+            out[name] = self._stored_collection(value, keep, collection_specs[name])
         changed: dict[str, list[str]] = {}
         for variation in plan.variations:
             record = self.by_variation[variation]
             prefix = f"variations/{variation}/"
-            out[prefix + "pass"] = flat_passed[variation][keep]
+            out[prefix + "pass"] = passed[variation][keep]
             for name, value in record.columns.items():
-                out[prefix + name] = self._column(value, keep, specs[name])
+                out[prefix + name] = self._column(name, value, keep, specs[name])[0]
+            for name, value in record.collections.items():
+                out[prefix + name] = self._stored_collection(value, keep,
+                                                             collection_specs[name])
             if record.weight is not None:
-                out[prefix + "weight"] = self._event_column(record.weight, template, keep,
-                                                            np.float64)
-            changed[variation] = sorted([*record.columns]
+                out[prefix + "weight"] = self._rows(record.weight, np.float64)[keep]
+            changed[variation] = sorted([*record.columns, *record.collections]
                                         + (["weight"] if record.weight is not None else []))
-        for (name, _, spec), value in zip(plan.collections, self.collections.values()):
-            out[name] = self._stored_collection(value, keep, spec)
         attrs = {"events": self.n_events, "changed_columns": changed,
-                 "selected": {v: int(p.sum()) for v, p in flat_passed.items()}}
+                 "sentinels": {k: _json_float(v) for k, v in sentinels.items()},
+                 "selected": {v: int(p.sum()) for v, p in passed.items()}}
         return out, attrs
 
-    def _event_column(self, value: Any, template: Any, keep: np.ndarray, dtype: Any) -> Any:
-        if template is not None:
-            value = ak.broadcast_arrays(value, template)[0]
-        return _flat(value, keep, dtype)
-
-    def _column(self, value: Any, keep: np.ndarray, spec: ColumnSpec) -> np.ndarray:
+    def _column(self, name: str, value: Any, keep: np.ndarray,
+                spec: ColumnSpec) -> tuple[np.ndarray, Any]:
+        """The stored values of a column and the value missing entries took."""
         computed = _computed_dtype(value)
         dtype = np.dtype(spec.dtype) if spec.dtype else (
             np.dtype(np.float32) if computed.kind == "f" else computed)
-        # missing values take the sentinel before flattening (flattening drops them)
-        filled = ak.fill_none(value, _fill_value(dtype, self.plan.sentinel(spec)), axis=None)
-        return _flat(filled, keep, dtype)
+        fill = _fill_value(dtype, self.plan.sentinel(spec))
+        try:
+            # missing values take the sentinel before flattening (flattening drops them)
+            return self._rows(ak.fill_none(value, fill, axis=None), dtype)[keep], fill
+        except Exception as err:
+            raise ExpressionError(f"tables.{self.plan.name}.columns.{name}: cannot store "
+                                  f"{spec.expr!r} ({value.type}): {err}") from None
 
     def _stored_collection(self, value: Any, keep: np.ndarray, spec: CollectionSpec) -> Column:
         if self.plan.level == "object":
@@ -404,6 +465,17 @@ class TableRows:
         fields = {f: np.asarray(ak.to_numpy(ak.fill_none(padded[f], 0)), dtype=dtype)
                   for f in spec.fields}
         return PaddedColumn(fields, mask.reshape(len(value), length))
+
+
+def _row_events(template: Any, n_events: int) -> np.ndarray:
+    """The event index of each row: every event (event level), or one per object or
+    constituent of the row template."""
+    if template is None:
+        return np.arange(n_events)
+    counts = ak.num(template, axis=1)
+    if template.ndim > 2:
+        counts = ak.sum(ak.num(template, axis=2), axis=1)
+    return np.repeat(np.arange(n_events), np.asarray(ak.to_numpy(counts), dtype=np.int64))
 
 
 def _computed_dtype(array: Any) -> np.dtype[Any]:
@@ -426,17 +498,6 @@ def _shape_signature(template: Any) -> np.ndarray:
     if template.ndim > 2:
         parts.append(np.asarray(ak.to_numpy(ak.flatten(ak.num(template, axis=2)))))
     return np.concatenate(parts)
-
-
-def _flat_bool(value: Any) -> np.ndarray:
-    return _flat(ak.fill_none(value, False, axis=None), None, bool)
-
-
-def _flat(value: Any, keep: np.ndarray | None, dtype: Any) -> np.ndarray:
-    """All values of a (filled) array, one per row, as numpy ``dtype``; ``keep`` selects."""
-    flat = ak.flatten(value, axis=None) if value.ndim > 1 else value
-    array = np.asarray(ak.to_numpy(flat)).astype(dtype)
-    return array if keep is None else array[keep]
 
 
 __all__ = ["N_FOLDS", "TablePlan", "TableRows", "fold_of", "make_table_plan"]

@@ -20,6 +20,7 @@ import dask_awkward as dak
 import numpy as np
 from dask.delayed import Delayed
 
+from pipeline import __version__
 from pipeline.calibration.manager import CalibratorsManager
 from pipeline.config import AnalysisConfig
 from pipeline.datasets import Dataset
@@ -100,14 +101,15 @@ def _sum_vectors(parts: list[Any]) -> np.ndarray:
 
 
 def table_identity(dataset: Dataset, cfg: AnalysisConfig, params: Any) -> dict[str, Any]:
-    """What makes two runs write the same tables: config, parameters and chunks."""
+    """What makes two runs write the same tables: config, parameters, calibrew version and
+    chunks (a rerun resumes a table only when all are the same)."""
     from omegaconf import OmegaConf
 
     resolved = OmegaConf.to_container(params, resolve=True) if OmegaConf.is_config(params) \
         else params
     digest = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode())
     return {"config": cfg.digest(), "parameters": digest.hexdigest()[:16],
-            "dataset": dataset.name,
+            "calibrew": __version__, "dataset": dataset.name,
             "chunks": [[c.file, c.start, c.stop] for c in dataset.chunks]}
 
 

@@ -222,7 +222,9 @@ class ChunkProcessor:
         plan = self.plan
         out = plan.empty_histograms()
         manager = self.manager(events)
-        rows = {t.name: TableRows(t, events, tracing) for t in plan.tables if t.name in tables}
+        reordered = set().union(*(c.reordered_collections() for c in manager.calibrator_sequence))
+        rows = {t.name: TableRows(t, events, tracing, reordered)
+                for t in plan.tables if t.name in tables}
         generator = generator_weight(events, plan.metadata)
         touched: list[Any] = [generator]
         n_events = len(generator) if not tracing else 0

@@ -79,14 +79,17 @@ def finalize_tables(graph: DatasetGraph, summary: dict[str, Any], cfg: AnalysisC
         for p in parts:
             for variation, count in p.get("selected", {}).items():
                 selected[variation] = selected.get(variation, 0) + int(count)
+        attrs = table.attrs()
+        for name, fill in (parts[0].get("sentinels", {}) if parts else {}).items():
+            attrs["columns"][name]["sentinel"] = fill  # the value missing entries took
         writer.finalize({
-            **table.attrs(),
+            **attrs,
             "dataset": dataset.name,
             "metadata": dict(dataset.metadata),
             "changed_columns": parts[0].get("changed_columns", {}) if parts else {},
             "events_total": summary["events"],
             "sum_genweights": summary["sum_genweights"],
-            "events_selected": selected,
+            "rows_selected": selected,
             "provenance": origin,
         })
         written.append(writer.path)
@@ -130,9 +133,11 @@ def run_job(job_path: str | Path, output: str | Path | None = None, site: str | 
     t0 = time.perf_counter()
     graphs = [build_dataset_graph(ds, cfg, params, out_dir) for ds in datasets]
     totals = [g.total() for g in graphs]  # traced here: expressions are checked
-    for graph in graphs:  # an existing table of another config or schema stops the run here
-        for _, writer in graph.plan.writers:
-            writer.prepare()
+    writers = [writer for graph in graphs for _, writer in graph.plan.writers]
+    for writer in writers:  # a table of another identity or schema stops the run here,
+        writer.check()      # before any table is created
+    for writer in writers:
+        writer.prepare()
     build_s = time.perf_counter() - t0
     console.print(f"graphs built in {build_s:.2f} s "
                   f"({sum(len(t.dask) for t in totals)} tasks, "

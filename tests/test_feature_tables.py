@@ -20,7 +20,7 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, ExpressionError
 from pipeline.ml import TableStream, open_table, torch_dataset, xgboost_iterator
-from pipeline.outputs.tables import SCHEMA_VERSION, TableError
+from pipeline.outputs.tables import SCHEMA_VERSION, PaddedColumn, RaggedColumn, TableError
 
 CONFIG = """
 parameters: [{params}]
@@ -51,7 +51,12 @@ tables:
     level: object
     objects: Jet
     select: "(obj.pt > 30) & (abs(obj.eta) < 2.4)"
-    columns: {{pt: obj.pt, eta: obj.eta, met: PuppiMET.pt}}
+    columns:
+      pt: obj.pt
+      eta: obj.eta
+      met: PuppiMET.pt
+      lead_muon_pt: {{expr: "ak.firsts(Muon.pt)", sentinel: -1}}
+      lead_muon_charge: "ak.firsts(Muon.charge)"
     variations: [AK4PFPuppi_JERUp, ele_scaleUp]
 """
 
@@ -107,7 +112,7 @@ def test_one_and_seven_chunks_give_the_same_tables(runs):
         seven, b = read_all(runs / "seven" / "tt" / f"{table}.zarr")
         assert one.part_rows == [one.rows] and len(seven.part_rows) == 7
         assert_same(a, b)
-        for key in ("events_total", "events_selected", "changed_columns", "columns"):
+        for key in ("events_total", "rows_selected", "changed_columns", "columns"):
             assert one.attrs[key] == seven.attrs[key]
         assert one.attrs["sum_genweights"] == pytest.approx(seven.attrs["sum_genweights"],
                                                             rel=1e-12)
@@ -134,18 +139,25 @@ def test_table_contents(runs, tt_events):
     assert data["ht"].dtype == np.float32 and data["n_muons"].dtype == np.int64
     # the nominal pass mask is the preselection at nominal
     nominal = table.to_numpy(["event"])["event"]
-    assert len(nominal) == attrs["events_selected"]["nominal"] < table.rows
+    assert len(nominal) == attrs["rows_selected"]["nominal"] < table.rows
     # a JES variation changes ht and the pass mask; an electron one only the electron column
     variations = table.variations()
-    assert variations["AK4PFPuppi_JERUp"] == ["ht", "pass"]
-    assert variations["ele_scaleUp"] == ["lead_ele_pt", "pass"]
+    # the columns and collections reading a changed collection, and the pass mask
+    assert variations["AK4PFPuppi_JERUp"] == ["ht", "jets", "pass"]
+    assert variations["ele_scaleUp"] == ["electrons", "lead_ele_pt", "pass"]
+    nominal_jets = table.padded("jets", variation=None)[0]
+    up_jets = table.padded("jets", variation="AK4PFPuppi_JERUp")
+    assert up_jets[0].shape[0] == attrs["rows_selected"]["AK4PFPuppi_JERUp"]
+    assert not np.array_equal(table.padded("jets", variation=None)[0],
+                              _padded_all_rows(table, "jets", "AK4PFPuppi_JERUp"))
+    assert nominal_jets.shape == _padded_all_rows(table, "jets", "AK4PFPuppi_JERUp").shape
     up = table.to_numpy(["ht"], variation="AK4PFPuppi_JERUp")["ht"]
-    assert len(up) == attrs["events_selected"]["AK4PFPuppi_JERUp"]
+    assert len(up) == attrs["rows_selected"]["AK4PFPuppi_JERUp"]
     lead = data["lead_ele_pt"]
     assert np.all((lead == -1) | (lead > 0)) and np.any(lead == -1)  # sentinel for no electron
     padded, mask = table.padded("jets")
     assert padded.shape == (len(nominal), 5, 3) and mask.shape == (len(nominal), 5)
-    pts = padded[..., table._fields("jets").index("pt")]
+    pts = padded[..., table.fields("jets").index("pt")]
     assert np.all(np.diff(np.where(mask, pts, 0), axis=1) <= 0)  # sorted by pt, decreasing
     electrons = table.to_awkward("electrons")
     _, emask = table.padded("electrons", ["pt"], length=3)
@@ -153,6 +165,13 @@ def test_table_contents(runs, tt_events):
     frame = table.to_pandas(["event", "ht", "weight_variations"], folds=[0, 1, 2])
     assert list(frame.columns) == ["event", "ht", "weight_pileupUp", "weight_pileupDown"]
     assert len(frame) == int(np.isin(table.to_numpy(["fold"])["fold"], [0, 1, 2]).sum())
+
+
+def _padded_all_rows(table, collection, variation):
+    """A variation's own padded collection over every stored row."""
+    return np.concatenate([np.stack([p["variations"][variation][collection][f][...]
+                                     for f in table.fields(collection)], axis=-1)
+                           for p in table.parts])
 
 
 def test_lazy_table_equals_eager(runs, tt_events):
@@ -172,11 +191,23 @@ def test_lazy_table_equals_eager(runs, tt_events):
         for column in table.event_columns():
             np.testing.assert_array_equal(table.to_numpy([column], variation=None)[column],
                                           columns[column], err_msg=column)
+        first = table.part_rows[0]
         for variation, stored in table.variations().items():
             for column in stored:
-                np.testing.assert_array_equal(
-                    table.parts[0]["variations"][variation][column][...],
-                    columns[f"variations/{variation}/{column}"][: table.part_rows[0]])
+                node = table.parts[0]["variations"][variation][column]
+                eager_value = columns[f"variations/{variation}/{column}"]
+                if isinstance(eager_value, RaggedColumn):  # the first part's rows
+                    end = int(eager_value.offsets[first])
+                    np.testing.assert_array_equal(node["offsets"][...],
+                                                  eager_value.offsets[: first + 1])
+                    for field, values in eager_value.fields.items():
+                        np.testing.assert_array_equal(node[field][...], values[:end])
+                elif isinstance(eager_value, PaddedColumn):
+                    np.testing.assert_array_equal(node["mask"][...], eager_value.mask[:first])
+                    for field, values in eager_value.fields.items():
+                        np.testing.assert_array_equal(node[field][...], values[:first])
+                else:
+                    np.testing.assert_array_equal(node[...], eager_value[:first])
 
 
 def test_object_level_rows(runs, tt_events):
@@ -193,6 +224,14 @@ def test_object_level_rows(runs, tt_events):
     assert set(table.variations()) == {"AK4PFPuppi_JERUp", "ele_scaleUp"}
     assert "pt" in table.variations()["AK4PFPuppi_JERUp"]
     assert "pt" not in table.variations()["ele_scaleUp"]
+    # a per-event value that can be missing, taken for each jet of its event
+    muons = tt_events.Muon.pt
+    expected = np.asarray([muons[r][0] if len(muons[r]) else -1 for r in rows], np.float32)
+    np.testing.assert_array_equal(data["lead_muon_pt"], expected)
+    # an integer column that can be missing: -1, and the attributes say so
+    assert data["lead_muon_charge"].dtype == np.int32
+    assert table.attrs["columns"]["lead_muon_charge"]["sentinel"] == -1
+    assert set(np.unique(data["lead_muon_charge"])) <= {-1, 1}
 
 
 def test_killed_run_resumes_to_the_same_table(runs, tmp_path, project_root):
@@ -219,6 +258,11 @@ def test_killed_run_resumes_to_the_same_table(runs, tmp_path, project_root):
     _, a = read_all(runs / "seven" / "tt" / "features.zarr")
     _, b = read_all(table_path)
     assert_same(a, b)
+    # a rerun of the finished job keeps the complete table as it is
+    stamps = {p: p.stat().st_mtime_ns for p in (table_path / "parts").rglob("*")}
+    assert main(["run", str(job), "--no-progress"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (table_path / "parts").rglob("*")} == stamps
+    assert_same(a, read_all(table_path)[1])
 
 
 def test_table_of_another_schema_or_config_is_refused_untouched(runs, tmp_path):
@@ -249,6 +293,9 @@ BAD_TABLES = [
     ("collections: {j: {expr: Jet, fields: [pt], layout: padded, length: 0}}", ConfigError,
      r"tables\.t\.collections\.j\.length"),
     ("columns: {event: Jet.pt}", ConfigError, r"reserved"),
+    ("columns: {x: Jet.pt}\n    aliases: {obj: Jet}", ConfigError, r"alias 'obj'"),
+    ("columns: {j: Jet.pt}\n    collections: {j: {expr: Jet, fields: [pt]}}", ConfigError,
+     r"j: both a column and a collection"),
     ("columns: {x: Jet.pt}", ExpressionError, r"one value per event"),
     ("level: object\n    objects: Jet\n    columns: {x: obj.pt}\n    variations: [JESUp]",
      ConfigError, r"tables\.t\.variations\[0\]: unknown shape variation 'JESUp'"),
@@ -359,3 +406,83 @@ def test_inspect_prints_schema_variations_and_provenance(runs, capsys, monkeypat
     assert main(["inspect", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == open_table(path).rows
     assert main(["inspect", str(runs / "nothing.zarr")]) == 2
+
+
+def _run_config(tmp_path, text: str, params: str | None = None):
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(textwrap.dedent(text))
+    job = tmp_path / "job.yaml"
+    extra = f"parameters: [{params}]\n" if params else ""
+    job.write_text(f"config: a.yaml\noutput: {tmp_path / 'out'}\nchunksize: 4\n{extra}")
+    from pipeline.runner import run_job
+
+    return run_job(job, show_progress=False)
+
+
+def test_constituent_level_rows(tmp_path):
+    from pipeline.nanoevents import read_eager
+    from pipeline.recipes.toptagging import jet_constituents
+    from pipeline.samples import find_data_file
+
+    path = find_data_file("pfnano.root")
+    _run_config(tmp_path, f"""\
+        datasets:
+          pf: {{files: [{path}], metadata: {{sample: PF, year: "2018", isMC: true}}}}
+        calibrators: []
+        tables:
+          constituents:
+            level: constituent
+            objects: "jet_constituents(events, 'FatJet')"
+            preselection: {{}}
+            columns: {{pt: obj.pt, jet_pt: FatJet.pt, n_jets: "ak.num(FatJet)"}}
+        """)
+    table = open_table(tmp_path / "out" / "pf" / "constituents.zarr")
+    data = table.to_numpy()
+    events = read_eager(str(path))
+    cands = jet_constituents(events, "FatJet")
+    assert table.rows == int(ak.sum(ak.num(ak.flatten(cands, axis=1), axis=1)))
+    index = {int(e): i for i, e in enumerate(events.event)}
+    rows = [index[int(e)] for e in data["event"]]
+    np.testing.assert_array_equal(data["pt"], np.asarray(
+        [cands.pt[r][j][k] for r, j, k in zip(rows, data["object_index"],
+                                               data["constituent_index"])], np.float32))
+    np.testing.assert_array_equal(data["jet_pt"], np.asarray(
+        [events.FatJet.pt[r][j] for r, j in zip(rows, data["object_index"])], np.float32))
+    np.testing.assert_array_equal(data["n_jets"], ak.to_numpy(ak.num(events.FatJet))[rows])
+
+
+def test_object_collection_must_follow_the_objects(tmp_path):
+    from pipeline.samples import find_data_file
+
+    with pytest.raises(ExpressionError, match=r"tables\.t\.collections\.c\.expr: .* one list "
+                                              r"per object"):
+        _run_config(tmp_path, f"""\
+            datasets:
+              tt: {{files: [{find_data_file("nano_tt_v12.root")}],
+                    metadata: {{sample: TTbar, year: 2022_preEE, isMC: true}}}}
+            calibrators: []
+            tables:
+              t:
+                level: object
+                objects: "Jet[Jet.pt > 30]"
+                collections: {{c: {{expr: "ak.singletons(Jet)", fields: [pt]}}}}
+            """)
+
+
+def test_objects_of_a_resorted_collection_cannot_carry_variations(tmp_path):
+    from pipeline.samples import find_data_file
+
+    params = tmp_path / "sort.yaml"
+    params.write_text("jets_calibration:\n  sort_by_pt:\n    2022_preEE: {AK4PFPuppi: true}\n")
+    with pytest.raises(ConfigError, match=r"tables\.t\.objects: .*Jet.*re-sorts"):
+        _run_config(tmp_path, f"""\
+            parameters: [{os.path.abspath("configs/params/2022_preEE.yaml")}]
+            datasets:
+              tt: {{files: [{find_data_file("nano_tt_v12.root")}],
+                    metadata: {{sample: TTbar, year: 2022_preEE, isMC: true}}}}
+            calibrators: [jet_calibration]
+            variations: {{shape: {{common: {{inclusive: [jet_calibration]}}}}}}
+            tables:
+              t: {{level: object, objects: Jet, columns: {{pt: obj.pt}}}}
+            """, params=str(params))
+    assert not (tmp_path / "out").exists()

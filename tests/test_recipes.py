@@ -75,12 +75,12 @@ def test_top_tagging_constituents(project_root, tmp_path):
     values, mask = table.padded("constituents")
     assert values.shape == (table.rows, 200, 4)
     np.testing.assert_array_equal(mask.sum(axis=1), np.minimum(data["n_constituents"], 200))
-    pt = values[..., table._fields("constituents").index("pt")]
+    pt = values[..., table.fields("constituents").index("pt")]
     assert np.all(np.diff(np.where(mask, pt, 0), axis=1) <= 0)  # pt-ordered, zero-padded
     assert np.all(values[~mask] == 0)
     pre, pre_mask = table.padded("preprocessed")
     assert pre.shape == (table.rows, 80, 7)
-    fields = table._fields("preprocessed")
+    fields = table.fields("preprocessed")
     lead = pre[:, 0, :]
     np.testing.assert_allclose(lead[:, fields.index("eta")], 0, atol=1e-6)
     np.testing.assert_allclose(lead[:, fields.index("phi")], 0, atol=1e-6)

@@ -65,7 +65,7 @@ def test_demo_feature_table(demo_run):
     table = open_table(demo_run / name / "features.zarr")
     assert str(table.path) in summary["outputs"]
     # the nominal rows are the events passing the preselection, as in the cutflow
-    assert table.attrs["events_selected"]["nominal"] == summary["cutflow"]["two_jets"]["events"]
+    assert table.attrs["rows_selected"]["nominal"] == summary["cutflow"]["two_jets"]["events"]
     assert len(table.to_numpy(["event"])["event"]) == summary["cutflow"]["two_jets"]["events"]
     shape = [v for v in summary["variations"] if v in table.variations()]
     assert len(table.variations()) == len(shape) == 34  # every shape variation is carried

@@ -101,7 +101,7 @@ def test_other_configuration_or_schema_is_refused_and_left_intact(tmp_path):
     path = tmp_path / "features.zarr"
     write_all(path, [make_part(0, 4)]).finalize({})
     before = sorted(p.name for p in path.rglob("*"))
-    with pytest.raises(TableError, match="another configuration"):
+    with pytest.raises(TableError, match="another config, dataset is there"):
         TableWriter(path, n_parts=1, identity={"config": "other"}).prepare()
     meta = path / "zarr.json"
     doc = json.loads(meta.read_text())

@@ -99,6 +99,14 @@ class Calibrator(ABC):
         """The variations this calibrator provides for the current chunk."""
         return list(self._variations)
 
+    def reordered_collections(self) -> set[str]:
+        """Collections whose objects this calibrator may put in another order (by variation).
+
+        Feature tables match object rows across variations by position, so they refuse
+        objects taken from such a collection. The default: none.
+        """
+        return set()
+
     def initialize(self, events: Any) -> None:
         """Prepare per-chunk data and set ``self._variations`` (both Up and Down).
 

@@ -137,6 +137,11 @@ class JetsCalibrator(Calibrator):
                   "missing: no payload configured for this jet type and period")],
             ) from None
 
+    def reordered_collections(self) -> set[str]:
+        """The jet collections re-sorted by pt (``sort_by_pt``), in every variation anew."""
+        return {coll for jet_type, coll in self.jet_types.items()
+                if self._flag(self.config.sort_by_pt, jet_type, False)}
+
     def _flag(self, table: dict[str, dict[str, bool]], jet_type: str, default: bool) -> bool:
         return table.get(self.year, {}).get(jet_type, default)
 

@@ -138,32 +138,40 @@ class TableWriter:
         self.n_parts = n_parts
         self.identity = dict(identity)
 
-    def prepare(self) -> None:
-        """Create the table, or check that the one there can be resumed (same identity).
+    def check(self) -> None:
+        """Raise :class:`TableError` if a table that cannot be resumed is there; write nothing.
 
-        Called once by the client before any part is written; a table of another schema
-        version or identity raises :class:`TableError` and is left untouched.
+        A table of another schema version or identity (configuration, parameters, chunks,
+        calibrew version) cannot; the runner checks every table before it prepares any.
         """
-        root_meta = self.path / "zarr.json"
-        if root_meta.exists():
-            attrs = _root_attrs(self.path)
-            version = attrs.get("schema_version")
-            if version != SCHEMA_VERSION:
-                raise TableError(
-                    f"{self.path}: a table of schema version {version} is there; this "
-                    f"calibrew writes version {SCHEMA_VERSION}. Remove it or choose another "
-                    "output directory (it is left untouched)."
-                )
-            if attrs.get("identity") != self.identity:
-                raise TableError(
-                    f"{self.path}: a table written with another configuration is there "
-                    f"({attrs.get('identity')} != {self.identity}). Remove it or choose "
-                    "another output directory (it is left untouched)."
-                )
-            if attrs.get("complete"):
-                # a complete table is rewritten only as a whole: start again from scratch
-                shutil.rmtree(self.path)
-        if not root_meta.exists():
+        if not (self.path / "zarr.json").exists():
+            return
+        attrs = _root_attrs(self.path)
+        version = attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise TableError(
+                f"{self.path}: a table of schema version {version} is there; this calibrew "
+                f"writes version {SCHEMA_VERSION}. Remove it or choose another output "
+                "directory (it is left untouched)."
+            )
+        there = attrs.get("identity") or {}
+        if there != self.identity:
+            differ = sorted(k for k in {*there, *self.identity} if there.get(k) !=
+                            self.identity.get(k))
+            raise TableError(
+                f"{self.path}: a table written with another {', '.join(differ)} is there. "
+                "Remove it or choose another output directory (it is left untouched)."
+            )
+
+    def prepare(self) -> None:
+        """Create the table, or keep the one there (same identity) to resume it.
+
+        Called once by the client before any part is written (after :meth:`check`). A
+        complete table of the same identity is kept as it is: its parts are not written
+        again, and finalizing rewrites the same metadata.
+        """
+        self.check()
+        if not (self.path / "zarr.json").exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             group = zarr.open_group(str(self.path), mode="w")
             group.attrs.update({"schema_version": SCHEMA_VERSION, "complete": False,
@@ -210,8 +218,10 @@ class TableWriter:
             else:
                 _write_array(group, name, np.asarray(column))
         root.attrs.update({**dict(attrs or {}), "rows": rows})
-        if final.exists():  # an earlier attempt of the same part: replace it whole
-            shutil.rmtree(final)
+        if final.exists():  # an earlier attempt of the same part: move it away whole first
+            stale = tmp.with_name(f".tmp-old-{part_name(index)}-{uuid.uuid4().hex[:8]}")
+            os.replace(final, stale)
+            shutil.rmtree(stale, ignore_errors=True)
         os.replace(tmp, final)
         return rows
 
@@ -304,7 +314,7 @@ class Table:
         self._variations: dict[str, list[str]] = {}
         if first is not None and VARIATIONS in first:
             for name, group in sorted(first[VARIATIONS].groups()):
-                self._variations[name] = sorted(group.array_keys())
+                self._variations[name] = sorted([*group.array_keys(), *group.group_keys()])
 
     @property
     def rows(self) -> int:
@@ -324,7 +334,8 @@ class Table:
         return dict(self._groups)
 
     def variations(self) -> dict[str, list[str]]:
-        """Shape variations and the columns each stores (its ``pass`` mask included)."""
+        """Shape variations and the columns (and collections) each stores again, its
+        ``pass`` mask included; the others take their nominal values."""
         return {k: list(v) for k, v in self._variations.items()}
 
     def weight_variations(self) -> list[str]:
@@ -334,10 +345,18 @@ class Table:
     def columns(self) -> list[str]:
         """Every column: one-value-per-row ones, then collections as ``Collection.field``."""
         names = list(self._arrays)
-        if self.parts:
-            for name in self._groups:
-                names += [f"{name}.{f}" for f in sorted(self.parts[0][name].array_keys())]
+        for name in self._groups:
+            names += [f"{name}.{f}" for f in self.fields(name)]
         return names
+
+    def fields(self, collection: str) -> list[str]:
+        """The fields of a collection, in the configured order."""
+        self._check_collection(collection)
+        configured = self.attrs.get("collections", {}).get(collection, {}).get("fields")
+        if configured:
+            return list(configured)
+        group = self.parts[0][collection]
+        return [f for f in sorted(group.array_keys()) if f not in ("offsets", "mask")]
 
     # -- row selection ------------------------------------------------------------------
     def _check_variation(self, variation: str | None) -> None:
@@ -420,11 +439,11 @@ class Table:
                 frame[name] = values
         return pd.DataFrame(frame)
 
-    def _collection_parts(self, collection: str) -> list[Any]:
+    def _check_collection(self, collection: str) -> None:
+        """Raise unless the table has ``collection``."""
         if collection not in self._groups:
             raise TableError(f"{self.path}: no collection {collection!r}; collections are: "
                              f"{', '.join(self._groups) or 'none'}")
-        return [part[collection] for part in self.parts]
 
     def padded(self, collection: str, fields: Sequence[str] | None = None,
                variation: str | None = NOMINAL, folds: Sequence[int] | None = None,
@@ -444,11 +463,11 @@ class Table:
                      fields: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`padded` for one block (see :meth:`blocks`)."""
         self._check_variation(variation)
-        self._collection_parts(collection)
+        self._check_collection(collection)
         index, start, stop = block
         part = self.parts[index]
-        group = part[collection]
-        names = list(fields or self._fields(collection))
+        group = self._collection_node(part, collection, variation)
+        names = list(fields or self.fields(collection))
         if self._groups[collection] == "padded":
             mask = np.asarray(group["mask"][start:stop])
             dense = np.stack([np.asarray(group[f][start:stop]) for f in names], axis=-1)
@@ -465,19 +484,24 @@ class Table:
         rows = self._row_mask(part, start, stop, variation, folds)
         return (dense, mask) if rows is None else (dense[rows], mask[rows])
 
-    def _fields(self, collection: str) -> list[str]:
-        group = self.parts[0][collection]
-        return [f for f in sorted(group.array_keys()) if f not in ("offsets", "mask")]
+    def _collection_node(self, part: Any, collection: str, variation: str | None) -> Any:
+        """The collection's group in ``part``: the variation's own, if it stores one."""
+        if variation not in (None, NOMINAL) and collection in self._variations.get(
+                str(variation), ()):
+            return part[VARIATIONS][variation][collection]
+        return part[collection]
 
     def to_awkward(self, collection: str, variation: str | None = NOMINAL,
                    folds: Sequence[int] | None = None) -> Any:
         """A collection as an awkward array of records, one list per selected row."""
         import awkward as ak
 
-        groups = self._collection_parts(collection)
-        names = self._fields(collection)
+        self._check_variation(variation)
+        self._check_collection(collection)
+        names = self.fields(collection)
         pieces = []
-        for part, group in zip(self.parts, groups):
+        for part in self.parts:
+            group = self._collection_node(part, collection, variation)
             rows = part["event"].shape[0]
             if self._groups[collection] == "ragged":
                 counts = np.diff(np.asarray(group["offsets"][...]))

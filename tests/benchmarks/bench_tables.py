@@ -56,7 +56,7 @@ def tiled_columns(table_path: Path, rows: int) -> tuple[dict, dict]:
 
     columns = {k: tile(v) for k, v in events.items()}
     columns["event"] = np.arange(rows, dtype=np.uint64)  # distinct rows
-    padded = {"fields": table._fields("jets"), "values": tile(jets), "mask": tile(mask)}
+    padded = {"fields": table.fields("jets"), "values": tile(jets), "mask": tile(mask)}
     return columns, padded
 
 
@@ -262,10 +262,11 @@ def main() -> int:
         f"Measured {datetime.date.today()} on {platform.machine()}, "
         f"{platform.python_version()}, one run: `python tests/benchmarks/bench_tables.py "
         f"--rows {rows} --parts {args.parts} --chunk-mib "
-        f"{' '.join(f'{m:g}' for m in args.chunk_mib)} --repeat {args.repeat}`; reads: best of {args.repeat} back to back, "
-        f"after a warm-up; the demo feature table ({len(columns)} "
-        f"event-level columns incl. 22 weight variations, jets padded to {length} x "
-        f"{len(padded['fields'])} fields) tiled to {rows:,} rows in {args.parts} parts. "
+        f"{' '.join(f'{m:g}' for m in args.chunk_mib)} --repeat {args.repeat}`; "
+        f"reads: best of {args.repeat} back to back, after a warm-up; the demo feature "
+        f"table ({len(columns)} event-level columns incl. 22 weight variations, jets "
+        f"padded to {length} x {len(padded['fields'])} fields) tiled to {rows:,} rows "
+        f"in {args.parts} parts. "
         "Ratios are against Parquet (zstd) in the same run. Tiled rows repeat, so both "
         "formats compress them far better than real data: the sizes on disk are not "
         "representative.",
