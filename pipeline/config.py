@@ -170,6 +170,10 @@ class CollectionSpec(Strict):
     sort_by: str | None = Field(default=None, description="field to sort by, decreasing")
     dtype: Literal[FEATURE_DTYPES] = "float32"  # type: ignore[valid-type]
     units: dict[str, str] = Field(default_factory=dict)
+    variations: bool = Field(
+        default=True, description="store the collection again for each variation that "
+        "changes it (false: nominal values only, read for every variation)"
+    )
 
     @model_validator(mode="after")
     def _padded_length(self) -> CollectionSpec:

@@ -27,12 +27,13 @@ from pipeline.calibration.manager import NOMINAL
 from pipeline.config import CollectionSpec, ColumnSpec, TableSpec
 from pipeline.errors import ConfigError, ExpressionError
 from pipeline.outputs.tables import Column, PaddedColumn, RaggedColumn
+from pipeline.parquet_input import IDENTITY_TYPES
 from pipeline.rng import hash_identity
 from pipeline.selection import Expression, event_mask, make_cut
 
 N_FOLDS = 10
-IDENTITY = ("run", "luminosityBlock", "event")
-IDENTITY_DTYPES = {"run": np.uint32, "luminosityBlock": np.uint32, "event": np.uint64}
+IDENTITY = tuple(IDENTITY_TYPES)
+IDENTITY_DTYPES = {k: np.dtype(v) for k, v in IDENTITY_TYPES.items()}
 #: a column that reads one of these may change in every variation
 _ANY_COLLECTION = "events"
 
@@ -81,7 +82,8 @@ class TablePlan:
                              "description": spec.description}
         collections = {name: {"expr": spec.expr, "fields": spec.fields, "layout": spec.layout,
                               "length": spec.length, "sort_by": spec.sort_by,
-                              "dtype": spec.dtype, "units": spec.units}
+                              "dtype": spec.dtype, "units": spec.units,
+                              "variations": spec.variations}
                        for name, _, spec in self.collections}
         return {
             "table": self.name,
@@ -192,6 +194,7 @@ class TableRows:
         self.nominal_shape: np.ndarray | None = None
         self.weight_variations: dict[str, Any] = {}
         self.label_values: Any = None
+        self.sentinels: dict[str, Any] = {}
         self._deps: dict[str, set[str]] = {}
 
     # -- evaluation -----------------------------------------------------------------------
@@ -311,7 +314,7 @@ class TableRows:
             key = f"collection:{name}"
             if nominal or self.tracing:
                 value = self._evaluate(key, expr, events, extra)
-            elif self._changes(key, changed):
+            elif spec.variations and self._changes(key, changed):
                 value = expr.evaluate(events, extra)
             else:
                 continue
@@ -323,11 +326,26 @@ class TableRows:
             record.weight = weights.nominal
         if nominal:
             self.weight_variations = {k: weights.variations[k] for k in plan.weight_variations}
-        self.by_variation[variation] = record
         if self.tracing:
             self.touched += [template, self.label_values, record.weight,
                              *record.columns.values(), *record.collections.values(),
                              *self.weight_variations.values()]
+        else:
+            self._to_numpy(record)
+        self.by_variation[variation] = record
+
+    def _to_numpy(self, record: _Variation) -> None:
+        """Turn a variation's values into numpy, one per row, at once: the awkward arrays
+        (and the calibrated collections they hold on to) are freed before the next one."""
+        specs = {name: spec for name, _, spec in self.plan.columns}
+        for name, value in record.columns.items():
+            record.columns[name], fill = self._column(name, value, specs[name])
+            self.sentinels.setdefault(name, fill)
+        collection_specs = {name: spec for name, _, spec in self.plan.collections}
+        for name, value in record.collections.items():
+            record.collections[name] = self._stored_collection(value, collection_specs[name])
+        if record.weight is not None:
+            record.weight = self._rows(record.weight, np.float64)
 
     def _check_order(self) -> None:
         reordered = self._deps.get("obj", set()) & self.reordered
@@ -395,7 +413,7 @@ class TableRows:
         if plan.level == "constituent":
             out["constituent_index"] = self._rows(self.template, np.int32)[keep]
         nominal = self.by_variation[NOMINAL]
-        out["weight"] = self._rows(nominal.weight, np.float64)[keep]
+        out["weight"] = nominal.weight[keep]
         names = list(self.weight_variations)
         out["weight_variations"] = (
             np.stack([self._rows(self.weight_variations[n], np.float64)[keep] for n in names],
@@ -407,50 +425,45 @@ class TableRows:
                                       np.int32)[keep]
         out["is_data"] = np.full(rows, plan.is_data, dtype=bool)
         out["pass"] = passed[NOMINAL][keep]
-        specs = {name: spec for name, _, spec in plan.columns}
-        collection_specs = {name: spec for name, _, spec in plan.collections}
-        sentinels: dict[str, Any] = {}
-        for name, value in nominal.columns.items():
-            out[name], sentinels[name] = self._column(name, value, keep, specs[name])
-        for name, value in nominal.collections.items():
-            out[name] = self._stored_collection(value, keep, collection_specs[name])
+        for name, values in nominal.columns.items():
+            out[name] = values[keep]
+        for name, column in nominal.collections.items():
+            out[name] = _select_rows(column, keep)
         changed: dict[str, list[str]] = {}
         for variation in plan.variations:
             record = self.by_variation[variation]
             prefix = f"variations/{variation}/"
             out[prefix + "pass"] = passed[variation][keep]
-            for name, value in record.columns.items():
-                out[prefix + name] = self._column(name, value, keep, specs[name])[0]
-            for name, value in record.collections.items():
-                out[prefix + name] = self._stored_collection(value, keep,
-                                                             collection_specs[name])
+            for name, values in record.columns.items():
+                out[prefix + name] = values[keep]
+            for name, column in record.collections.items():
+                out[prefix + name] = _select_rows(column, keep)
             if record.weight is not None:
-                out[prefix + "weight"] = self._rows(record.weight, np.float64)[keep]
+                out[prefix + "weight"] = record.weight[keep]
             changed[variation] = sorted([*record.columns, *record.collections]
                                         + (["weight"] if record.weight is not None else []))
         attrs = {"events": self.n_events, "changed_columns": changed,
-                 "sentinels": {k: _json_float(v) for k, v in sentinels.items()},
+                 "sentinels": {k: _json_float(v) for k, v in self.sentinels.items()},
                  "selected": {v: int(p.sum()) for v, p in passed.items()}}
         return out, attrs
 
-    def _column(self, name: str, value: Any, keep: np.ndarray,
-                spec: ColumnSpec) -> tuple[np.ndarray, Any]:
-        """The stored values of a column and the value missing entries took."""
+    def _column(self, name: str, value: Any, spec: ColumnSpec) -> tuple[np.ndarray, Any]:
+        """A column's values for every row and the value missing entries took."""
         computed = _computed_dtype(value)
         dtype = np.dtype(spec.dtype) if spec.dtype else (
             np.dtype(np.float32) if computed.kind == "f" else computed)
         fill = _fill_value(dtype, self.plan.sentinel(spec))
         try:
             # missing values take the sentinel before flattening (flattening drops them)
-            return self._rows(ak.fill_none(value, fill, axis=None), dtype)[keep], fill
+            return self._rows(ak.fill_none(value, fill, axis=None), dtype), fill
         except Exception as err:
             raise ExpressionError(f"tables.{self.plan.name}.columns.{name}: cannot store "
                                   f"{spec.expr!r} ({value.type}): {err}") from None
 
-    def _stored_collection(self, value: Any, keep: np.ndarray, spec: CollectionSpec) -> Column:
+    def _stored_collection(self, value: Any, spec: CollectionSpec) -> Column:
+        """A collection's lists for every row, ragged or padded as configured."""
         if self.plan.level == "object":
             value = ak.flatten(value, axis=1)
-        value = value[keep]
         dtype = np.dtype(spec.dtype)
         if spec.layout == "ragged":
             counts = np.asarray(ak.to_numpy(ak.num(value, axis=1)), dtype=np.int64)
@@ -465,6 +478,26 @@ class TableRows:
         fields = {f: np.asarray(ak.to_numpy(ak.fill_none(padded[f], 0)), dtype=dtype)
                   for f in spec.fields}
         return PaddedColumn(fields, mask.reshape(len(value), length))
+
+
+def _select_rows(column: Column, keep: np.ndarray) -> Column:
+    """The rows ``keep`` of a ragged or padded collection.
+
+    Examples
+    --------
+    >>> ragged = RaggedColumn(np.array([0, 2, 2, 3]), {"pt": np.array([1.0, 2.0, 3.0])})
+    >>> out = _select_rows(ragged, np.array([True, False, True]))
+    >>> out.offsets.tolist(), out.fields["pt"].tolist()
+    ([0, 2, 3], [1.0, 2.0, 3.0])
+    """
+    if isinstance(column, PaddedColumn):
+        return PaddedColumn({f: v[keep] for f, v in column.fields.items()}, column.mask[keep])
+    assert isinstance(column, RaggedColumn)
+    counts = np.diff(column.offsets)
+    content = np.repeat(keep, counts)
+    offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+    np.cumsum(counts[keep], out=offsets[1:])
+    return RaggedColumn(offsets, {f: v[content] for f, v in column.fields.items()})
 
 
 def _row_events(template: Any, n_events: int) -> np.ndarray:

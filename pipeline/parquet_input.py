@@ -4,7 +4,9 @@ A Parquet file with one row per event and one column per feature is read as an e
 record with those fields, lazily (one dask-awkward partition per chunk of rows, only the
 columns used) or eagerly. Files without the NanoAOD event identity get one, so that random
 numbers and folds stay tied to the event: ``run`` = 0, ``luminosityBlock`` = the CRC-32 of
-the file name, ``event`` = the row number in the file. These do not depend on chunking.
+the file name, ``event`` = the row number in the file. These do not depend on chunking;
+two files of one dataset with the same name in different directories would share them, so
+such files need distinct names.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dask_awkward.lib.io.columnar import ColumnProjectionMixin
 from pipeline.errors import InputFileError
 
 SUFFIXES = (".parquet", ".parq", ".pq")
+#: the NanoAOD event identity and its types
 IDENTITY_TYPES = {"run": "uint32", "luminosityBlock": "uint32", "event": "uint64"}
 
 

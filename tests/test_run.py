@@ -72,6 +72,10 @@ def test_demo_feature_table(demo_run):
     assert len(table.weight_variations()) == len(summary["variations"]) - 1 - 34
     jets, mask = table.padded("jets")
     assert jets.shape[1:] == (8, 5) and mask.any()
+    # the jets collection is configured with variations: false; the jet-based columns vary
+    assert all("jets" not in columns for columns in table.variations().values())
+    assert "ht" in table.variations()["AK4PFPuppi_JERUp"]
+    assert table.attrs["collections"]["jets"]["variations"] is False
 
 
 def test_plot(demo_run):

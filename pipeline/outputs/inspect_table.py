@@ -61,8 +61,11 @@ def print_table(table: Table, console: Console) -> None:
         console.print(f"  {name}: {', '.join(cols)}")
     console.print(f"{len(info['weight_variations'])} weight variation(s): "
                   f"{', '.join(info['weight_variations'])}")
-    if info["labels"]:
-        console.print(f"labels: {info['labels']}")
+    labels = info["labels"] or {}
+    if labels.get("classes"):
+        source = (f"by sample {labels.get('by_sample')}" if labels.get("by_sample")
+                  else f"from {labels.get('expr')!r}")
+        console.print(f"labels: {labels['classes']} (index = label), {source}")
     prov = info["provenance"] or {}
     console.print(f"provenance: calibrew {prov.get('calibrew_version')}, config "
                   f"{prov.get('config_digest')}, "
