@@ -29,7 +29,7 @@ from pipeline.errors import ConfigError, ExpressionError
 from pipeline.outputs.tables import Column, PaddedColumn, RaggedColumn
 from pipeline.parquet_input import IDENTITY_TYPES
 from pipeline.rng import hash_identity
-from pipeline.selection import Expression, event_mask, make_cut
+from pipeline.selection import Expression, cumulative_masks, make_cut
 
 N_FOLDS = 10
 IDENTITY = tuple(IDENTITY_TYPES)
@@ -260,12 +260,10 @@ class TableRows:
                 template: Any) -> Any:
         """Whether each row passes: numpy booleans per row (a typetracer when tracing)."""
         plan = self.plan
-        if plan.preselection is None:
-            selected = analysis_selected
-        else:
-            selected = True
-            for _, cut in plan.preselection:
-                selected = selected & event_mask(cut.evaluate(events), cut)
+        selected = analysis_selected
+        if plan.preselection is not None:
+            steps = cumulative_masks(plan.preselection, events)
+            selected = steps[-1][1] if steps else True
         if isinstance(selected, bool):
             selected = ak.full_like(self.identity["event"], selected, dtype=bool)
         mask = None

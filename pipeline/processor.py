@@ -38,7 +38,7 @@ from pipeline.outputs.histograms import (
     weighted_view,
 )
 from pipeline.outputs.tables import Column, TableWriter
-from pipeline.selection import Expression, event_mask, make_cut
+from pipeline.selection import Expression, cumulative_masks, event_mask, make_cut
 from pipeline.weights import compute_weights, generator_weight
 
 ALL_EVENTS = "all events"
@@ -281,11 +281,8 @@ class ChunkProcessor:
 
     def _selection(self, events: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
         """Cumulative preselection masks (the cutflow steps) and the category masks."""
-        selected: Any = True
-        steps = []
-        for name, cut in self.plan.preselection:
-            selected = selected & event_mask(cut.evaluate(events), cut)
-            steps.append((name, selected))
+        steps = cumulative_masks(self.plan.preselection, events)
+        selected = steps[-1][1] if steps else True
         categories = [(name, selected & event_mask(expr.evaluate(events), expr))
                       for name, expr in self.plan.categories]
         return steps, categories

@@ -9,7 +9,7 @@ typetracers dask-awkward uses to find the columns a run reads.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import awkward as ak
@@ -145,6 +145,25 @@ def event_mask(value: Any, expression: Expression, n_events: int | None = None) 
     if isinstance(value.type.content, ak.types.OptionType):
         value = ak.fill_none(value, False)
     return value
+
+
+def cumulative_masks(cuts: Sequence[tuple[str, Any]], events: Any) -> list[tuple[str, Any]]:
+    """The mask after each named cut of ``cuts``, in order (the cutflow's steps).
+
+    Examples
+    --------
+    >>> import awkward as ak
+    >>> events = ak.Array([{"n": 1}, {"n": 3}, {"n": 5}])
+    >>> cuts = [("a", Expression("n > 1", "doc.a")), ("b", Expression("n < 5", "doc.b"))]
+    >>> [(name, mask.tolist()) for name, mask in cumulative_masks(cuts, events)]
+    [('a', [False, True, True]), ('b', [False, True, False])]
+    """
+    selected: Any = True
+    steps = []
+    for name, cut in cuts:
+        selected = selected & event_mask(cut.evaluate(events), cut)
+        steps.append((name, selected))
+    return steps
 
 
 # --- built-in cuts that need payloads: referenced as "@name" in the preselection -------------
