@@ -1,23 +1,66 @@
-"""The ``calibrew`` command line: ``run``, ``preprocess``, ``plot``, ``inspect``, ``derive``,
-``make-sample``."""
+"""The ``calibrew`` command line: ``run``, ``sites``, ``job-script``, ``preprocess``, ``plot``,
+``inspect``, ``derive``, ``make-sample``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from pipeline import __version__
-from pipeline.errors import CalibrewError
+from pipeline.errors import CalibrewError, ConfigError
+
+
+def _site_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``-o KEY=VALUE`` (values read as YAML), ``--lifetime``, ``--adapt MIN MAX``."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for item in args.site_option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("--site-option", [(item, "expected KEY=VALUE")])
+        options[key.strip()] = yaml.safe_load(value)
+    if getattr(args, "lifetime", None):
+        options["lifetime"] = args.lifetime
+    if getattr(args, "adapt", None):
+        options["adapt.minimum_jobs"], options["adapt.maximum_jobs"] = args.adapt
+    return options
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from pipeline.runner import run_job
+    from pipeline.runner import RunOptions, run_job
 
-    run_job(args.job, output=args.output, site=args.site, workers=args.workers,
-            console=console, show_progress=not args.no_progress)
+    run_job(args.job, RunOptions(
+        output=args.output, site=args.site, workers=args.workers,
+        site_options=_site_options(args), retries=args.retries, on_bad_file=args.on_bad_file,
+        performance_report=args.performance_report, show_progress=not args.no_progress,
+    ), console=console)
+    return 0
+
+
+def _cmd_sites(args: argparse.Namespace, console: Console) -> int:
+    from pipeline.sites import available_sites, describe, load_site, sites_dir
+
+    console.print(f"site profiles in {sites_dir()}:")
+    for name in available_sites():
+        try:
+            line = describe(load_site(name))
+        except CalibrewError as err:
+            line = f"[red]invalid[/]: {err}"
+        console.print(f"  [bold]{name}[/]  {line}", highlight=False)
+    return 0
+
+
+def _cmd_job_script(args: argparse.Namespace, console: Console) -> int:
+    from pipeline.sites import job_script, load_site, workers_override
+
+    site = load_site(args.site, {**workers_override(args.site, None), **_site_options(args)})
+    print(job_script(site))
     return 0
 
 
@@ -79,6 +122,16 @@ def _cmd_derive(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _add_site_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--site-option", action="append", metavar="KEY=VALUE",
+                        help="override a key of the site profile (repeatable; dotted keys "
+                        "for nested ones: adapt.maximum_jobs=20)")
+    parser.add_argument("--lifetime", help="batch workers retire after this (e.g. 55m), "
+                        "staggered, before the walltime kills them")
+    parser.add_argument("--adapt", type=int, nargs=2, metavar=("MIN", "MAX"),
+                        help="adaptive scaling between MIN and MAX batch jobs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="calibrew",
@@ -91,9 +144,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("job", help="job spec YAML")
     run.add_argument("--output", help="output directory (default: the job's 'output')")
     run.add_argument("--site", help="site profile name in cluster/ (default: the job's 'site')")
-    run.add_argument("--workers", type=int, help="number of local workers")
+    run.add_argument("--workers", type=int, help="worker processes (local site) or batch "
+                     "jobs (slurm, htcondor)")
+    _add_site_options(run)
+    run.add_argument("--retries", type=int, help="times a failed chunk is tried again "
+                     "(default: the job's 'retries', 2)")
+    run.add_argument("--on-bad-file", choices=["fail", "skip"], help="an unreadable input "
+                     "file stops the run (fail, the default) or is left out and reported")
+    run.add_argument("--performance-report", metavar="FILE.html",
+                     help="save Dask's performance report of the computation")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
+
+    sites = sub.add_parser("sites", help="list the site profiles (cluster/*.yaml)")
+    sites.set_defaults(func=_cmd_sites)
+
+    script = sub.add_parser("job-script", help="print the batch submit script of a site")
+    script.add_argument("--site", required=True, help="site profile (slurm, htcondor...)")
+    _add_site_options(script)
+    script.set_defaults(func=_cmd_job_script)
 
     pre = sub.add_parser("preprocess", help="split a job's files into chunks (cached)")
     pre.add_argument("job")
@@ -142,10 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args, console))
     except CalibrewError as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, markup=False)
+        Console(stderr=True).print(Text("error: ", style="bold red") + Text(str(err)),
+                                   highlight=False)
         return 2
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted: nothing partial was written")
+        Console(stderr=True).print("interrupted: nothing partial was written; the chunks "
+                                   "finished are kept, rerun the same command to resume")
         return 130
 
 

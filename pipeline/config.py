@@ -395,6 +395,11 @@ class JobSpec(Strict):
         default_factory=list, description="parameter files merged over the config's ones "
         "(relative to the job file)"
     )
+    retries: int = Field(default=2, ge=0, description="times a failed chunk is tried again")
+    on_bad_file: Literal["fail", "skip"] = Field(
+        default="fail", description="an input file that cannot be opened or read stops the "
+        "run (fail) or is left out and reported (skip)"
+    )
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,11 +137,23 @@ def count_entries(file: str, tree: str = "Events") -> int:
     return entries
 
 
-def preprocess(dataset: Dataset, chunksize: int) -> Dataset:
-    """Fill ``dataset.chunks`` with entry ranges of at most ``chunksize`` entries per file."""
-    dataset.chunks = [
-        Chunk(file, start, stop)
-        for file in dataset.files
-        for start, stop in split_entries(count_entries(file, dataset.tree), chunksize)
-    ]
+def preprocess(dataset: Dataset, chunksize: int,
+               on_error: Callable[[str, InputFileError], None] | None = None) -> Dataset:
+    """Fill ``dataset.chunks`` with entry ranges of at most ``chunksize`` entries per file.
+
+    A file that cannot be opened raises :class:`InputFileError`, or, with ``on_error``, is
+    passed to it and removed from ``dataset.files``.
+    """
+    chunks, readable = [], []
+    for file in dataset.files:
+        try:
+            entries = count_entries(file, dataset.tree)
+        except InputFileError as err:
+            if on_error is None:
+                raise
+            on_error(file, err)
+            continue
+        readable.append(file)
+        chunks += [Chunk(file, start, stop) for start, stop in split_entries(entries, chunksize)]
+    dataset.files, dataset.chunks = readable, chunks
     return dataset

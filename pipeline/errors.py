@@ -59,3 +59,11 @@ class InputFileError(CalibrewError):
 
 class ExpressionError(CalibrewError):
     """A selection, category or histogram expression cannot be evaluated on the events."""
+
+
+class SiteError(CalibrewError):
+    """A compute site cannot be started or reached (scheduler, batch system, workers)."""
+
+
+class ChunkError(CalibrewError):
+    """A chunk could not be processed (its file is unreadable, or a worker kept dying)."""

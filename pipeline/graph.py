@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,17 +67,26 @@ class DatasetGraph:
     dataset: Dataset
     plan: ProcessingPlan
     chunks: dak.Array
+    _chunk_tasks: list[Delayed] | None = field(default=None, init=False, repr=False)
 
     @property
     def label(self) -> str:
         return self.chunks.name
 
-    def total(self) -> Delayed:
-        """A delayed float64 vector: the histograms of all chunks, summed (tree of fan-in 8).
+    def chunk_tasks(self) -> list[Delayed]:
+        """One delayed histogram vector per chunk, in chunk order.
 
-        The graph is optimised here: dask-awkward projects the read onto the columns used.
+        The graph is optimised here, once: dask-awkward projects the read onto the columns
+        used.
         """
-        level = list(self.chunks.to_delayed(optimize_graph=True))
+        if self._chunk_tasks is None:
+            self._chunk_tasks = list(self.chunks.to_delayed(optimize_graph=True))
+        return list(self._chunk_tasks)
+
+    def total(self) -> Delayed:
+        """A delayed float64 vector: the histograms of all chunks, summed by
+        :func:`tree_sum`'s tree (fan-in 8), so that both give the same bits."""
+        level: list[Any] = self.chunk_tasks()
         while True:
             level = [dask.delayed(_sum_vectors)(level[i : i + SUM_FAN_IN])
                      for i in range(0, len(level), SUM_FAN_IN)]
@@ -91,13 +101,42 @@ class DatasetGraph:
         return columns
 
 
-def _sum_vectors(parts: list[Any]) -> np.ndarray:
+def _sum_vectors(parts: Iterable[Any]) -> np.ndarray | None:
+    """The sum of ``parts`` in their order (``None`` entries, failed chunks, are left out)."""
     total = None
     for part in parts:
+        if part is None:
+            continue
         vector = np.asarray(part, dtype=np.float64).reshape(-1)
         total = vector.copy() if total is None else total + vector
-    assert total is not None
     return total
+
+
+def tree_sum(load: Callable[[int], np.ndarray | None], n: int) -> np.ndarray | None:
+    """Sum the vectors ``load(0) ... load(n - 1)`` along the tree of :meth:`DatasetGraph.total`
+    (groups of ``SUM_FAN_IN`` in order, level by level): the same additions in the same
+    order, so the same bits, holding one partial sum per level in memory.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> tree_sum(lambda i: np.array([float(i)]), 20)
+    array([190.])
+    """
+    sizes = [n]
+    while True:
+        sizes.append(-(-sizes[-1] // SUM_FAN_IN))
+        if sizes[-1] <= 1:
+            break
+
+    def node(level: int, index: int) -> np.ndarray | None:
+        if level == 0:
+            return load(index)
+        first = index * SUM_FAN_IN
+        return _sum_vectors(node(level - 1, i)
+                            for i in range(first, min(first + SUM_FAN_IN, sizes[level - 1])))
+
+    return node(len(sizes) - 1, 0) if n else None
 
 
 def table_identity(dataset: Dataset, cfg: AnalysisConfig, params: Any) -> dict[str, Any]:

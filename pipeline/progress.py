@@ -1,4 +1,9 @@
-"""Chunk progress: a scheduler plugin counts finished chunk tasks; rich draws the bars."""
+"""Progress of a run: one terminal bar per dataset, and the attempts each chunk took.
+
+The bars are drawn by the client as chunk results arrive (:class:`ProgressBoard`); a
+scheduler plugin (:class:`ChunkAttemptsPlugin`) counts how many times each chunk task was
+started, so that chunks retried after an error or a lost worker are reported.
+"""
 
 from __future__ import annotations
 
@@ -8,65 +13,115 @@ from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-PLUGIN_NAME = "calibrew-chunk-progress"
+PLUGIN_NAME = "calibrew-chunk-attempts"
+CHUNK_PREFIX = "calibrew-chunk-"
 
 
-class ChunkProgressPlugin(SchedulerPlugin):
-    """Records, per chunk layer, which partitions have finished (state ``memory``)."""
+class ChunkAttemptsPlugin(SchedulerPlugin):
+    """Counts, per chunk task key, the times the task went to a worker (``processing``)."""
 
     name = PLUGIN_NAME
 
-    def __init__(self, prefix: str = "calibrew-chunk-") -> None:
+    def __init__(self, prefix: str = CHUNK_PREFIX) -> None:
         self.prefix = prefix
-        self.done: dict[str, set[int]] = {}
+        self.attempts: dict[str, int] = {}
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        if finish != "memory" or not isinstance(key, tuple) or len(key) != 2:
+        if finish != "processing" or not isinstance(key, tuple) or len(key) != 2:
             return
         name, index = key
         if isinstance(name, str) and name.startswith(self.prefix):
-            self.done.setdefault(name, set()).add(int(index))
+            label = f"{name}/{int(index)}"
+            self.attempts[label] = self.attempts.get(label, 0) + 1
 
 
-def _finished(dask_scheduler: Any = None) -> dict[str, list[int]]:
+def _attempts(dask_scheduler: Any = None) -> dict[str, int]:
     plugin = dask_scheduler.plugins.get(PLUGIN_NAME)
-    return {k: sorted(v) for k, v in plugin.done.items()} if plugin else {}
+    return dict(plugin.attempts) if plugin else {}
 
 
-def finished_chunks(client: Any) -> dict[str, list[int]]:
-    """``{chunk layer name: [finished partition indices]}`` from the scheduler."""
-    return client.run_on_scheduler(_finished)
+def chunk_attempts(client: Any) -> dict[tuple[str, int], int]:
+    """``{(chunk layer name, partition index): attempts}`` recorded on the scheduler (empty
+    when the plugin could not be installed there, e.g. a scheduler without calibrew)."""
+    try:
+        recorded = client.run_on_scheduler(_attempts)
+    except Exception:
+        return {}
+    out = {}
+    for label, count in recorded.items():
+        name, index = label.rsplit("/", 1)
+        out[(name, int(index))] = count
+    return out
 
 
-def watch(client: Any, futures: list[Any], layers: Mapping[str, tuple[str, list[int]]],
-          console: Any = None, interval: float = 0.5) -> None:
-    """Draw one progress bar per dataset (chunks, events/s) until ``futures`` are done.
+class ProgressBoard:
+    """One bar per dataset: chunks done of all, events/s since the start, elapsed time.
 
-    ``layers`` maps a chunk layer name to ``(dataset name, entries per chunk)``.
+    ``datasets`` maps a dataset name to ``(chunks in all, chunks already done)``; use it as
+    a context manager and call :meth:`advance` as chunks finish. With ``enabled=False``
+    nothing is drawn.
+
+    Examples
+    --------
+    >>> with ProgressBoard({"tt": (4, 1)}, enabled=False) as board:
+    ...     board.advance("tt", 1000)
+    >>> board.done["tt"], board.events["tt"]
+    (2, 1000)
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
 
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("chunks"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
-    start = time.perf_counter()
-    with Progress(*columns, console=console, transient=False) as bar:
-        tasks = {layer: bar.add_task(name, total=len(entries), rate="")
-                 for layer, (name, entries) in layers.items()}
-        while True:
-            all_done = all(f.done() for f in futures)
-            done = finished_chunks(client)
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            for layer, task in tasks.items():
-                indices = done.get(layer, [])
-                entries = layers[layer][1]
-                events = sum(entries[i] for i in indices if i < len(entries))
-                bar.update(task, completed=len(indices), rate=f"{events / elapsed:,.0f} ev/s")
-            if all_done:
-                break
-            time.sleep(interval)
+    def __init__(self, datasets: Mapping[str, tuple[int, int]], console: Any = None,
+                 enabled: bool = True) -> None:
+        self.datasets = dict(datasets)
+        self.done = {name: resumed for name, (_, resumed) in datasets.items()}
+        self.events = dict.fromkeys(datasets, 0)
+        self.failed = dict.fromkeys(datasets, 0)
+        self.console = console
+        self.enabled = enabled
+        self._bar: Any = None
+        self._tasks: dict[str, Any] = {}
+        self._start = time.perf_counter()
+
+    def __enter__(self) -> ProgressBoard:
+        self._start = time.perf_counter()
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("chunks"), TextColumn("{task.fields[rate]}"),
+                TextColumn("{task.fields[failed]}"), TimeElapsedColumn(),
+                console=self.console, transient=False)
+            self._bar.__enter__()
+            self._tasks = {name: self._bar.add_task(name, total=total, completed=resumed,
+                                                    rate="", failed="")
+                           for name, (total, resumed) in self.datasets.items()}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def advance(self, dataset: str, events: int, failed: bool = False) -> None:
+        """One chunk of ``dataset`` finished (with ``events`` events) or failed."""
+        self.done[dataset] += 1
+        self.events[dataset] += events
+        self.failed[dataset] += int(failed)
+        if self._bar is not None:
+            elapsed = max(time.perf_counter() - self._start, 1e-9)
+            bad = self.failed[dataset]
+            self._bar.update(self._tasks[dataset], completed=self.done[dataset],
+                             rate=f"{self.events[dataset] / elapsed:,.0f} ev/s",
+                             failed=f"[red]{bad} failed[/]" if bad else "")
+
+    def print(self, message: str) -> None:
+        """A line above the bars (or on the console when no bar is drawn)."""
+        if self._bar is not None:
+            self._bar.console.print(message, highlight=False)
+        elif self.console is not None:
+            self.console.print(message, highlight=False)

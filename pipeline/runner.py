@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 from pipeline import __version__
+from pipeline.bytes_read import chunk_bytes
+from pipeline.checkpoints import ChunkCheckpoints
 from pipeline.config import AnalysisConfig, JobSpec, load_job
 from pipeline.datasets import Dataset, preprocess, resolve_files
-from pipeline.graph import DatasetGraph, build_dataset_graph
+from pipeline.errors import CalibrewError, InputFileError
+from pipeline.execution import DatasetRun, OnBadFile, compute_chunks
+from pipeline.graph import DatasetGraph, build_dataset_graph, table_identity, tree_sum
 from pipeline.outputs.histograms import CUTFLOW, write_pickle, write_root
 from pipeline.outputs.provenance import provenance
 from pipeline.outputs.report import write_json
 from pipeline.outputs.tables import TableError
 from pipeline.parameters import load_parameters
 from pipeline.processor import ALL_EVENTS
+from pipeline.progress import ProgressBoard
+from pipeline.sites import describe
+
+CHECKPOINTS = ".chunks"
 
 
 @dataclass
@@ -31,16 +42,38 @@ class RunResult:
 
 
 def make_datasets(cfg: AnalysisConfig, names: list[str] | str, config_dir: Path | None,
-                  chunksize: int) -> list[Dataset]:
-    """The job's datasets, files resolved and preprocessed into chunks."""
+                  chunksize: int, on_bad_file: OnBadFile = "fail",
+                  bad_files: list[dict[str, str]] | None = None,
+                  console: Console | None = None) -> list[Dataset]:
+    """The job's datasets, files resolved and preprocessed into chunks.
+
+    A file that cannot be opened stops the run (:class:`InputFileError` naming it), or with
+    ``on_bad_file="skip"`` is left out, printed and appended to ``bad_files``.
+    """
     selected = list(cfg.datasets) if names == "all" else list(names)
     out = []
     for name in selected:
         spec = cfg.datasets[name]
         metadata = {**spec.metadata.model_dump(), "dataset": name}
         dataset = Dataset(name, resolve_files(spec.files, config_dir), metadata, spec.tree)
-        out.append(preprocess(dataset, chunksize))
+        skip = on_bad_file == "skip"
+        out.append(preprocess(dataset, chunksize, on_error=_skip_file(
+            name, bad_files, console) if skip else None))
+        if not dataset.chunks and dataset.files:
+            raise InputFileError(f"dataset {name!r}: none of its {len(dataset.files)} "
+                                 "file(s) can be read")
     return out
+
+
+def _skip_file(dataset: str, bad_files: list[dict[str, str]] | None,
+               console: Console | None) -> Callable[[str, InputFileError], None]:
+    def record(file: str, err: InputFileError) -> None:
+        if bad_files is not None:
+            bad_files.append({"dataset": dataset, "file": file, "error": str(err),
+                              "stage": "open"})
+        if console is not None:
+            console.print(f"[yellow]skipped[/] {dataset}: {err}", highlight=False)
+    return record
 
 
 def dataset_summary(graph: DatasetGraph, histograms: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +95,7 @@ def dataset_summary(graph: DatasetGraph, histograms: dict[str, Any]) -> dict[str
 
 
 def finalize_tables(graph: DatasetGraph, summary: dict[str, Any], cfg: AnalysisConfig,
-                    params: Any) -> list[Path]:
+                    params: Any, skipped: Sequence[int] = ()) -> list[Path]:
     """Write each feature table's final metadata (making it visible); return their paths."""
     dataset = graph.dataset
     origin = provenance(cfg.digest(), params, str(dataset.metadata.get("year", "")),
@@ -91,109 +124,198 @@ def finalize_tables(graph: DatasetGraph, summary: dict[str, Any], cfg: AnalysisC
             "sum_genweights": summary["sum_genweights"],
             "rows_selected": selected,
             "provenance": origin,
-        })
+        }, skipped=skipped)
         written.append(writer.path)
     return written
 
 
 def write_dataset_outputs(output: Path, graph: DatasetGraph, histograms: dict[str, Any],
-                          cfg: AnalysisConfig, params: Any) -> dict[str, Any]:
+                          cfg: AnalysisConfig, params: Any,
+                          skipped: Sequence[int] = ()) -> dict[str, Any]:
     """Write histograms.pkl, histograms.root, summary.json and finalize the tables."""
     folder = output / graph.dataset.name
     summary = dataset_summary(graph, histograms)
     written = [
         write_pickle(histograms, folder / "histograms.pkl"),
         write_root(histograms, folder / "histograms.root"),
-        *finalize_tables(graph, summary, cfg, params),
+        *finalize_tables(graph, summary, cfg, params, skipped),
         write_json(summary, folder / "summary.json"),
     ]
     summary["outputs"] = [str(p) for p in written]
     return summary
 
 
-def run_job(job_path: str | Path, output: str | Path | None = None, site: str | None = None,
-            workers: int | None = None, console: Console | None = None,
-            show_progress: bool = True) -> RunResult:
-    """Run the job at ``job_path`` end to end; return its histograms and report."""
-    from pipeline.sites import load_site, start_site
+@dataclass
+class RunOptions:
+    """How a job runs, beside what the job file says (command-line choices)."""
 
+    output: str | Path | None = None
+    site: str | None = None
+    workers: int | None = None
+    site_options: dict[str, Any] = field(default_factory=dict)
+    retries: int | None = None
+    on_bad_file: OnBadFile | None = None
+    performance_report: str | Path | None = None
+    show_progress: bool = True
+
+
+def run_job(job_path: str | Path, options: RunOptions | None = None,
+            console: Console | None = None, **kwargs: Any) -> RunResult:
+    """Run the job at ``job_path`` end to end; return its histograms and report.
+
+    ``kwargs`` are :class:`RunOptions` fields (``run_job(job, output=..., site=...)``).
+    Chunks finished by an interrupted earlier run of the same job are not computed again.
+    """
+    from pipeline.sites import load_site, start_site, workers_override
+
+    opts = options or RunOptions(**kwargs)
     console = console or Console()
     started = time.perf_counter()
     job, cfg = load_job(job_path)
     config_dir = (Path(job_path).parent / job.config).resolve().parent
     params = load_parameters([*cfg.parameters, *job.parameters])
-    out_dir = Path(output or job.output)
+    out_dir = Path(opts.output or job.output)
     chunksize = job.chunksize or cfg.chunksize
-    datasets = make_datasets(cfg, job.datasets, config_dir, chunksize)
+    retries = job.retries if opts.retries is None else opts.retries
+    on_bad_file: OnBadFile = opts.on_bad_file or job.on_bad_file
+    site_name = opts.site or job.site
+    site = load_site(site_name, {**workers_override(site_name, opts.workers or job.workers),
+                                 **opts.site_options})
+    site_info = {"name": site_name, "type": site.type, "description": describe(site)}
+    bad_files: list[dict[str, str]] = []
+    try:
+        datasets = make_datasets(cfg, job.datasets, config_dir, chunksize, on_bad_file,
+                                 bad_files, console)
+    except InputFileError as err:
+        _write_report(out_dir, job, cfg, [], bad_files, {}, started, 0.0, 0.0,
+                      status="failed", error=str(err), site=site_info)
+        raise
     for ds in datasets:
         console.print(f"[bold]{ds.name}[/]: {len(ds.files)} file(s), {ds.entries:,} events, "
                       f"{len(ds.chunks)} chunk(s) of <= {chunksize:,}")
-    site_profile = load_site(site or job.site, {"n_workers": workers or job.workers})
     # the graphs are built (and every expression checked) before any cluster starts
     t0 = time.perf_counter()
     graphs = [build_dataset_graph(ds, cfg, params, out_dir) for ds in datasets]
-    totals = [g.total() for g in graphs]  # traced here: expressions are checked
+    tasks = sum(len(g.total().dask) for g in graphs)  # traced here: expressions are checked
     writers = [writer for graph in graphs for _, writer in graph.plan.writers]
     for writer in writers:  # a table of another identity or schema stops the run here,
         writer.check()      # before any table is created
     for writer in writers:
         writer.prepare()
     build_s = time.perf_counter() - t0
-    console.print(f"graphs built in {build_s:.2f} s "
-                  f"({sum(len(t.dask) for t in totals)} tasks, "
+    console.print(f"graphs built in {build_s:.2f} s ({tasks} tasks, "
                   f"{sum(len(g.plan.variations) for g in graphs)} variations)")
-    client, cluster = start_site(site_profile)
+    runs = []
+    for graph in graphs:
+        store = ChunkCheckpoints(out_dir / graph.dataset.name / CHECKPOINTS,
+                                 table_identity(graph.dataset, cfg, params))
+        runs.append(DatasetRun(graph, store, resumed=store.open()))
+        if runs[-1].resumed:
+            console.print(f"{graph.dataset.name}: {len(runs[-1].resumed)} of "
+                          f"{len(graph.dataset.chunks)} chunk(s) finished by an earlier run "
+                          "are kept")
+    console.print(f"site {site_name}: {site_info['description']}")
+    session = start_site(site)
     try:
-        console.print(f"Dask dashboard: [link={client.dashboard_link}]{client.dashboard_link}[/]")
-        return _compute_and_write(client, job, cfg, params, graphs, totals, out_dir, console,
-                                  started, build_s, show_progress)
+        console.print(f"Dask dashboard: [link={session.dashboard_link}]"
+                      f"{session.dashboard_link}[/]")
+        compute_start = time.perf_counter()
+        try:
+            _compute(session.client, runs, retries, on_bad_file, opts, console)
+        except CalibrewError as err:
+            _write_report(out_dir, job, cfg, runs, bad_files, {}, started, build_s,
+                          time.perf_counter() - compute_start, status="failed", error=str(err),
+                          site=site_info)
+            raise
+        compute_s = time.perf_counter() - compute_start
     finally:
-        client.close()
-        cluster.close()
+        session.close()
+    return _write_outputs(out_dir, job, cfg, params, runs, bad_files, started, build_s,
+                          compute_s, console, site_info)
 
 
-def _compute_and_write(client: Any, job: JobSpec, cfg: AnalysisConfig, params: Any,
-                       graphs: list[DatasetGraph], totals: list[Any], out_dir: Path,
-                       console: Console, started: float, build_s: float,
-                       show_progress: bool) -> RunResult:
-    from pipeline.progress import ChunkProgressPlugin, finished_chunks, watch
+def _compute(client: Any, runs: list[DatasetRun], retries: int, on_bad_file: OnBadFile,
+             opts: RunOptions, console: Console) -> None:
+    from distributed import performance_report
 
-    client.register_plugin(ChunkProgressPlugin())
-    compute_start = time.perf_counter()
-    futures = client.compute(totals)
-    if show_progress:
-        layers = {g.label: (g.dataset.name, [c.entries for c in g.dataset.chunks])
-                  for g in graphs}
-        watch(client, futures, layers, console=console)
-    vectors = client.gather(futures)
-    compute_s = time.perf_counter() - compute_start
-    done = finished_chunks(client)
+    board = ProgressBoard({r.name: (len(r.graph.dataset.chunks), len(r.resumed))
+                           for r in runs}, console=console, enabled=opts.show_progress)
+    report = (performance_report(filename=str(opts.performance_report))
+              if opts.performance_report else contextlib.nullcontext())
+    with report, board:
+        compute_chunks(client, runs, retries, on_bad_file, board)
+    if opts.performance_report:
+        console.print(f"Dask performance report: {opts.performance_report}")
+
+
+def _write_outputs(out_dir: Path, job: JobSpec, cfg: AnalysisConfig, params: Any,
+                   runs: list[DatasetRun], bad_files: list[dict[str, str]], started: float,
+                   build_s: float, compute_s: float, console: Console,
+                   site: dict[str, str]) -> RunResult:
+    """Sum each dataset's chunks (in the graph's order), write its outputs, drop its
+    checkpoints, and write the report."""
     result = RunResult()
     summaries = {}
-    for graph, vector in zip(graphs, vectors):
-        histograms = graph.plan.unpack(vector)
-        result.histograms[graph.dataset.name] = histograms
-        summaries[graph.dataset.name] = write_dataset_outputs(out_dir, graph, histograms, cfg,
-                                                              params)
-        summaries[graph.dataset.name]["events_per_s"] = (
-            summaries[graph.dataset.name]["events"] / compute_s
-        )
-        summaries[graph.dataset.name]["chunks_done"] = len(done.get(graph.label, []))
-    wall = time.perf_counter() - started
-    events = sum(s["events"] for s in summaries.values())
-    result.report = {
+    for run in runs:
+        graph = run.graph
+        vector = tree_sum(run.load_vector, len(graph.dataset.chunks))
+        histograms = graph.plan.unpack(vector if vector is not None
+                                       else np.zeros(graph.plan.vector_size))
+        result.histograms[run.name] = histograms
+        summary = write_dataset_outputs(out_dir, graph, histograms, cfg, params,
+                                        sorted(run.failed_chunks))
+        summaries[run.name] = {**summary, **run.report(), **_bytes_read(run, summary)}
+        run.checkpoints.clear()
+    result.report = _write_report(out_dir, job, cfg, runs, bad_files, summaries, started,
+                                  build_s, compute_s, site=site)
+    events = sum(r.events_computed for r in runs)
+    failures = [f for r in runs for f in r.failed]
+    for failure in failures:
+        console.print(f"[yellow]left out:[/] {failure.describe()}", highlight=False)
+    for bad in bad_files:
+        console.print(f"[yellow]left out:[/] {bad['dataset']}: {bad['error']}",
+                      highlight=False)
+    console.print(f"processed {events:,} events in {result.report['wall_time_s']:.1f} s "
+                  f"({events / compute_s if compute_s else 0:,.0f} events/s in compute)"
+                  + (f", {len(failures) + len(bad_files)} input(s) left out"
+                     if failures or bad_files else "")
+                  + f"; report: {out_dir / 'report.json'}")
+    return result
+
+
+def _bytes_read(run: DatasetRun, summary: dict[str, Any]) -> dict[str, Any]:
+    """Compressed input bytes of the dataset's processed chunks, in all and per event."""
+    columns = sorted(run.graph.necessary_columns())
+    sizes = chunk_bytes(run.graph.dataset, columns)
+    total = sum(size for i, size in enumerate(sizes) if i not in run.failed_chunks)
+    return {"columns_read": columns, "bytes_read": total,
+            "bytes_per_event": total / summary["events"] if summary["events"] else None}
+
+
+def _write_report(out_dir: Path, job: JobSpec, cfg: AnalysisConfig, runs: list[DatasetRun],
+                  bad_files: list[dict[str, str]], summaries: dict[str, Any], started: float,
+                  build_s: float, compute_s: float, status: str = "complete",
+                  error: str | None = None, site: dict[str, str] | None = None
+                  ) -> dict[str, Any]:
+    events = sum(r.events_computed for r in runs)
+    report = {
+        "status": status,
+        **({"error": error} if error else {}),
         "calibrew_version": __version__,
         "config_digest": cfg.digest(),
         "job": job.model_dump(),
-        "datasets": summaries,
-        "events_processed": events,
-        "wall_time_s": wall,
+        "site": site,
+        "datasets": summaries or {r.name: r.report() for r in runs},
+        "events_processed": sum(s.get("events", 0) for s in summaries.values()),
+        "events_computed": events,
+        "chunks_failed": [{"dataset": f.dataset, **f.as_dict()} for r in runs
+                          for f in r.failed],
+        "files_unreadable": bad_files,
+        "wall_time_s": time.perf_counter() - started,
         "graph_build_s": build_s,
         "compute_s": compute_s,
         "events_per_s": events / compute_s if compute_s else None,
-        "outputs": [p for s in summaries.values() for p in s["outputs"]],
+        "outputs": [p for s in summaries.values() for p in s.get("outputs", [])],
     }
-    report_path = write_json(result.report, out_dir / "report.json")
-    console.print(f"processed {events:,} events in {wall:.1f} s "
-                  f"({events / compute_s:,.0f} events/s in compute); report: {report_path}")
-    return result
+    write_json(report, out_dir / "report.json")
+    return report

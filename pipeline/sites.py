@@ -1,27 +1,218 @@
-"""Compute sites: turn a ``cluster/<name>.yaml`` profile into a Dask cluster and client."""
+"""Compute sites: turn a ``cluster/<name>.yaml`` profile into a Dask cluster and client.
+
+A profile's ``type`` picks the kind of site:
+
+- ``local``: a Dask ``LocalCluster`` on this machine;
+- ``slurm`` / ``htcondor``: batch jobs, each running Dask workers, submitted through
+  ``dask_jobqueue.SLURMCluster`` / ``HTCondorCluster``; the scheduler runs in the client;
+- ``scheduler``: connect to a Dask scheduler that is already running (``address``).
+
+Every key of a profile can be overridden on the command line
+(``calibrew run JOB --site slurm -o jobs=8 -o adapt.maximum_jobs=20``); a key a profile's
+type does not know is rejected with its name.
+
+Examples
+--------
+>>> site = load_site("local", {"n_workers": 2})
+>>> site.type, site.n_workers
+('local', 2)
+>>> load_site("slurm", {"lifetime": "20m"}).worker_args()[:2]
+['--lifetime', '20m']
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from pipeline.errors import ConfigError, UnknownNameError
+from pipeline.errors import ConfigError, SiteError, UnknownNameError
 from pipeline.parameters import format_validation_error
 from pipeline.samples import PROJECT_ROOT
 
 
-class LocalSite(BaseModel):
-    """A Dask ``LocalCluster`` profile."""
+class Profile(BaseModel):
+    """What every profile has: a one-line description shown by ``calibrew sites``."""
 
     model_config = ConfigDict(extra="forbid")
+    description: str = ""
+
+
+class LocalSite(Profile):
+    """A Dask ``LocalCluster``: worker processes on this machine."""
+
     type: Literal["local"] = "local"
-    n_workers: int | None = None
-    threads_per_worker: int = 1
+    n_workers: int | None = Field(default=None, gt=0, description="default: one per core")
+    threads_per_worker: int = Field(default=1, gt=0)
     memory_limit: str | int | None = "auto"
     dashboard_address: str = ":8787"
+
+
+class SchedulerSite(Profile):
+    """An existing Dask scheduler (started by hand, by a facility, by ``dask-gateway``...)."""
+
+    type: Literal["scheduler"] = "scheduler"
+    address: str = Field(description="tcp://host:port of the scheduler")
+    connect_timeout: float = Field(default=10.0, gt=0, description="seconds")
+    wait_for_workers: int = Field(default=1, ge=0, description="workers needed to start")
+    worker_timeout: float = Field(default=300.0, gt=0, description="seconds")
+
+
+class Adapt(BaseModel):
+    """Adaptive scaling between a minimum and a maximum number of batch jobs."""
+
+    model_config = ConfigDict(extra="forbid")
+    minimum_jobs: int = Field(default=0, ge=0)
+    maximum_jobs: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Adapt:
+        if self.minimum_jobs > self.maximum_jobs:
+            raise ValueError(f"minimum_jobs {self.minimum_jobs} > maximum_jobs "
+                             f"{self.maximum_jobs}")
+        return self
+
+
+class BatchSite(Profile):
+    """What SLURM and HTCondor profiles share (dask-jobqueue's job options)."""
+
+    cores: int = Field(default=1, gt=0, description="cores per job")
+    processes: int = Field(default=1, gt=0, description="worker processes per job")
+    memory: str = Field(default="4GiB", description="memory per job")
+    jobs: int = Field(default=1, gt=0, description="jobs kept running (without adapt)")
+    adapt: Adapt | None = None
+    lifetime: str | None = Field(default=None, description="workers retire after this "
+                                 "(e.g. 55m), before the batch system kills them")
+    lifetime_stagger: str = Field(default="5m", description="random spread of lifetime")
+    python: str | None = Field(default=None, description="worker interpreter (default: "
+                               "the client's, the same environment; 'python' after a "
+                               "prologue, the environment it activates)")
+    prologue: list[str] = Field(default_factory=list, description="shell lines run before "
+                                "the worker starts (source an environment, module load...)")
+    interface: str | None = Field(default=None, description="network interface of workers "
+                                  "and scheduler (e.g. ib0, lo)")
+    host: str | None = Field(default=None, description="address the scheduler listens on")
+    scheduler_port: int = Field(default=0, ge=0, description="0: any free port")
+    dashboard_address: str = ":8787"
+    worker_ports: str | None = Field(default=None, description="port range of the workers "
+                                     "and nannies, e.g. 10000:10100")
+    local_directory: str | None = None
+    log_directory: str | None = None
+    death_timeout: float = Field(default=120.0, gt=0, description="seconds a worker waits "
+                                 "for the scheduler before it exits")
+    worker_extra_args: list[str] = Field(default_factory=list)
+    worker_start_timeout: float | None = Field(default=None, gt=0, description="seconds to "
+                                               "wait for the first worker (default: no limit)")
+
+    @field_validator("lifetime", "lifetime_stagger")
+    @classmethod
+    def _duration_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            duration_s(value)
+        return value
+
+    def worker_args(self) -> list[str]:
+        """Extra ``dask worker`` arguments: lifetime with stagger, port range, the user's."""
+        args = []
+        if self.lifetime:
+            args += ["--lifetime", self.lifetime, "--lifetime-stagger", self.lifetime_stagger]
+        if self.worker_ports:
+            args += ["--worker-port", self.worker_ports, "--nanny-port", self.worker_ports]
+        return args + list(self.worker_extra_args)
+
+    def jobqueue_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the dask-jobqueue cluster class."""
+        scheduler: dict[str, Any] = {"dashboard_address": self.dashboard_address,
+                                     "port": self.scheduler_port}
+        if self.host:
+            scheduler["host"] = self.host
+        return {
+            "cores": self.cores, "processes": self.processes, "memory": self.memory,
+            "python": self.python or ("python" if self.prologue else sys.executable),
+            "job_script_prologue": self.prologue,
+            "interface": self.interface, "scheduler_options": scheduler,
+            "local_directory": self.local_directory, "log_directory": self.log_directory,
+            "death_timeout": self.death_timeout, "worker_extra_args": self.worker_args(),
+            "job_name": "calibrew",
+        }
+
+
+class SlurmSite(BatchSite):
+    """Workers in SLURM jobs (``dask_jobqueue.SLURMCluster``)."""
+
+    type: Literal["slurm"] = "slurm"
+    queue: str | None = Field(default=None, description="partition")
+    account: str | None = None
+    walltime: str = "01:00:00"
+    job_extra_directives: list[str] = Field(default_factory=list,
+                                            description="extra #SBATCH lines, e.g. --qos=x")
+
+    @model_validator(mode="after")
+    def _lifetime_within_walltime(self) -> SlurmSite:
+        if self.lifetime:
+            walltime = duration_s(self.walltime)
+            if duration_s(self.lifetime) >= walltime:
+                raise ValueError(f"lifetime {self.lifetime} must be shorter than walltime "
+                                 f"{self.walltime}, or the batch system kills working workers")
+        return self
+
+    def jobqueue_kwargs(self) -> dict[str, Any]:
+        return {**super().jobqueue_kwargs(), "queue": self.queue, "account": self.account,
+                "walltime": self.walltime, "job_extra_directives": self.job_extra_directives}
+
+
+class HTCondorSite(BatchSite):
+    """Workers in HTCondor jobs (``dask_jobqueue.HTCondorCluster``)."""
+
+    type: Literal["htcondor"] = "htcondor"
+    disk: str = "4GiB"
+    spool: bool = Field(default=False, description="condor_submit -spool (no shared "
+                        "filesystem between the submit host and the workers' log files)")
+    job_extra_directives: dict[str, str] = Field(default_factory=dict, description="extra "
+                                                 "submit-description lines, e.g. +JobFlavour")
+
+    def jobqueue_kwargs(self) -> dict[str, Any]:
+        return {**super().jobqueue_kwargs(), "disk": self.disk,
+                "job_extra_directives": self.job_extra_directives,
+                "submit_command_extra": ["-spool"] if self.spool else []}
+
+
+Site = LocalSite | SchedulerSite | SlurmSite | HTCondorSite
+SITE_TYPES: dict[str, type[Profile]] = {"local": LocalSite, "scheduler": SchedulerSite,
+                                        "slurm": SlurmSite, "htcondor": HTCondorSite}
+
+
+def duration_s(text: str) -> float:
+    """Seconds in ``text``: ``HH:MM:SS``, ``D-HH:MM:SS``, ``MM:SS`` or ``55m``, ``2h``, ``90s``.
+
+    Examples
+    --------
+    >>> duration_s("01:30:00"), duration_s("1-00:00:00"), duration_s("55m")
+    (5400.0, 86400.0, 3300.0)
+    """
+    from dask.utils import parse_timedelta
+
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text.strip())
+    if match:
+        days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+        return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    try:
+        return float(parse_timedelta(text))
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"cannot read {text!r} as a duration (e.g. 01:00:00, 55m, "
+                         "2h)") from None
 
 
 def sites_dir() -> Path:
@@ -33,32 +224,165 @@ def available_sites() -> list[str]:
     return sorted(p.stem for p in sites_dir().glob("*.yaml"))
 
 
-def load_site(name: str, overrides: dict[str, Any] | None = None) -> LocalSite:
-    """Load the profile ``name`` (or a path to a YAML file) and apply ``overrides``."""
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = data
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[last] = value
+
+
+def load_site(name: str, overrides: dict[str, Any] | None = None) -> Site:
+    """Load the profile ``name`` (or a path to a YAML file) and apply ``overrides``.
+
+    ``overrides`` maps keys (dotted for nested ones, ``adapt.maximum_jobs``) to values;
+    ``None`` values are ignored. Raises :class:`ConfigError` naming the profile file and the
+    key at fault.
+    """
     from pipeline.config import read_yaml
 
     path = Path(name) if name.endswith((".yaml", ".yml")) else sites_dir() / f"{name}.yaml"
     if not path.exists():
         raise UnknownNameError("site", name, available_sites(), where="site")
     data = read_yaml(path) or {}
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), [("", "expected a mapping at the top level")])
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, key, value)
+    kind = data.get("type", "local")
+    model = SITE_TYPES.get(kind)
+    if model is None:
+        raise ConfigError(str(path), [("type", f"unknown site type {kind!r}; valid types "
+                                       f"are: {', '.join(sorted(SITE_TYPES))}")])
     try:
-        return LocalSite.model_validate(data)
+        site = model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(str(path), format_validation_error(err)) from None
+    assert isinstance(site, LocalSite | SchedulerSite | SlurmSite | HTCondorSite)
+    return site
 
 
-def start_site(site: LocalSite) -> tuple[Any, Any]:
-    """Start the cluster of ``site``; return ``(client, cluster)``."""
+def workers_override(site_name: str, workers: int | None) -> dict[str, Any]:
+    """``--workers N`` as a profile override: worker processes locally, jobs on batch."""
+    if workers is None:
+        return {}
+    from pipeline.config import read_yaml
+
+    path = Path(site_name) if site_name.endswith((".yaml", ".yml")) else \
+        sites_dir() / f"{site_name}.yaml"
+    kind = (read_yaml(path) or {}).get("type", "local") if path.exists() else "local"
+    return {"local": {"n_workers": workers}, "scheduler": {"wait_for_workers": workers}}.get(
+        kind, {"jobs": workers})
+
+
+def describe(site: Site) -> str:
+    """One line about ``site`` for ``calibrew sites``."""
+    if isinstance(site, LocalSite):
+        what = f"{site.n_workers or os.cpu_count()} worker process(es) on this machine"
+    elif isinstance(site, SchedulerSite):
+        what = f"the scheduler at {site.address}"
+    else:
+        scale = (f"{site.adapt.minimum_jobs}-{site.adapt.maximum_jobs} jobs (adaptive)"
+                 if site.adapt else f"{site.jobs} job(s)")
+        what = f"{scale} of {site.cores} core(s), {site.memory}"
+        if isinstance(site, SlurmSite):
+            what += f", partition {site.queue or '(default)'}, walltime {site.walltime}"
+        if site.lifetime:
+            what += f", lifetime {site.lifetime}"
+    return f"{site.type}: {what}" + (f" ({site.description})" if site.description else "")
+
+
+def make_jobqueue_cluster(site: SlurmSite | HTCondorSite) -> Any:
+    """The dask-jobqueue cluster of ``site`` (its scheduler starts; no job is submitted)."""
+    if isinstance(site, SlurmSite):
+        from dask_jobqueue import SLURMCluster
+
+        return SLURMCluster(**site.jobqueue_kwargs())
+    from dask_jobqueue import HTCondorCluster
+
+    return HTCondorCluster(**site.jobqueue_kwargs())
+
+
+def job_script(site: Site) -> str:
+    """The submit script a batch site sends for each job."""
+    if not isinstance(site, SlurmSite | HTCondorSite):
+        raise SiteError(f"a {site.type!r} site submits no batch jobs: no job script")
+    cluster = make_jobqueue_cluster(site)
+    try:
+        return str(cluster.job_script())
+    finally:
+        cluster.close()
+
+
+@dataclass
+class Session:
+    """A started site: the client, the cluster it owns (if any), and how to close both."""
+
+    client: Any
+    cluster: Any = None
+
+    @property
+    def dashboard_link(self) -> str:
+        return str(self.client.dashboard_link)
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def start_site(site: Site) -> Session:
+    """Start (or connect to) the cluster of ``site`` and return the session."""
     from distributed import Client, LocalCluster
 
-    n_workers = site.n_workers or max(1, os.cpu_count() or 1)
-    cluster = LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=site.threads_per_worker,
-        processes=True,
-        memory_limit=site.memory_limit,
-        dashboard_address=site.dashboard_address,
-        silence_logs=40,
-    )
-    return Client(cluster), cluster
+    if isinstance(site, LocalSite):
+        cluster = LocalCluster(
+            n_workers=site.n_workers or max(1, os.cpu_count() or 1),
+            threads_per_worker=site.threads_per_worker, processes=True,
+            memory_limit=site.memory_limit, dashboard_address=site.dashboard_address,
+            silence_logs=40,
+        )
+        return Session(Client(cluster), cluster)
+    if isinstance(site, SchedulerSite):
+        try:
+            client = Client(site.address, timeout=site.connect_timeout)
+        except (OSError, TimeoutError) as err:
+            raise SiteError(f"cannot reach the Dask scheduler at {site.address} (site key "
+                            f"'address') within {site.connect_timeout:g} s "
+                            f"('connect_timeout'): {err}") from None
+        _wait_for_workers(client, site.wait_for_workers, site.worker_timeout,
+                          f"the scheduler at {site.address}")
+        return Session(client)
+    cluster = make_jobqueue_cluster(site)
+    try:
+        if site.adapt is not None:
+            cluster.adapt(minimum_jobs=site.adapt.minimum_jobs,
+                          maximum_jobs=site.adapt.maximum_jobs)
+        elif site.lifetime:  # retired workers are replaced by new jobs
+            cluster.adapt(minimum_jobs=site.jobs, maximum_jobs=site.jobs)
+        else:
+            cluster.scale(jobs=site.jobs)
+        client = Client(cluster)
+        if site.worker_start_timeout is not None:
+            _wait_for_workers(client, 1, site.worker_start_timeout,
+                              f"the {site.type} jobs (check the queue and log_directory)")
+    except BaseException:
+        cluster.close()
+        raise
+    return Session(client, cluster)
+
+
+def _wait_for_workers(client: Any, n: int, timeout: float, where: str) -> None:
+    if n <= 0:
+        return
+    try:
+        client.wait_for_workers(n, timeout=timeout)
+    except TimeoutError:
+        have = len(client.scheduler_info().get("workers", {}))
+        client.close()
+        raise SiteError(f"{have} of {n} worker(s) joined from {where} within "
+                        f"{timeout:g} s") from None

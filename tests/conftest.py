@@ -69,3 +69,34 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+SLURM_PARTITION = "local"  # the partition cluster/slurm-local.sh configures
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(project_root):
+    """A real one-node SLURM cluster on this machine (cluster/slurm-local.sh); yields its partition.
+
+    Started if not already healthy (installs slurm-wlm and munge with apt on first use: root);
+    a start that fails fails the test with the script's output, it never skips. Stopped at
+    session end only if this fixture started it.
+    """
+    import subprocess
+
+    script = ["bash", str(project_root / "cluster" / "slurm-local.sh")]
+    started = subprocess.run([*script, "status"], capture_output=True, timeout=120).returncode != 0
+    if started:
+        try:
+            run = subprocess.run(
+                [*script, "start"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900
+            )
+            output, failed = run.stdout, run.returncode != 0
+        except subprocess.TimeoutExpired as exc:
+            output, failed = (exc.output or b"") + b"\n(timed out after 900 s)", True
+        if failed:
+            text = output.decode(errors="replace")
+            pytest.fail(f"cluster/slurm-local.sh start failed:\n{text}", pytrace=False)
+    yield SLURM_PARTITION
+    if started:
+        subprocess.run([*script, "stop"], capture_output=True, timeout=300)

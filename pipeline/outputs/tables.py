@@ -171,7 +171,11 @@ class TableWriter:
         again, and finalizing rewrites the same metadata.
         """
         self.check()
-        if not (self.path / "zarr.json").exists():
+        if (self.path / "zarr.json").exists():
+            if _root_attrs(self.path).get("skipped_parts"):  # left out by an earlier run:
+                group = zarr.open_group(str(self.path), mode="r+")  # write them now
+                group.attrs.update({"complete": False, "skipped_parts": []})
+        else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             group = zarr.open_group(str(self.path), mode="w")
             group.attrs.update({"schema_version": SCHEMA_VERSION, "complete": False,
@@ -225,21 +229,28 @@ class TableWriter:
         os.replace(tmp, final)
         return rows
 
-    def finalize(self, attrs: Mapping[str, Any]) -> None:
-        """Write the root metadata last: the table becomes visible to readers."""
-        missing = self.missing_parts()
+    def finalize(self, attrs: Mapping[str, Any], skipped: Sequence[int] = ()) -> None:
+        """Write the root metadata last: the table becomes visible to readers.
+
+        ``skipped`` parts (chunks whose input could not be read, left out on request) are
+        recorded as such; any other missing part is an error.
+        """
+        missing = [i for i in self.missing_parts() if i not in set(skipped)]
         if missing:
             raise TableError(f"{self.path}: cannot finalize, parts {missing} are missing")
-        rows = [int(a["rows"]) for a in self.part_attrs()]
+        present = [i for i in range(self.n_parts) if self.part_done(i)]
+        rows = [int(_group_attrs(self.path / PARTS / part_name(i))["rows"]) for i in present]
         for stale in (self.path / PARTS).glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         group = zarr.open_group(str(self.path), mode="r+")
-        group.attrs.update({**dict(attrs), "parts": rows, "rows": sum(rows),
-                            "complete": True})
+        group.attrs.update({**dict(attrs), "parts": rows, "part_indices": present,
+                            "skipped_parts": sorted(set(range(self.n_parts)) - set(present)),
+                            "rows": sum(rows), "complete": True})
 
     def part_attrs(self) -> list[dict[str, Any]]:
         """The attributes each written part carries (row count and what its writer added)."""
-        return [_group_attrs(self.path / PARTS / part_name(i)) for i in range(self.n_parts)]
+        return [_group_attrs(self.path / PARTS / part_name(i)) for i in range(self.n_parts)
+                if self.part_done(i)]
 
 
 def _rows(columns: Mapping[str, Column]) -> int:
@@ -304,9 +315,9 @@ class Table:
         if not self.attrs.get("complete"):
             raise TableError(f"{self.path}: the table is not complete (its run did not finish)")
         # zarr's node types are a union of arrays and groups: typed loosely here
+        indices = self.attrs.get("part_indices", range(len(self.attrs["parts"])))
         self.parts: list[Any] = [zarr.open_group(str(self.path / PARTS / part_name(i)),
-                                                 mode="r")
-                                 for i in range(len(self.attrs["parts"]))]
+                                                 mode="r") for i in indices]
         first = self.parts[0] if self.parts else None
         self._arrays = sorted(first.array_keys()) if first is not None else []
         self._groups = ({name: str(g.attrs.get("layout")) for name, g in first.groups()
