@@ -349,15 +349,9 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        doc = ROOT / "docs" / "benchmarks.md"
-        text = doc.read_text() if doc.exists() else ""
-        begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
-        if begin in text and end in text:
-            text = text.split(begin)[0] + begin + "\n" + table + "\n" + end + text.split(end)[1]
-        else:
-            text += f"\n{begin}\n{table}\n{end}\n"
-        doc.write_text(text)
-        print(f"updated {doc}")
+        from results_doc import write_block
+
+        write_block("bench", table, "Calibration chain")
     return 0
 
 

@@ -32,9 +32,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import sample_file  # noqa: E402
+from results_doc import write_block  # noqa: E402
 
 from pipeline.runner import RunOptions, run_job  # noqa: E402
 from pipeline.sites import load_site, start_site  # noqa: E402
@@ -117,15 +117,7 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        doc = ROOT / "docs" / "benchmarks.md"
-        text = doc.read_text()
-        begin, end = "<!-- bench-sites:begin -->", "<!-- bench-sites:end -->"
-        if begin in text and end in text:
-            text = text.split(begin)[0] + begin + "\n" + table + "\n" + end + text.split(end)[1]
-        else:
-            text += f"\n## Sites: SLURM against local\n\n{begin}\n{table}\n{end}\n"
-        doc.write_text(text)
-        print(f"updated {doc}")
+        write_block("bench-sites", table, "Sites: SLURM against local")
     return 0
 
 

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-BEGIN, END = "<!-- bench-tables:begin -->", "<!-- bench-tables:end -->"
 
 
 def demo_table(workdir: Path) -> Path:
@@ -284,13 +283,9 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        doc = ROOT / "docs" / "benchmarks.md"
-        text = doc.read_text()
-        if BEGIN in text and END in text:
-            text = text.split(BEGIN)[0] + BEGIN + "\n" + table + "\n" + END + text.split(END)[1]
-        else:
-            text += f"\n## Feature tables: write and read\n\n{BEGIN}\n{table}\n{END}\n"
-        doc.write_text(text)
+        from results_doc import write_block
+
+        write_block("bench-tables", table, "Feature tables: write and read")
     return 0
 
 
