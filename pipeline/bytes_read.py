@@ -48,8 +48,9 @@ def _parquet_bytes(file: str, columns: set[str], chunks: list[Chunk]) -> list[in
             for c in chunks]
 
 
-def chunk_bytes(dataset: Any, columns: Iterable[str]) -> list[int]:
-    """Compressed bytes read by each chunk of ``dataset`` for the input ``columns``.
+def chunk_bytes(dataset: Any, columns: Iterable[str], skip: Iterable[int] = ()) -> list[int]:
+    """Compressed bytes read by each chunk of ``dataset`` for the input ``columns``; the
+    ``skip`` chunks (left out of the run) count 0 and their files are not opened for them.
 
     Examples
     --------
@@ -60,10 +61,11 @@ def chunk_bytes(dataset: Any, columns: Iterable[str]) -> list[int]:
     >>> len(sizes), all(s > 0 for s in sizes)
     (2, True)
     """
-    wanted = set(columns)
+    wanted, skipped = set(columns), set(skip)
     by_file: dict[str, list[int]] = {}
     for index, chunk in enumerate(dataset.chunks):
-        by_file.setdefault(chunk.file, []).append(index)
+        if index not in skipped:
+            by_file.setdefault(chunk.file, []).append(index)
     out = [0] * len(dataset.chunks)
     for file, indices in by_file.items():
         chunks = [dataset.chunks[i] for i in indices]

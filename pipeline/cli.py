@@ -24,7 +24,10 @@ def _site_options(args: argparse.Namespace) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError("--site-option", [(item, "expected KEY=VALUE")])
-        options[key.strip()] = yaml.safe_load(value)
+        # a value with ':' stays text (YAML 1.1 reads 30:00 as 1800) unless it is a list
+        # or mapping
+        keep_text = ":" in value and not value.lstrip().startswith(("[", "{"))
+        options[key.strip()] = value if keep_text else yaml.safe_load(value)
     if getattr(args, "lifetime", None):
         options["lifetime"] = args.lifetime
     if getattr(args, "adapt", None):
@@ -39,6 +42,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         output=args.output, site=args.site, workers=args.workers,
         site_options=_site_options(args), retries=args.retries, on_bad_file=args.on_bad_file,
         performance_report=args.performance_report, show_progress=not args.no_progress,
+        fresh=args.fresh,
     ), console=console)
     return 0
 
@@ -57,9 +61,9 @@ def _cmd_sites(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_job_script(args: argparse.Namespace, console: Console) -> int:
-    from pipeline.sites import job_script, load_site, workers_override
+    from pipeline.sites import job_script, load_site
 
-    site = load_site(args.site, {**workers_override(args.site, None), **_site_options(args)})
+    site = load_site(args.site, _site_options(args))
     print(job_script(site))
     return 0
 
@@ -153,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "file stops the run (fail, the default) or is left out and reported")
     run.add_argument("--performance-report", metavar="FILE.html",
                      help="save Dask's performance report of the computation")
+    run.add_argument("--fresh", action="store_true", help="start again: remove the chunks "
+                     "an interrupted run finished and this job's feature tables")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 

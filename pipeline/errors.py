@@ -57,6 +57,10 @@ class InputFileError(CalibrewError):
     """A data or payload file is missing, unreadable, or lacks something we need."""
 
 
+class UnreadableInputError(InputFileError):
+    """An input data file could not be read for a chunk (``--on-bad-file`` decides)."""
+
+
 class ExpressionError(CalibrewError):
     """A selection, category or histogram expression cannot be evaluated on the events."""
 

@@ -7,12 +7,13 @@ earlier run of the same identity are not submitted at all.
 
 A chunk that fails after its retries is classified:
 
-- its file cannot be opened or read (the error is an ``OSError`` or was raised inside the
-  readers: uproot, pyarrow, fsspec, the decompressors): with ``on_bad_file="fail"`` the run
-  stops, with ``"skip"`` the chunk is left out of the outputs. Either way it is printed and
-  reported (file, entries, error);
-- anything else (a calibrator's error, a worker that died on it again and again) stops the
-  run: skipping it would silently change the analysis.
+- its file cannot be opened or read (the error was raised inside the readers: uproot,
+  pyarrow, fsspec, the decompressors, or is an :class:`UnreadableInputError`): with
+  ``on_bad_file="fail"`` the run stops, with ``"skip"`` the chunk is left out of the
+  outputs. Either way it is printed and reported (file, entries, error);
+- anything else (a calibrator's or an expression's error, a table part that cannot be
+  written, a worker that died on it again and again) stops the run: skipping it would
+  silently change the analysis.
 """
 
 from __future__ import annotations
@@ -24,15 +25,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from rich.markup import escape
 
 from pipeline.checkpoints import ChunkCheckpoints
-from pipeline.errors import CalibrewError, ChunkError
+from pipeline.errors import CalibrewError, ChunkError, UnreadableInputError
 from pipeline.graph import DatasetGraph
 from pipeline.progress import ChunkAttemptsPlugin, ProgressBoard, chunk_attempts
 
 OnBadFile = Literal["fail", "skip"]
-READER_MODULES = ("uproot", "pyarrow", "fsspec", "awkward._connect", "zlib", "lz4",
-                  "zstandard", "cramjam", "xxhash")
+READER_MODULES = ("uproot", "pyarrow", "fsspec", "awkward._connect.pyarrow", "zlib", "lz4",
+                  "zstandard", "cramjam", "xxhash", "pipeline.nanoevents")
 
 
 @dataclass
@@ -99,11 +101,23 @@ class DatasetRun:
 
 
 def is_unreadable_input(err: BaseException) -> bool:
-    """Whether ``err`` says a file cannot be opened or read (not an analysis error)."""
+    """Whether ``err`` says a file cannot be opened or read (not an analysis error): an
+    :class:`UnreadableInputError`, or an error raised inside a reader (its traceback passes
+    through uproot, pyarrow, fsspec or a decompressor).
+
+    Examples
+    --------
+    >>> import awkward as ak
+    >>> try:
+    ...     ak.Array([[1.0, 2.0], [3.0]]) * ak.Array([[1.0], [2.0, 3.0]])
+    ... except ValueError as err:
+    ...     is_unreadable_input(err)  # an analysis' broadcasting error
+    False
+    """
+    if isinstance(err, UnreadableInputError):
+        return True
     if isinstance(err, CalibrewError):
         return False
-    if isinstance(err, OSError):
-        return True
     modules = [str(frame.f_globals.get("__name__", ""))
                for frame, _ in traceback.walk_tb(err.__traceback__)]
     modules.append(type(err).__module__)
@@ -152,6 +166,10 @@ def compute_chunks(client: Any, runs: Sequence[DatasetRun], retries: int,
                 run.computed.append(index)
                 run.events_computed += chunk.entries
                 board.advance(run.name, chunk.entries)
+            elif future.status == "cancelled":
+                raise ChunkError(f"{run.name}: chunk {index} ({chunk.file}) was cancelled by "
+                                 "the scheduler (lost connection or restart); the chunks "
+                                 "finished are kept: rerun the same command to resume")
             else:
                 err = future.exception()
                 failure = ChunkFailure(run.name, index, chunk.file, chunk.start, chunk.stop,
@@ -159,20 +177,20 @@ def compute_chunks(client: Any, runs: Sequence[DatasetRun], retries: int,
                 failure.attempts = _attempts_of(client, future.key, retries)
                 run.failed.append(failure)
                 board.advance(run.name, 0, failed=True)
-                if isinstance(err, CalibrewError):  # the analysis' fault: its own message
-                    board.print(f"[red]failed[/] {failure.describe()}")
-                    raise err
+                if isinstance(err, CalibrewError) and not failure.bad_file:
+                    board.print(f"[red]failed[/] {escape(failure.describe())}")
+                    raise err  # the analysis' fault: its own message names the key
                 if on_bad_file == "fail" or not failure.bad_file:
                     hint = ("; or use --on-bad-file skip to leave it out"
                             if failure.bad_file else "")
                     raise ChunkError(f"{failure.describe()}\nThe chunks finished are kept: "
                                      f"rerun the same command to resume{hint}.") from err
-                board.print(f"[yellow]skipped[/] {failure.describe()}")
+                board.print(f"[yellow]skipped[/] {escape(failure.describe())}")
             run.seconds = time.perf_counter() - start
             future.release()
     finally:
-        for future in pending:
-            future.cancel()
+        if pending:
+            client.cancel(list(pending))
         _record_attempts(client, runs, where)
 
 

@@ -26,6 +26,7 @@ from pipeline.calibration.manager import CalibratorsManager
 from pipeline.config import AnalysisConfig
 from pipeline.datasets import Dataset
 from pipeline.nanoevents import read_lazy
+from pipeline.outputs.provenance import code_digest
 from pipeline.outputs.tables import TableWriter
 from pipeline.parquet_input import read_parquet_lazy
 from pipeline.processor import ChunkProcessor, ProcessingPlan, make_plan
@@ -68,10 +69,6 @@ class DatasetGraph:
     plan: ProcessingPlan
     chunks: dak.Array
     _chunk_tasks: list[Delayed] | None = field(default=None, init=False, repr=False)
-
-    @property
-    def label(self) -> str:
-        return self.chunks.name
 
     def chunk_tasks(self) -> list[Delayed]:
         """One delayed histogram vector per chunk, in chunk order.
@@ -140,15 +137,17 @@ def tree_sum(load: Callable[[int], np.ndarray | None], n: int) -> np.ndarray | N
 
 
 def table_identity(dataset: Dataset, cfg: AnalysisConfig, params: Any) -> dict[str, Any]:
-    """What makes two runs write the same tables: config, parameters, calibrew version and
-    chunks (a rerun resumes a table only when all are the same)."""
+    """What makes two runs write the same tables and histograms: config, parameters,
+    calibrew version and code (its sources and the calibrators'), and chunks. A rerun
+    resumes a table or the checkpointed chunks only when all are the same."""
     from omegaconf import OmegaConf
 
     resolved = OmegaConf.to_container(params, resolve=True) if OmegaConf.is_config(params) \
         else params
     digest = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode())
     return {"config": cfg.digest(), "parameters": digest.hexdigest()[:16],
-            "calibrew": __version__, "dataset": dataset.name,
+            "calibrew": __version__, "code": code_digest(cfg.calibrator_classes()),
+            "dataset": dataset.name,
             "chunks": [[c.file, c.start, c.stop] for c in dataset.chunks]}
 
 

@@ -21,7 +21,7 @@ import dask_awkward as dak
 import numpy as np
 from dask_awkward.lib.io.columnar import ColumnProjectionMixin
 
-from pipeline.errors import InputFileError
+from pipeline.errors import InputFileError, UnreadableInputError
 
 SUFFIXES = (".parquet", ".parq", ".pq")
 #: the NanoAOD event identity and its types
@@ -95,7 +95,7 @@ def read_rows(file: str, start: int, stop: int, columns: Sequence[str] | None = 
         table = (handle.read_row_groups(groups, columns=stored) if groups
                  else handle.schema_arrow.empty_table().select(stored))
     except Exception as err:
-        raise InputFileError(f"cannot read rows [{start}, {stop}) of Parquet file {file}: "
+        raise UnreadableInputError(f"cannot read rows [{start}, {stop}) of Parquet file {file}: "
                              f"{type(err).__name__}: {err}") from err
     if first is not None:
         table = table.slice(start - first, stop - start)

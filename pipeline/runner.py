@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 
 from pipeline import __version__
 from pipeline.bytes_read import chunk_bytes
@@ -56,12 +58,13 @@ def make_datasets(cfg: AnalysisConfig, names: list[str] | str, config_dir: Path 
         spec = cfg.datasets[name]
         metadata = {**spec.metadata.model_dump(), "dataset": name}
         dataset = Dataset(name, resolve_files(spec.files, config_dir), metadata, spec.tree)
+        n_files = len(dataset.files)
         skip = on_bad_file == "skip"
         out.append(preprocess(dataset, chunksize, on_error=_skip_file(
             name, bad_files, console) if skip else None))
-        if not dataset.chunks and dataset.files:
-            raise InputFileError(f"dataset {name!r}: none of its {len(dataset.files)} "
-                                 "file(s) can be read")
+        if n_files and not dataset.files:
+            raise InputFileError(f"dataset {name!r}: none of its {n_files} file(s) can be "
+                                 "read")
     return out
 
 
@@ -72,7 +75,8 @@ def _skip_file(dataset: str, bad_files: list[dict[str, str]] | None,
             bad_files.append({"dataset": dataset, "file": file, "error": str(err),
                               "stage": "open"})
         if console is not None:
-            console.print(f"[yellow]skipped[/] {dataset}: {err}", highlight=False)
+            console.print(f"[yellow]skipped[/] {escape(dataset)}: {escape(str(err))}",
+                          highlight=False)
     return record
 
 
@@ -102,7 +106,7 @@ def finalize_tables(graph: DatasetGraph, summary: dict[str, Any], cfg: AnalysisC
                         dataset.files, dataset.entries)
     written = []
     for table, (_, writer) in zip(graph.plan.tables, graph.plan.writers):
-        parts = writer.part_attrs()
+        parts = writer.part_attrs(skipped)
         changed = {json.dumps(p.get("changed_columns"), sort_keys=True) for p in parts}
         if len(changed) > 1:
             raise TableError(f"{writer.path}: parts store different columns per variation "
@@ -157,6 +161,19 @@ class RunOptions:
     on_bad_file: OnBadFile | None = None
     performance_report: str | Path | None = None
     show_progress: bool = True
+    fresh: bool = False
+
+
+@dataclass
+class _RunState:
+    """What a run has done so far: enough to write its report if it fails."""
+
+    started: float
+    site: dict[str, str]
+    bad_files: list[dict[str, str]] = field(default_factory=list)
+    runs: list[DatasetRun] = field(default_factory=list)
+    build_s: float = 0.0
+    compute_s: float = 0.0
 
 
 def run_job(job_path: str | Path, options: RunOptions | None = None,
@@ -164,74 +181,82 @@ def run_job(job_path: str | Path, options: RunOptions | None = None,
     """Run the job at ``job_path`` end to end; return its histograms and report.
 
     ``kwargs`` are :class:`RunOptions` fields (``run_job(job, output=..., site=...)``).
-    Chunks finished by an interrupted earlier run of the same job are not computed again.
+    Chunks finished by an interrupted earlier run of the same job are not computed again
+    (unless ``fresh``). A run that fails writes ``report.json`` with ``status: failed``.
     """
-    from pipeline.sites import load_site, start_site, workers_override
+    from pipeline.sites import load_site, workers_override
 
     opts = options or RunOptions(**kwargs)
     console = console or Console()
     started = time.perf_counter()
     job, cfg = load_job(job_path)
-    config_dir = (Path(job_path).parent / job.config).resolve().parent
-    params = load_parameters([*cfg.parameters, *job.parameters])
-    out_dir = Path(opts.output or job.output)
-    chunksize = job.chunksize or cfg.chunksize
-    retries = job.retries if opts.retries is None else opts.retries
-    on_bad_file: OnBadFile = opts.on_bad_file or job.on_bad_file
     site_name = opts.site or job.site
     site = load_site(site_name, {**workers_override(site_name, opts.workers or job.workers),
                                  **opts.site_options})
-    site_info = {"name": site_name, "type": site.type, "description": describe(site)}
-    bad_files: list[dict[str, str]] = []
+    state = _RunState(started, {"name": site_name, "type": site.type,
+                                "description": describe(site)})
+    out_dir = Path(opts.output or job.output)
     try:
-        datasets = make_datasets(cfg, job.datasets, config_dir, chunksize, on_bad_file,
-                                 bad_files, console)
-    except InputFileError as err:
-        _write_report(out_dir, job, cfg, [], bad_files, {}, started, 0.0, 0.0,
-                      status="failed", error=str(err), site=site_info)
+        return _run(job_path, job, cfg, site, out_dir, opts, console, state)
+    except CalibrewError as err:
+        _write_report(out_dir, job, cfg, state, {}, status="failed", error=str(err))
         raise
+
+
+def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out_dir: Path,
+         opts: RunOptions, console: Console, state: _RunState) -> RunResult:
+    from pipeline.sites import start_site
+
+    config_dir = (Path(job_path).parent / job.config).resolve().parent
+    params = load_parameters([*cfg.parameters, *job.parameters])
+    chunksize = job.chunksize or cfg.chunksize
+    retries = job.retries if opts.retries is None else opts.retries
+    on_bad_file: OnBadFile = opts.on_bad_file or job.on_bad_file
+    datasets = make_datasets(cfg, job.datasets, config_dir, chunksize, on_bad_file,
+                             state.bad_files, console)
     for ds in datasets:
-        console.print(f"[bold]{ds.name}[/]: {len(ds.files)} file(s), {ds.entries:,} events, "
-                      f"{len(ds.chunks)} chunk(s) of <= {chunksize:,}")
+        console.print(f"[bold]{escape(ds.name)}[/]: {len(ds.files)} file(s), "
+                      f"{ds.entries:,} events, {len(ds.chunks)} chunk(s) of <= {chunksize:,}")
     # the graphs are built (and every expression checked) before any cluster starts
     t0 = time.perf_counter()
     graphs = [build_dataset_graph(ds, cfg, params, out_dir) for ds in datasets]
-    tasks = sum(len(g.total().dask) for g in graphs)  # traced here: expressions are checked
+    for graph in graphs:
+        graph.chunk_tasks()  # optimised (traced) here: expressions are checked
     writers = [writer for graph in graphs for _, writer in graph.plan.writers]
+    if opts.fresh:  # start again: this job's tables and finished chunks are removed
+        for writer in writers:
+            shutil.rmtree(writer.path, ignore_errors=True)
     for writer in writers:  # a table of another identity or schema stops the run here,
         writer.check()      # before any table is created
     for writer in writers:
         writer.prepare()
-    build_s = time.perf_counter() - t0
-    console.print(f"graphs built in {build_s:.2f} s ({tasks} tasks, "
+    state.build_s = time.perf_counter() - t0
+    console.print(f"graphs built in {state.build_s:.2f} s "
+                  f"({sum(len(g.dataset.chunks) for g in graphs)} chunk tasks, "
                   f"{sum(len(g.plan.variations) for g in graphs)} variations)")
-    runs = []
     for graph in graphs:
         store = ChunkCheckpoints(out_dir / graph.dataset.name / CHECKPOINTS,
                                  table_identity(graph.dataset, cfg, params))
-        runs.append(DatasetRun(graph, store, resumed=store.open()))
-        if runs[-1].resumed:
-            console.print(f"{graph.dataset.name}: {len(runs[-1].resumed)} of "
+        if opts.fresh:
+            store.clear()
+        state.runs.append(DatasetRun(graph, store, resumed=store.open()))
+        if state.runs[-1].resumed:
+            console.print(f"{escape(graph.dataset.name)}: {len(state.runs[-1].resumed)} of "
                           f"{len(graph.dataset.chunks)} chunk(s) finished by an earlier run "
-                          "are kept")
-    console.print(f"site {site_name}: {site_info['description']}")
+                          f"are kept ({store.folder})")
+    console.print(f"site {escape(state.site['name'])}: {escape(state.site['description'])}")
     session = start_site(site)
     try:
         console.print(f"Dask dashboard: [link={session.dashboard_link}]"
                       f"{session.dashboard_link}[/]")
         compute_start = time.perf_counter()
         try:
-            _compute(session.client, runs, retries, on_bad_file, opts, console)
-        except CalibrewError as err:
-            _write_report(out_dir, job, cfg, runs, bad_files, {}, started, build_s,
-                          time.perf_counter() - compute_start, status="failed", error=str(err),
-                          site=site_info)
-            raise
-        compute_s = time.perf_counter() - compute_start
+            _compute(session.client, state.runs, retries, on_bad_file, opts, console)
+        finally:
+            state.compute_s = time.perf_counter() - compute_start
     finally:
         session.close()
-    return _write_outputs(out_dir, job, cfg, params, runs, bad_files, started, build_s,
-                          compute_s, console, site_info)
+    return _write_outputs(out_dir, job, cfg, params, state, console)
 
 
 def _compute(client: Any, runs: list[DatasetRun], retries: int, on_bad_file: OnBadFile,
@@ -249,14 +274,13 @@ def _compute(client: Any, runs: list[DatasetRun], retries: int, on_bad_file: OnB
 
 
 def _write_outputs(out_dir: Path, job: JobSpec, cfg: AnalysisConfig, params: Any,
-                   runs: list[DatasetRun], bad_files: list[dict[str, str]], started: float,
-                   build_s: float, compute_s: float, console: Console,
-                   site: dict[str, str]) -> RunResult:
-    """Sum each dataset's chunks (in the graph's order), write its outputs, drop its
-    checkpoints, and write the report."""
+                   state: _RunState, console: Console) -> RunResult:
+    """Sum each dataset's chunks (in the graph's order), write its outputs, and write the
+    report. Checkpoints are removed once written, but for a dataset with chunks left out:
+    a later run then computes only those."""
     result = RunResult()
     summaries = {}
-    for run in runs:
+    for run in state.runs:
         graph = run.graph
         vector = tree_sum(run.load_vector, len(graph.dataset.chunks))
         histograms = graph.plan.unpack(vector if vector is not None
@@ -265,56 +289,59 @@ def _write_outputs(out_dir: Path, job: JobSpec, cfg: AnalysisConfig, params: Any
         summary = write_dataset_outputs(out_dir, graph, histograms, cfg, params,
                                         sorted(run.failed_chunks))
         summaries[run.name] = {**summary, **run.report(), **_bytes_read(run, summary)}
-        run.checkpoints.clear()
-    result.report = _write_report(out_dir, job, cfg, runs, bad_files, summaries, started,
-                                  build_s, compute_s, site=site)
-    events = sum(r.events_computed for r in runs)
-    failures = [f for r in runs for f in r.failed]
+        if not run.failed:
+            run.checkpoints.clear()
+    result.report = _write_report(out_dir, job, cfg, state, summaries)
+    events = sum(r.events_computed for r in state.runs)
+    failures = [f for r in state.runs for f in r.failed]
     for failure in failures:
-        console.print(f"[yellow]left out:[/] {failure.describe()}", highlight=False)
-    for bad in bad_files:
-        console.print(f"[yellow]left out:[/] {bad['dataset']}: {bad['error']}",
+        console.print(f"[yellow]left out:[/] {escape(failure.describe())}", highlight=False)
+    for bad in state.bad_files:
+        console.print(f"[yellow]left out:[/] {escape(bad['dataset'])}: {escape(bad['error'])}",
                       highlight=False)
+    left_out = len(failures) + len(state.bad_files)
+    rate = events / state.compute_s if state.compute_s else 0
     console.print(f"processed {events:,} events in {result.report['wall_time_s']:.1f} s "
-                  f"({events / compute_s if compute_s else 0:,.0f} events/s in compute)"
-                  + (f", {len(failures) + len(bad_files)} input(s) left out"
-                     if failures or bad_files else "")
-                  + f"; report: {out_dir / 'report.json'}")
+                  f"({rate:,.0f} events/s in compute)"
+                  + (f", {left_out} input(s) left out" if left_out else "")
+                  + f"; report: {escape(str(out_dir / 'report.json'))}")
     return result
 
 
 def _bytes_read(run: DatasetRun, summary: dict[str, Any]) -> dict[str, Any]:
-    """Compressed input bytes of the dataset's processed chunks, in all and per event."""
+    """Compressed input bytes of the dataset's processed chunks, in all and per event
+    (``None`` if the files' metadata cannot be read: a diagnostic never fails a run)."""
     columns = sorted(run.graph.necessary_columns())
-    sizes = chunk_bytes(run.graph.dataset, columns)
-    total = sum(size for i, size in enumerate(sizes) if i not in run.failed_chunks)
+    try:
+        sizes = chunk_bytes(run.graph.dataset, columns, skip=run.failed_chunks)
+    except Exception:
+        return {"columns_read": columns, "bytes_read": None, "bytes_per_event": None}
+    total = sum(sizes)
     return {"columns_read": columns, "bytes_read": total,
             "bytes_per_event": total / summary["events"] if summary["events"] else None}
 
 
-def _write_report(out_dir: Path, job: JobSpec, cfg: AnalysisConfig, runs: list[DatasetRun],
-                  bad_files: list[dict[str, str]], summaries: dict[str, Any], started: float,
-                  build_s: float, compute_s: float, status: str = "complete",
-                  error: str | None = None, site: dict[str, str] | None = None
-                  ) -> dict[str, Any]:
-    events = sum(r.events_computed for r in runs)
+def _write_report(out_dir: Path, job: JobSpec, cfg: AnalysisConfig, state: _RunState,
+                  summaries: dict[str, Any], status: str = "complete",
+                  error: str | None = None) -> dict[str, Any]:
+    events = sum(r.events_computed for r in state.runs)
     report = {
         "status": status,
         **({"error": error} if error else {}),
         "calibrew_version": __version__,
         "config_digest": cfg.digest(),
         "job": job.model_dump(),
-        "site": site,
-        "datasets": summaries or {r.name: r.report() for r in runs},
+        "site": state.site,
+        "datasets": summaries or {r.name: r.report() for r in state.runs},
         "events_processed": sum(s.get("events", 0) for s in summaries.values()),
         "events_computed": events,
-        "chunks_failed": [{"dataset": f.dataset, **f.as_dict()} for r in runs
+        "chunks_failed": [{"dataset": f.dataset, **f.as_dict()} for r in state.runs
                           for f in r.failed],
-        "files_unreadable": bad_files,
-        "wall_time_s": time.perf_counter() - started,
-        "graph_build_s": build_s,
-        "compute_s": compute_s,
-        "events_per_s": events / compute_s if compute_s else None,
+        "files_unreadable": state.bad_files,
+        "wall_time_s": time.perf_counter() - state.started,
+        "graph_build_s": state.build_s,
+        "compute_s": state.compute_s,
+        "events_per_s": events / state.compute_s if state.compute_s else None,
         "outputs": [p for s in summaries.values() for p in s.get("outputs", [])],
     }
     write_json(report, out_dir / "report.json")

@@ -23,7 +23,6 @@ Examples
 from __future__ import annotations
 
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,16 +154,24 @@ class SlurmSite(BatchSite):
     type: Literal["slurm"] = "slurm"
     queue: str | None = Field(default=None, description="partition")
     account: str | None = None
-    walltime: str = "01:00:00"
+    walltime: str = Field(default="01:00:00", description="SLURM time: minutes, MM:SS, "
+                          "HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
     job_extra_directives: list[str] = Field(default_factory=list,
                                             description="extra #SBATCH lines, e.g. --qos=x")
+
+    @field_validator("walltime", mode="before")
+    @classmethod
+    def _walltime_parses(cls, value: Any) -> str:
+        slurm_time_s(str(value))
+        return str(value)
 
     @model_validator(mode="after")
     def _lifetime_within_walltime(self) -> SlurmSite:
         if self.lifetime:
-            walltime = duration_s(self.walltime)
-            if duration_s(self.lifetime) >= walltime:
-                raise ValueError(f"lifetime {self.lifetime} must be shorter than walltime "
+            latest = duration_s(self.lifetime) + duration_s(self.lifetime_stagger)
+            if latest >= slurm_time_s(self.walltime):
+                raise ValueError(f"lifetime {self.lifetime} + lifetime_stagger "
+                                 f"{self.lifetime_stagger} must be shorter than walltime "
                                  f"{self.walltime}, or the batch system kills working workers")
         return self
 
@@ -194,25 +201,46 @@ SITE_TYPES: dict[str, type[Profile]] = {"local": LocalSite, "scheduler": Schedul
                                         "slurm": SlurmSite, "htcondor": HTCondorSite}
 
 
-def duration_s(text: str) -> float:
-    """Seconds in ``text``: ``HH:MM:SS``, ``D-HH:MM:SS``, ``MM:SS`` or ``55m``, ``2h``, ``90s``.
+def slurm_time_s(text: str) -> float:
+    """Seconds of a SLURM time: ``minutes``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``
+    or ``D-HH:MM:SS``.
 
     Examples
     --------
-    >>> duration_s("01:30:00"), duration_s("1-00:00:00"), duration_s("55m")
-    (5400.0, 86400.0, 3300.0)
+    >>> slurm_time_s("30"), slurm_time_s("30:00"), slurm_time_s("01:30:00")
+    (1800.0, 1800.0, 5400.0)
+    >>> slurm_time_s("1-02"), slurm_time_s("1-02:30"), slurm_time_s("1-00:00:10")
+    (93600.0, 95400.0, 86410.0)
+    """
+    text = text.strip()
+    days, _, rest = text.rpartition("-") if "-" in text else ("", "", text)
+    parts = rest.split(":")
+    if not all(p.isdigit() for p in [*parts, *([days] if days else [])]) or len(parts) > 3:
+        raise ValueError(f"cannot read {text!r} as a SLURM time (minutes, MM:SS, HH:MM:SS, "
+                         "D-HH, D-HH:MM, D-HH:MM:SS)")
+    numbers = [int(p) for p in parts]
+    if days:  # D-HH[:MM[:SS]]
+        hours, minutes, seconds = [*numbers, 0, 0][:3]
+        return float(((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds)
+    hours, minutes, seconds = {1: [0, numbers[0], 0], 2: [0, *numbers]}.get(len(numbers),
+                                                                            numbers)
+    return float((hours * 60 + minutes) * 60 + seconds)
+
+
+def duration_s(text: str) -> float:
+    """Seconds in a Dask duration (``55m``, ``2h``, ``90s``), as ``--lifetime`` takes.
+
+    Examples
+    --------
+    >>> duration_s("55m"), duration_s("2h")
+    (3300.0, 7200.0)
     """
     from dask.utils import parse_timedelta
 
-    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text.strip())
-    if match:
-        days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-        return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
     try:
         return float(parse_timedelta(text))
     except (ValueError, KeyError, TypeError):
-        raise ValueError(f"cannot read {text!r} as a duration (e.g. 01:00:00, 55m, "
-                         "2h)") from None
+        raise ValueError(f"cannot read {text!r} as a duration (e.g. 55m, 2h, 90s)") from None
 
 
 def sites_dir() -> Path:
@@ -238,21 +266,13 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 def load_site(name: str, overrides: dict[str, Any] | None = None) -> Site:
     """Load the profile ``name`` (or a path to a YAML file) and apply ``overrides``.
 
-    ``overrides`` maps keys (dotted for nested ones, ``adapt.maximum_jobs``) to values;
-    ``None`` values are ignored. Raises :class:`ConfigError` naming the profile file and the
-    key at fault.
+    ``overrides`` maps keys (dotted for nested ones, ``adapt.maximum_jobs``) to values
+    (``None`` sets a key to null: ``adapt=None`` turns adaptive scaling off). Raises
+    :class:`ConfigError` naming the profile file and the key at fault.
     """
-    from pipeline.config import read_yaml
-
-    path = Path(name) if name.endswith((".yaml", ".yml")) else sites_dir() / f"{name}.yaml"
-    if not path.exists():
-        raise UnknownNameError("site", name, available_sites(), where="site")
-    data = read_yaml(path) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(str(path), [("", "expected a mapping at the top level")])
+    path, data = _read_profile(name)
     for key, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(data, key, value)
+        _set_dotted(data, key, value)
     kind = data.get("type", "local")
     model = SITE_TYPES.get(kind)
     if model is None:
@@ -266,17 +286,26 @@ def load_site(name: str, overrides: dict[str, Any] | None = None) -> Site:
     return site
 
 
-def workers_override(site_name: str, workers: int | None) -> dict[str, Any]:
-    """``--workers N`` as a profile override: worker processes locally, jobs on batch."""
-    if workers is None:
-        return {}
+def _read_profile(name: str) -> tuple[Path, dict[str, Any]]:
     from pipeline.config import read_yaml
 
-    path = Path(site_name) if site_name.endswith((".yaml", ".yml")) else \
-        sites_dir() / f"{site_name}.yaml"
-    kind = (read_yaml(path) or {}).get("type", "local") if path.exists() else "local"
+    path = Path(name) if name.endswith((".yaml", ".yml")) else sites_dir() / f"{name}.yaml"
+    if not path.exists():
+        raise UnknownNameError("site", name, available_sites(), where="site")
+    data = read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), [("", "expected a mapping at the top level")])
+    return path, data
+
+
+def workers_override(site_name: str, workers: int | None) -> dict[str, Any]:
+    """``--workers N`` as a profile override: worker processes locally, the workers to wait
+    for on a scheduler, a fixed number of jobs on batch (adaptive scaling off)."""
+    if workers is None:
+        return {}
+    kind = _read_profile(site_name)[1].get("type", "local")
     return {"local": {"n_workers": workers}, "scheduler": {"wait_for_workers": workers}}.get(
-        kind, {"jobs": workers})
+        kind, {"jobs": workers, "adapt": None})
 
 
 def describe(site: Site) -> str:
@@ -359,15 +388,13 @@ def start_site(site: Site) -> Session:
         return Session(client)
     cluster = make_jobqueue_cluster(site)
     try:
-        if site.adapt is not None:
-            cluster.adapt(minimum_jobs=site.adapt.minimum_jobs,
-                          maximum_jobs=site.adapt.maximum_jobs)
-        elif site.lifetime:  # retired workers are replaced by new jobs
-            cluster.adapt(minimum_jobs=site.jobs, maximum_jobs=site.jobs)
-        else:
-            cluster.scale(jobs=site.jobs)
+        # adaptive even for a fixed number of jobs (minimum = maximum): a job that ends
+        # (walltime, lifetime, preemption) is replaced by a new one
+        low, high = ((site.adapt.minimum_jobs, site.adapt.maximum_jobs) if site.adapt
+                     else (site.jobs, site.jobs))
+        cluster.adapt(minimum_jobs=low, maximum_jobs=high)
         client = Client(cluster)
-        if site.worker_start_timeout is not None:
+        if site.worker_start_timeout is not None and low > 0:
             _wait_for_workers(client, 1, site.worker_start_timeout,
                               f"the {site.type} jobs (check the queue and log_directory)")
     except BaseException:

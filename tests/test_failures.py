@@ -109,10 +109,12 @@ def test_interrupted_run_resumes_to_identical_outputs(reference, tmp_path, proje
     kept = sorted(p.name for p in checkpoints.glob("chunk-*.npy"))
     assert 3 <= len(kept) < 10, kept
     assert not (tmp_path / "interrupted" / "tt" / "histograms.pkl").exists()
-    assert main(["run", str(job), "--no-progress"]) == 0
+    # after Ctrl-C the user asks to start again (--fresh); after the kill, the run resumes
+    fresh = how == signal.SIGINT
+    assert main(["run", str(job), "--no-progress", *(["--fresh"] if fresh else [])]) == 0
     summary = report(tmp_path / "interrupted")["datasets"]["tt"]
-    assert summary["chunks_resumed"] == len(kept)
-    assert summary["chunks_computed"] == 10 - len(kept)
+    assert summary["chunks_resumed"] == (0 if fresh else len(kept))
+    assert summary["chunks_computed"] == (10 if fresh else 10 - len(kept))
     assert summary["events"] == 200
     assert not checkpoints.exists()  # removed once the outputs are written
     assert_same_histograms(histograms(reference), histograms(tmp_path / "interrupted"))
@@ -219,6 +221,26 @@ def test_unreadable_chunks_are_reported_and_skipped_or_fail(reference, tmp_path,
     reference_table = table_columns(reference)
     for key, values in table_columns(tmp_path / "bad").items():
         np.testing.assert_array_equal(values, reference_table[key], err_msg=key)
+
+    # the finished chunks stay checkpointed: once the files are repaired, a rerun computes
+    # only the chunks left out and fills the table's missing parts
+    checkpoints = tmp_path / "bad" / "tt" / ".chunks"
+    assert len(list(checkpoints.glob("chunk-*.npy"))) == 10
+    for copy in (truncated, corrupted):
+        shutil.copy(good, copy)
+    assert main(["run", str(job), "--no-progress"]) == 0
+    summary = report(tmp_path / "bad")["datasets"]["tt"]
+    assert (summary["chunks_resumed"], summary["chunks_computed"]) == (10, 20)
+    assert summary["chunks_failed"] == [] and summary["events"] == 600
+    table = open_table(tmp_path / "bad" / "tt" / "features.zarr")
+    assert table.attrs["skipped_parts"] == [] and table.rows == 3 * len(reference_table[
+        "None/event"])
+    cutflow = histograms(tmp_path / "bad")["cutflow"][:, "events"].values()
+    np.testing.assert_array_equal(cutflow,
+                                  3 * histograms(reference)["cutflow"][:, "events"].values())
+    np.testing.assert_allclose(histograms(tmp_path / "bad")["jet_pt"].values(flow=True),
+                               3 * histograms(reference)["jet_pt"].values(flow=True),
+                               rtol=1e-12)
 
 
 def test_unreachable_scheduler_fails_within_the_timeout(tmp_path, capsys):

@@ -88,6 +88,7 @@ def test_plot(demo_run):
 
 def test_cli_errors_are_clear(tmp_path, capsys, project_root, monkeypatch):
     monkeypatch.setenv("CALIBREW_OFFLINE", "1")  # a missing file is not looked for online
+    monkeypatch.chdir(tmp_path)  # the job's relative output goes here
     config = (project_root / "configs" / "demo.yaml").read_text()
     (tmp_path / "params").mkdir()
     shutil.copy(project_root / "configs" / "params" / "2022_preEE.yaml", tmp_path / "params")
@@ -108,7 +109,10 @@ def test_cli_errors_are_clear(tmp_path, capsys, project_root, monkeypatch):
     assert main(["run", str(tmp_path / "job.yaml")]) == 2
     err = capsys.readouterr().err
     assert "histograms.met.axes[0].expr: cannot evaluate 'PuppiMET.ptt'" in err
-    assert not (tmp_path / "out").exists()  # nothing written
+    # nothing written but the report of the failed run
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["report.json"]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["status"] == "failed" and "PuppiMET.ptt" in report["error"]
 
 
 def test_make_sample(tmp_path):

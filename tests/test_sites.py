@@ -10,7 +10,7 @@ from pipeline.sites import available_sites, load_site
 
 def test_local_profile_and_overrides():
     assert "local" in available_sites()
-    site = load_site("local", {"n_workers": 3, "threads_per_worker": None})
+    site = load_site("local", {"n_workers": 3})
     assert site.type == "local" and site.n_workers == 3 and site.threads_per_worker == 1
 
 
@@ -38,11 +38,9 @@ def test_every_profile_in_cluster_is_valid_and_listed(capsys):
     assert "invalid" not in out
 
 
-def test_command_line_override_with_unknown_key_is_named(capsys, tmp_path):
+def test_command_line_override_with_unknown_key_is_named(capsys):
     from pipeline.cli import main
 
-    job = tmp_path / "job.yaml"
-    job.write_text("config: none.yaml\noutput: out\n")
     assert main(["job-script", "--site", "slurm", "-o", "n_wrkers=3"]) == 2
     assert "n_wrkers: unknown key" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"adapt.maximum_jobs"):
@@ -51,9 +49,28 @@ def test_command_line_override_with_unknown_key_is_named(capsys, tmp_path):
         load_site("slurm", {"type": "pbs"})
 
 
+def test_command_line_values(capsys):
+    """``-o`` values are YAML, but a time keeps its colons; null turns a key off;
+    ``--workers`` on an adaptive profile asks for that many jobs, fixed."""
+    from pipeline.cli import _site_options, build_parser, main
+    from pipeline.sites import workers_override
+
+    args = build_parser().parse_args(["job-script", "--site", "slurm", "-o", "walltime=45:00",
+                                      "-o", "adapt=null", "-o", "prologue=[a, b]"])
+    assert _site_options(args) == {"walltime": "45:00", "adapt": None, "prologue": ["a", "b"]}
+    assert main(["job-script", "--site", "slurm", "-o", "walltime=45:00"]) == 0
+    assert "#SBATCH -t 45:00" in capsys.readouterr().out
+    site = load_site("slurm-hpc", workers_override("slurm-hpc", 5))
+    assert site.adapt is None and site.jobs == 5
+
+
 def test_lifetime_must_end_before_the_walltime():
-    with pytest.raises(ConfigError, match="lifetime 2h must be shorter than walltime"):
-        load_site("slurm", {"walltime": "01:00:00", "lifetime": "2h"})
+    with pytest.raises(ConfigError, match=r"lifetime 58m \+ lifetime_stagger 5m must be "
+                                          "shorter than walltime 60"):
+        load_site("slurm", {"walltime": 60, "lifetime": "58m"})  # SLURM: 60 minutes
+    assert load_site("slurm", {"walltime": "1-00", "lifetime": "23h"}).lifetime == "23h"
+    with pytest.raises(ConfigError, match=r"walltime: .*cannot read '1h' as a SLURM time"):
+        load_site("slurm", {"walltime": "1h"})
     with pytest.raises(ConfigError, match=r"lifetime: .*cannot read '1h30' as a duration"):
         load_site("slurm", {"lifetime": "1h30"})
 

@@ -171,11 +171,7 @@ class TableWriter:
         again, and finalizing rewrites the same metadata.
         """
         self.check()
-        if (self.path / "zarr.json").exists():
-            if _root_attrs(self.path).get("skipped_parts"):  # left out by an earlier run:
-                group = zarr.open_group(str(self.path), mode="r+")  # write them now
-                group.attrs.update({"complete": False, "skipped_parts": []})
-        else:
+        if not (self.path / "zarr.json").exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             group = zarr.open_group(str(self.path), mode="w")
             group.attrs.update({"schema_version": SCHEMA_VERSION, "complete": False,
@@ -199,6 +195,15 @@ class TableWriter:
         if not 0 <= index < self.n_parts:
             raise TableError(f"{self.path}: part {index} outside 0..{self.n_parts - 1}")
         rows = _rows(columns)
+        try:
+            self._write_part(index, columns, attrs, rows)
+        except OSError as err:  # the output's fault, never the input's: the run stops
+            raise TableError(f"{self.path}: cannot write part {index}: "
+                             f"{type(err).__name__}: {err}") from err
+        return rows
+
+    def _write_part(self, index: int, columns: Mapping[str, Column],
+                    attrs: Mapping[str, Any] | None, rows: int) -> None:
         final = self.path / PARTS / part_name(index)
         tmp = self.path / PARTS / f".tmp-{part_name(index)}-{uuid.uuid4().hex[:8]}"
         root = zarr.open_group(str(tmp), mode="w")
@@ -227,30 +232,33 @@ class TableWriter:
             os.replace(final, stale)
             shutil.rmtree(stale, ignore_errors=True)
         os.replace(tmp, final)
-        return rows
 
     def finalize(self, attrs: Mapping[str, Any], skipped: Sequence[int] = ()) -> None:
         """Write the root metadata last: the table becomes visible to readers.
 
         ``skipped`` parts (chunks whose input could not be read, left out on request) are
-        recorded as such; any other missing part is an error.
+        recorded as such and left out even if an earlier attempt wrote them, as they are
+        from the histograms; any other missing part is an error. A table finalized with
+        skipped parts stays readable while a later run writes them and finalizes it again.
         """
-        missing = [i for i in self.missing_parts() if i not in set(skipped)]
+        left_out = set(skipped)
+        missing = [i for i in self.missing_parts() if i not in left_out]
         if missing:
             raise TableError(f"{self.path}: cannot finalize, parts {missing} are missing")
-        present = [i for i in range(self.n_parts) if self.part_done(i)]
+        present = [i for i in range(self.n_parts) if self.part_done(i) and i not in left_out]
         rows = [int(_group_attrs(self.path / PARTS / part_name(i))["rows"]) for i in present]
         for stale in (self.path / PARTS).glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         group = zarr.open_group(str(self.path), mode="r+")
         group.attrs.update({**dict(attrs), "parts": rows, "part_indices": present,
-                            "skipped_parts": sorted(set(range(self.n_parts)) - set(present)),
+                            "skipped_parts": sorted(left_out),
                             "rows": sum(rows), "complete": True})
 
-    def part_attrs(self) -> list[dict[str, Any]]:
-        """The attributes each written part carries (row count and what its writer added)."""
+    def part_attrs(self, skipped: Sequence[int] = ()) -> list[dict[str, Any]]:
+        """The attributes each written part carries (row count and what its writer added),
+        but for the ``skipped`` ones."""
         return [_group_attrs(self.path / PARTS / part_name(i)) for i in range(self.n_parts)
-                if self.part_done(i)]
+                if self.part_done(i) and i not in set(skipped)]
 
 
 def _rows(columns: Mapping[str, Column]) -> int:
