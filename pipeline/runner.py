@@ -174,6 +174,10 @@ class _RunState:
     runs: list[DatasetRun] = field(default_factory=list)
     build_s: float = 0.0
     compute_s: float = 0.0
+    #: whether a failure now is reported in report.json: one of the inputs or of the
+    #: computation; a configuration found wrong before (an expression, a table's identity,
+    #: the site) writes nothing, and leaves a previous run's report as it is
+    report_failure: bool = True
 
 
 def run_job(job_path: str | Path, options: RunOptions | None = None,
@@ -182,7 +186,8 @@ def run_job(job_path: str | Path, options: RunOptions | None = None,
 
     ``kwargs`` are :class:`RunOptions` fields (``run_job(job, output=..., site=...)``).
     Chunks finished by an interrupted earlier run of the same job are not computed again
-    (unless ``fresh``). A run that fails writes ``report.json`` with ``status: failed``.
+    (unless ``fresh``). A run that fails on its inputs or during the computation writes
+    ``report.json`` with ``status: failed``.
     """
     from pipeline.sites import load_site, workers_override
 
@@ -199,7 +204,8 @@ def run_job(job_path: str | Path, options: RunOptions | None = None,
     try:
         return _run(job_path, job, cfg, site, out_dir, opts, console, state)
     except CalibrewError as err:
-        _write_report(out_dir, job, cfg, state, {}, status="failed", error=str(err))
+        if state.report_failure:
+            _write_report(out_dir, job, cfg, state, {}, status="failed", error=str(err))
         raise
 
 
@@ -218,6 +224,7 @@ def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out
         console.print(f"[bold]{escape(ds.name)}[/]: {len(ds.files)} file(s), "
                       f"{ds.entries:,} events, {len(ds.chunks)} chunk(s) of <= {chunksize:,}")
     # the graphs are built (and every expression checked) before any cluster starts
+    state.report_failure = False
     t0 = time.perf_counter()
     graphs = [build_dataset_graph(ds, cfg, params, out_dir) for ds in datasets]
     for graph in graphs:
@@ -250,6 +257,7 @@ def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out
         console.print(f"Dask dashboard: [link={session.dashboard_link}]"
                       f"{session.dashboard_link}[/]")
         compute_start = time.perf_counter()
+        state.report_failure = True
         try:
             _compute(session.client, state.runs, retries, on_bad_file, opts, console)
         finally:

@@ -104,15 +104,16 @@ def test_cli_errors_are_clear(tmp_path, capsys, project_root, monkeypatch):
     assert main(["run", str(tmp_path / "job.yaml")]) == 2
     err = capsys.readouterr().err
     assert "nano_missing.root" in err and "not found" in err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())  # an input's fault
+    assert report["status"] == "failed" and "nano_missing.root" in report["error"]
     (tmp_path / "cfg.yaml").write_text(config.replace('expr: "PuppiMET.pt"',
                                                       'expr: "PuppiMET.ptt"'))
     assert main(["run", str(tmp_path / "job.yaml")]) == 2
     err = capsys.readouterr().err
     assert "histograms.met.axes[0].expr: cannot evaluate 'PuppiMET.ptt'" in err
-    # nothing written but the report of the failed run
+    # nothing written: the previous report is left as it was
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["report.json"]
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["status"] == "failed" and "PuppiMET.ptt" in report["error"]
+    assert json.loads((tmp_path / "out" / "report.json").read_text()) == report
 
 
 def test_make_sample(tmp_path):
