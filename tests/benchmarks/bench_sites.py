@@ -19,6 +19,7 @@ file, the demo analysis (57 variations, its histograms and feature table):
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
 import subprocess
@@ -100,7 +101,7 @@ def main() -> int:
     base = rows[0][3]["rate"]
     lines = [
         f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {platform.machine()} "
-        f"({_cores()} cores), {platform.python_version()}, one run: `python "
+        f"({os.cpu_count()} cores), {platform.python_version()}, one run: `python "
         f"tests/benchmarks/bench_sites.py --events {args.events} --chunksize "
         f"{args.chunksize}`; the demo job (57 variations, histograms and feature table) on "
         f"{args.events:,} events resampled from nano_tt_v12.root, "
@@ -119,12 +120,6 @@ def main() -> int:
     if args.write:
         write_block("bench-sites", table, "Sites: SLURM against local")
     return 0
-
-
-def _cores() -> int:
-    import os
-
-    return os.cpu_count() or 1
 
 
 if __name__ == "__main__":
