@@ -53,7 +53,9 @@ def _cmd_sites(args: argparse.Namespace, console: Console) -> int:
     console.print(f"site profiles in {sites_dir()}:")
     for name in available_sites():
         try:
-            line = describe(load_site(name))
+            site = load_site(name)
+            line = f"{site.type}: {describe(site)}" + (f" ({site.description})"
+                                                       if site.description else "")
         except CalibrewError as err:
             line = f"[red]invalid[/]: {err}"
         console.print(f"  [bold]{name}[/]  {line}", highlight=False)

@@ -251,7 +251,8 @@ def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out
             console.print(f"{escape(graph.dataset.name)}: {len(state.runs[-1].resumed)} of "
                           f"{len(graph.dataset.chunks)} chunk(s) finished by an earlier run "
                           f"are kept ({store.folder})")
-    console.print(f"site {escape(state.site['name'])}: {escape(state.site['description'])}")
+    console.print(f"site {escape(state.site['name'])} ({state.site['type']}): "
+                  f"{escape(state.site['description'])}")
     session = start_site(site)
     try:
         console.print(f"Dask dashboard: [link={session.dashboard_link}]"

@@ -309,7 +309,13 @@ def workers_override(site_name: str, workers: int | None) -> dict[str, Any]:
 
 
 def describe(site: Site) -> str:
-    """One line about ``site`` for ``calibrew sites``."""
+    """What ``site`` starts, in one line (its type and description are apart).
+
+    Examples
+    --------
+    >>> describe(load_site("slurm", {"jobs": 3}))
+    '3 job(s) of 1 core(s), 3GiB, partition local, walltime 00:30:00'
+    """
     if isinstance(site, LocalSite):
         what = f"{site.n_workers or os.cpu_count()} worker process(es) on this machine"
     elif isinstance(site, SchedulerSite):
@@ -322,7 +328,7 @@ def describe(site: Site) -> str:
             what += f", partition {site.queue or '(default)'}, walltime {site.walltime}"
         if site.lifetime:
             what += f", lifetime {site.lifetime}"
-    return f"{site.type}: {what}" + (f" ({site.description})" if site.description else "")
+    return what
 
 
 def make_jobqueue_cluster(site: SlurmSite | HTCondorSite) -> Any:

@@ -39,7 +39,7 @@ def test_demo_on_slurm_equals_the_local_run(slurm_cluster, local_run, tmp_path, 
                  "--site", "slurm", "--workers", "2", "-o", f"queue={slurm_cluster}",
                  "-o", f"log_directory={logs}", "--no-progress"]) == 0
     printed = " ".join(capsys.readouterr().out.split())
-    assert "site slurm: slurm: 2 job(s) of 1 core(s)" in printed
+    assert "site slurm (slurm): 2 job(s) of 1 core(s)" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["site"]["type"] == "slurm"
     (dataset,) = report["datasets"]
