@@ -346,12 +346,9 @@ def main() -> int:
               f"| {ours['rate'] / jet_floor['rate']:.3f} | {plain['rate']:,.0f} "
               f"| {ours['rate'] / plain['rate']:.2f} |"
               for label, n, ours, plain in jes_rows]
-    table = "\n".join(lines)
-    print(table)
-    if args.write:
-        from results_doc import write_block
+    from results_doc import publish
 
-        write_block("bench", table, "Calibration chain")
+    publish(lines, "bench", "Calibration chain", args.write)
     return 0
 
 

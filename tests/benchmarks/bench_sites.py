@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench import sample_file  # noqa: E402
-from results_doc import write_block  # noqa: E402
+from results_doc import publish  # noqa: E402
 
 from pipeline.runner import RunOptions, run_job  # noqa: E402
-from pipeline.sites import load_site, start_site  # noqa: E402
+from pipeline.sites import load_site, start_site, workers_override  # noqa: E402
 
 
 def write_job(folder: Path, sample: Path, chunksize: int) -> Path:
@@ -55,8 +55,7 @@ def write_job(folder: Path, sample: Path, chunksize: int) -> Path:
 
 def start_overhead(site_name: str, workers: int, overrides: dict) -> float:
     """Seconds from starting the site to ``workers`` workers joined, plus closing it."""
-    key = "n_workers" if site_name == "local" else "jobs"
-    site = load_site(site_name, {key: workers, **overrides})
+    site = load_site(site_name, {**workers_override(site_name, workers), **overrides})
     start = time.perf_counter()
     session = start_site(site)
     session.client.wait_for_workers(workers, timeout=600)
@@ -115,10 +114,7 @@ def main() -> int:
     lines += [f"| {name} | {n} | {overhead:.1f} | {m['rate']:,.0f} | {m['rate'] / base:.2f} "
               f"| {m['compute_s']:.1f} | {m['wall_s']:.1f} |"
               for name, n, overhead, m in rows]
-    table = "\n".join(lines)
-    print(table)
-    if args.write:
-        write_block("bench-sites", table, "Sites: SLURM against local")
+    publish(lines, "bench-sites", "Sites: SLURM against local", args.write)
     return 0
 
 

@@ -280,12 +280,9 @@ def main() -> int:
             f"{read_pad:,.0f} | {size:,.1f} | {write / base[1]:.2f} | "
             f"{'-' if read_np is None else f'{read_np / base[2]:.2f}'} | "
             f"{read_pad / base[3]:.2f} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.write:
-        from results_doc import write_block
+    from results_doc import publish
 
-        write_block("bench-tables", table, "Feature tables: write and read")
+    publish(lines, "bench-tables", "Feature tables: write and read", args.write)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Writing a benchmark's table into docs/benchmarks.md, between its markers."""
+"""Printing a benchmark's table and writing it into docs/benchmarks.md, between its
+markers."""
 
 from __future__ import annotations
 
@@ -19,3 +20,13 @@ def write_block(name: str, table: str, heading: str) -> Path:
     DOC.write_text(text)
     print(f"updated {DOC}")
     return DOC
+
+
+def publish(lines: list[str], name: str, heading: str, write: bool) -> str:
+    """Print the table made of ``lines``; with ``write``, put it in the docs
+    (:func:`write_block`). Returns the table."""
+    table = "\n".join(lines)
+    print(table)
+    if write:
+        write_block(name, table, heading)
+    return table
