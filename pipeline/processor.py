@@ -38,7 +38,13 @@ from pipeline.outputs.histograms import (
     weighted_view,
 )
 from pipeline.outputs.tables import Column, TableWriter
-from pipeline.selection import Expression, cumulative_masks, event_mask, make_cut
+from pipeline.selection import (
+    Expression,
+    ExpressionCache,
+    cumulative_masks,
+    event_mask,
+    make_cut,
+)
 from pipeline.weights import compute_weights, generator_weight
 
 ALL_EVENTS = "all events"
@@ -228,6 +234,7 @@ class ChunkProcessor:
         generator = generator_weight(events, plan.metadata)
         touched: list[Any] = [generator]
         n_events = len(generator) if not tracing else 0
+        cache = ExpressionCache()
         for variation, calibrated in manager.calibration_loop(
             events, variations_for_calibrators=list(plan.variation_calibrators)
         ):
@@ -238,8 +245,9 @@ class ChunkProcessor:
                     f"({len(plan.variations)} variations); calibrators must declare the same "
                     "variations for every chunk"
                 )
-            steps, categories = self._selection(calibrated)
             changed = manager.changed_collections(variation)
+            cache.start(variation, changed)
+            steps, categories = self._selection(calibrated, cache)
             if variation == NOMINAL:
                 weights = nominal_weights = compute_weights(
                     calibrated, plan.metadata, plan.params, list(plan.weights),
@@ -265,7 +273,7 @@ class ChunkProcessor:
             for layout, exprs in plan.histograms:
                 if variation not in layout.variations:
                     continue
-                values = [e.evaluate(calibrated) for e in exprs]
+                values = [cache.evaluate(e, calibrated) for e in exprs]
                 if tracing:
                     touched += [v for v in values if isinstance(v, ak.Array)]
                     continue
@@ -279,11 +287,12 @@ class ChunkProcessor:
             rows_out.update(rows)
         return out
 
-    def _selection(self, events: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    def _selection(self, events: Any, cache: ExpressionCache) -> tuple[
+            list[tuple[str, Any]], list[tuple[str, Any]]]:
         """Cumulative preselection masks (the cutflow steps) and the category masks."""
-        steps = cumulative_masks(self.plan.preselection, events)
+        steps = cumulative_masks(self.plan.preselection, events, cache)
         selected = steps[-1][1] if steps else True
-        categories = [(name, selected & event_mask(expr.evaluate(events), expr))
+        categories = [(name, selected & event_mask(cache.evaluate(expr, events), expr))
                       for name, expr in self.plan.categories]
         return steps, categories
 

@@ -147,7 +147,63 @@ def event_mask(value: Any, expression: Expression, n_events: int | None = None) 
     return value
 
 
-def cumulative_masks(cuts: Sequence[tuple[str, Any]], events: Any) -> list[tuple[str, Any]]:
+class ExpressionCache:
+    """The values of a chunk's expressions, each computed once per variation.
+
+    Call :meth:`start` before each variation of the chunk, the nominal first, with the
+    collections the variation changed (``None``: unknown). An expression evaluated again in
+    the same variation returns its value; in a variation that changed none of the
+    collections it read (recorded at the nominal), the nominal's value.
+
+    Examples
+    --------
+    >>> import awkward as ak
+    >>> cache, cut = ExpressionCache(), Expression("ak.num(Jet) > 0", "doc")
+    >>> nominal = ak.Array([{"Jet": [1.0], "Electron": []}])
+    >>> cache.start("nominal", set()); first = cache.evaluate(cut, nominal)
+    >>> cache.start("eUp", {"Electron"}); cache.evaluate(cut, nominal) is first
+    True
+    >>> cache.start("jUp", {"Jet"}); cache.evaluate(cut, nominal) is first
+    False
+    """
+
+    def __init__(self) -> None:
+        self.nominal: dict[str, tuple[Any, frozenset[str] | None]] = {}
+        self.current: dict[str, tuple[Any, frozenset[str] | None]] = {}
+        self.changed: set[str] | None = set()
+        self.is_nominal = True
+
+    def start(self, variation: str, changed: set[str] | None) -> None:
+        """Begin ``variation`` (``"nominal"`` first) that changed ``changed``."""
+        self.is_nominal = variation == "nominal"
+        self.changed = changed
+        self.current = {}
+
+    def evaluate(self, expression: Any, events: Any) -> Any:
+        """``expression.evaluate(events)``, computed at most once per variation."""
+        key = expression.text
+        entry = self.current.get(key)
+        if entry is None and not self.is_nominal and self.changed is not None:
+            nominal = self.nominal.get(key)
+            if nominal is not None and nominal[1] is not None and not (
+                    nominal[1] & self.changed or "events" in nominal[1]):
+                entry = nominal
+        if entry is None:
+            if isinstance(expression, Expression):
+                used: set[str] = set()
+                entry = (expression.evaluate(events, used=used), frozenset(used))
+            else:
+                depends = getattr(expression, "depends", None)
+                entry = (expression.evaluate(events),
+                         None if depends is None else frozenset(depends))
+            if self.is_nominal:
+                self.nominal[key] = entry
+        self.current[key] = entry
+        return entry[0]
+
+
+def cumulative_masks(cuts: Sequence[tuple[str, Any]], events: Any,
+                     cache: ExpressionCache | None = None) -> list[tuple[str, Any]]:
     """The mask after each named cut of ``cuts``, in order (the cutflow's steps).
 
     Examples
@@ -161,7 +217,8 @@ def cumulative_masks(cuts: Sequence[tuple[str, Any]], events: Any) -> list[tuple
     selected: Any = True
     steps = []
     for name, cut in cuts:
-        selected = selected & event_mask(cut.evaluate(events), cut)
+        value = cut.evaluate(events) if cache is None else cache.evaluate(cut, events)
+        selected = selected & event_mask(value, cut)
         steps.append((name, selected))
     return steps
 
@@ -200,6 +257,11 @@ class BuiltinCut:
     def evaluate(self, events: Any) -> Any:
         raise NotImplementedError
 
+    @property
+    def depends(self) -> set[str] | None:
+        """The collections the cut reads (None: any), for reuse across variations."""
+        return None
+
 
 class JetVetoMap(BuiltinCut):
     """Reject events with a jet in a vetoed (eta, phi) region of the JME jet veto map.
@@ -211,22 +273,60 @@ class JetVetoMap(BuiltinCut):
 
     name = "jet_veto_map"
 
+    @property
+    def depends(self) -> set[str] | None:
+        return {self.settings.get("jets", "Jet")}
+
     def evaluate(self, events: Any) -> Any:
         from pipeline.corrections import get_correction
 
         s = self.settings
-        veto = get_correction(s["json_path"], s["correction"])
         jets = events[s.get("jets", "Jet")]
         considered = (
             (jets.pt > s.get("pt_min", 15.0))
             & (jets.jetId >= s.get("jet_id_min", 2))
             & ((jets.chEmEF + jets.neEmEF) < s.get("max_em_fraction", 0.9))
         )
+        return ~ak.any(considered & self._vetoed(jets), axis=1)
+
+    def _vetoed(self, jets: Any) -> Any:
+        """Jets in a vetoed region; evaluated again only when the jets' eta or phi change
+        (a jet-energy variation changes neither)."""
+        from pipeline.corrections import get_correction
+
+        inputs = [_leaf_buffers(jets.eta), _leaf_buffers(jets.phi)]
+        cached = getattr(self, "_cache", None)
+        if cached is not None and _same_buffers(cached[0], inputs):
+            return cached[1]
+        s = self.settings
+        veto = get_correction(s["json_path"], s["correction"])
         # the map is defined for |eta| < 5.191 and phi in [-pi, pi]
         eta = np.minimum(np.maximum(jets.eta, -5.19), 5.19)
         phi = np.minimum(np.maximum(jets.phi, -3.1415), 3.1415)
         vetoed = veto.evaluate(s.get("map_type", "jetvetomap"), eta, phi) > 0
-        return ~ak.any(considered & vetoed, axis=1)
+        if all(b is not None for b in inputs):
+            self._cache = (inputs, vetoed)
+        return vetoed
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_cache"}
+
+
+def _leaf_buffers(array: Any) -> list[Any] | None:
+    """The numpy buffers of a (jagged) numeric array, None for other layouts or tracers."""
+    layout = ak.to_layout(array)
+    out = []
+    while isinstance(layout, ak.contents.ListOffsetArray):
+        out.append(layout.offsets.data)
+        layout = layout.content
+    if not isinstance(layout, ak.contents.NumpyArray) or not isinstance(layout.data, np.ndarray):
+        return None
+    return [*out, layout.data]
+
+
+def _same_buffers(a: list[list[Any] | None], b: list[list[Any] | None]) -> bool:
+    return all(x is not None and y is not None and len(x) == len(y)
+               and all(u is v for u, v in zip(x, y)) for x, y in zip(a, b))
 
 
 def make_cut(text: str, where: str, params: Any, metadata: Mapping[str, Any]) -> Any:

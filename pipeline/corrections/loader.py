@@ -1,15 +1,37 @@
-"""Load correctionlib payloads once per process and look corrections up by name."""
+"""Load correctionlib payloads once per process and look corrections up by name.
+
+:func:`get_correction` and :func:`get_compound` return an :class:`Evaluator`: the
+correction compiled into numpy kernels (:mod:`pipeline.corrections.compiled`), with
+correctionlib's own object as ``reference`` for what the kernels do not compile (said once
+per correction in the log) and for the errors correctionlib raises on refused values.
+``CALIBREW_COMPILED_CORRECTIONS=0`` in the environment evaluates everything with
+correctionlib.
+"""
 
 from __future__ import annotations
 
 import difflib
 import functools
+import gzip
 import hashlib
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
+import awkward as ak
 import correctionlib
+import numpy as np
+
+from pipeline.corrections.compiled import (
+    CompiledCompound,
+    CompiledCorrection,
+    NotCompiled,
+    RefusedValue,
+    compile_compound,
+    compile_correction,
+)
 
 from pipeline.errors import InputFileError, UnknownNameError
 from pipeline.samples import find_data_file
@@ -52,14 +74,125 @@ def _lookup(table: Any, name: str, path: str | os.PathLike[str], kind: str) -> A
         ) from None
 
 
-def get_correction(path: str | os.PathLike[str], name: str) -> Any:
+LOG = logging.getLogger(__name__)
+COMPILED_ENV = "CALIBREW_COMPILED_CORRECTIONS"
+
+
+def compiled_enabled() -> bool:
+    """Whether corrections are evaluated by the compiled kernels (the default)."""
+    return os.environ.get(COMPILED_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class Evaluator:
+    """A correction evaluated by compiled kernels, by correctionlib where they cannot.
+
+    ``evaluate`` takes what correctionlib's ``evaluate`` takes (scalars, numpy arrays,
+    awkward arrays, typetracers); dask-awkward arrays go to correctionlib. Other attributes
+    (``name``, ``inputs``, ...) are the correctionlib object's.
+
+    Examples
+    --------
+    >>> jec = get_compound("jet_jerc_Summer22_V3.json.gz",
+    ...                    "Summer22_22Sep2023_V3_MC_L1L2L3Res_AK4PFPuppi")
+    >>> jec.compiled is not None
+    True
+    >>> abs(jec.evaluate(0.5, 0.1, 40.0, 20.0) / jec.reference.evaluate(0.5, 0.1, 40.0, 20.0) - 1) < 1e-12
+    True
+    """
+
+    def __init__(self, reference: Any,
+                 compiled: CompiledCorrection | CompiledCompound | None) -> None:
+        self.reference = reference
+        self.compiled = compiled
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.reference, name)
+
+    def evaluate(self, *args: Any) -> Any:
+        compiled = self.compiled
+        if compiled is None or any(type(a).__module__.startswith("dask") for a in args):
+            return self.reference.evaluate(*args)
+        try:
+            if any(isinstance(a, ak.Array) for a in args):
+                return _evaluate_awkward(compiled.evaluate, args)
+            return compiled.evaluate(*args)
+        except (RefusedValue, NotCompiled):
+            return self.reference.evaluate(*args)  # correctionlib's result or its error
+
+
+def _evaluate_awkward(function: Any, args: tuple[Any, ...]) -> ak.Array:
+    """Evaluate ``function`` on the numpy leaves of broadcast awkward arguments."""
+    positions = [i for i, a in enumerate(args) if not isinstance(a, (str, int, float))]
+    arrays = ak.broadcast_arrays(*(args[i] for i in positions))
+
+    def action(layouts: Any, **kwargs: Any) -> Any:
+        if not isinstance(layouts, (list, tuple)):  # one array: one layout
+            layouts = (layouts,)
+        if not all(isinstance(x, ak.contents.NumpyArray) for x in layouts):
+            return None
+        call = list(args)
+        for i, layout in zip(positions, layouts):
+            call[i] = ak.to_numpy(ak.typetracer.length_zero_if_typetracer(layout))
+        out = ak.contents.NumpyArray(np.asarray(function(*call), dtype=np.float64))
+        if ak.backend(*layouts) == "typetracer":
+            return out.to_typetracer(forget_length=True)
+        return out
+
+    return ak.transform(action, *arrays)
+
+
+@functools.lru_cache(maxsize=16)
+def _payload(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    data: dict[str, Any] = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+    return data
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(path: str, mtime_ns: int, size: int, name: str,
+              compound: bool) -> CompiledCorrection | CompiledCompound | None:
+    payload = _payload(path, mtime_ns, size)
+    try:
+        if compound:
+            spec = next(c for c in payload.get("compound_corrections") or []
+                        if c["name"] == name)
+            members = {}
+            for member in spec["stack"]:
+                compiled = _compiled(path, mtime_ns, size, member, False)
+                if compiled is None:
+                    raise NotCompiled(f"its constituent {member!r} is not compiled")
+                assert isinstance(compiled, CompiledCorrection)
+                members[member] = compiled
+            return compile_compound(spec, members)
+        spec = next(c for c in payload["corrections"] if c["name"] == name)
+        return compile_correction(spec)
+    except NotCompiled as err:
+        LOG.warning("correction %r of %s is evaluated by correctionlib, not by calibrew's "
+                    "compiled kernels: %s", name, path, err)
+        return None
+
+
+def _evaluator(path: str | os.PathLike[str], name: str, compound: bool) -> Evaluator:
+    cset = load_correction_set(path)
+    table = cset.compound if compound else cset
+    reference = _lookup(table, name, path, "compound correction" if compound else "correction")
+    if not compiled_enabled():
+        return Evaluator(reference, None)
+    resolved = find_data_file(path)
+    stat = resolved.stat()
+    return Evaluator(reference, _compiled(str(resolved.resolve()), stat.st_mtime_ns,
+                                          stat.st_size, name, compound))
+
+
+def get_correction(path: str | os.PathLike[str], name: str) -> Evaluator:
     """The correction ``name`` of the payload at ``path``; an error names both if absent."""
-    return _lookup(load_correction_set(path), name, path, "correction")
+    return _evaluator(path, name, compound=False)
 
 
-def get_compound(path: str | os.PathLike[str], name: str) -> Any:
+def get_compound(path: str | os.PathLike[str], name: str) -> Evaluator:
     """The compound correction ``name`` of the payload at ``path``."""
-    return _lookup(load_correction_set(path).compound, name, path, "compound correction")
+    return _evaluator(path, name, compound=True)
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,0 +1,234 @@
+"""Compiled correction kernels against correctionlib, on the real CMS payloads.
+
+Every correction of every payload the defaults use is compiled and evaluated on values that
+reach every bin, category and flow of its tree (and beyond its edges); the results must
+equal correctionlib's to 1e-12 relative. Near-zero results of a cancellation (a JES
+uncertainty crossing zero) may differ by one unit in the last place of the cancelling terms
+(about 1e-19 here), hence an absolute tolerance of 1e-15.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import logging
+
+import awkward as ak
+import correctionlib
+import correctionlib.schemav2 as cs
+import numpy as np
+import pytest
+
+from pipeline.corrections import get_compound, get_correction
+from pipeline.corrections.compiled import NotCompiled, RefusedValue, compile_correction
+from pipeline.corrections.formula import UnsupportedFormula, compile_formula
+from pipeline.corrections.loader import COMPILED_ENV
+from pipeline.samples import find_data_file
+
+PAYLOADS = [
+    "jet_jerc_Summer22_V3.json.gz",
+    "pog/2022_Summer22/JME_fatJet_jerc.json.gz",
+    "pog/2022_Summer22/BTV_btagging.json.gz",
+    "pog/2022_Summer22/JME_jetvetomaps.json.gz",
+    "pog/2022_Summer22/EGM_electronSS.json.gz",
+    "pog/2022_Summer22/EGM_photonSS.json.gz",
+    "pog/2022_Summer22/EGM_electron.json.gz",
+    "pog/2022_Summer22/MUO_muon_Z.json.gz",
+    "pog/2022_Summer22/LUM_puWeights.json.gz",
+]
+RTOL, ATOL = 1e-12, 1e-15
+
+
+def _payload(name: str) -> dict:
+    with gzip.open(find_data_file(name)) as fh:
+        return json.load(fh)
+
+
+def _keys(node, out: dict[str, set]) -> None:
+    """Category keys by input, over the whole tree."""
+    if not isinstance(node, dict):
+        return
+    kind = node.get("nodetype")
+    if kind == "category":
+        out.setdefault(node["input"], set()).update(i["key"] for i in node["content"])
+        for item in node["content"]:
+            _keys(item["value"], out)
+        _keys(node.get("default"), out)
+    elif kind in ("binning", "multibinning"):
+        for child in node["content"]:
+            _keys(child, out)
+    elif kind == "transform":
+        _keys(node["content"], out)
+
+
+def _domain(node, out: dict[str, list[float]], given: dict[str, str]) -> None:
+    """Per real input, the range inside every binning's edges (where none refuses), in the
+    branches of the string categories ``given``."""
+    if not isinstance(node, dict):
+        return
+    kind = node.get("nodetype")
+    if kind == "category" and node["input"] in given:
+        chosen = [i["value"] for i in node["content"] if i["key"] == given[node["input"]]]
+        _domain(chosen[0] if chosen else node.get("default"), out, given)
+        return
+    if kind in ("binning", "multibinning"):
+        inputs = [node["input"]] if kind == "binning" else node["inputs"]
+        edges = [node["edges"]] if kind == "binning" else node["edges"]
+        for name, e in zip(inputs, edges):
+            low, high = (e["low"], e["high"]) if isinstance(e, dict) else (e[0], e[-1])
+            current = out.setdefault(name, [-np.inf, np.inf])
+            current[0], current[1] = max(current[0], low), min(current[1], high)
+        for child in node["content"]:
+            _domain(child, out, given)
+    elif kind == "category":
+        for item in node["content"]:
+            _domain(item["value"], out, given)
+    elif kind == "transform":
+        _domain(node["content"], out, given)
+
+
+def _cases(correction: dict, rng: np.random.Generator, n: int = 4000):
+    """Argument tuples: every combination of string keys, arrays for the numeric inputs,
+    once spread beyond every edge and once inside the edges of every binning."""
+    keys: dict[str, set] = {}
+    _keys(correction["data"], keys)
+    strings = [sorted(keys.get(i["name"], {"none"})) for i in correction["inputs"]
+               if i["type"] == "string"]
+    for combo in itertools.islice(itertools.product(*strings), 40):
+        given = iter(combo)
+        args = []
+        for spec in correction["inputs"]:
+            if spec["type"] == "string":
+                args.append(next(given))
+            elif spec["type"] == "int":
+                choices = sorted(keys.get(spec["name"], {0, 1, 2}))
+                args.append(rng.choice(np.array(choices, dtype=np.int64), n))
+            else:  # small and large values of both signs, beyond every edge
+                values = np.concatenate([rng.uniform(-6, 6, n // 2),
+                                         np.exp(rng.uniform(-3, 9, n - n // 2))])
+                args.append(values * rng.choice([-1.0, 1.0], n, p=[0.1, 0.9]))
+        yield args
+        domain: dict[str, list[float]] = {}
+        names = [i["name"] for i in correction["inputs"] if i["type"] == "string"]
+        _domain(correction["data"], domain, dict(zip(names, combo)))
+        inside = list(args)
+        for i, spec in enumerate(correction["inputs"]):
+            low, high = domain.get(spec["name"], [-np.inf, np.inf])
+            if spec["type"] == "real" and (np.isfinite(low) or np.isfinite(high)):
+                low = low if np.isfinite(low) else high - 100
+                high = high if np.isfinite(high) else low + 1000
+                if low >= high:  # nested binnings without a common range
+                    continue
+                inside[i] = rng.uniform(low, np.nextafter(high, low), n)
+        yield inside
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_every_correction_equals_correctionlib(payload):
+    rng = np.random.default_rng(7)
+    data = _payload(payload)
+    reference = correctionlib.CorrectionSet.from_file(str(find_data_file(payload)))
+    checked = 0
+    for spec in data["corrections"]:
+        compiled = compile_correction(spec)  # every correction of these payloads compiles
+        for args in _cases(spec, rng):
+            try:
+                expected = reference[spec["name"]].evaluate(*args)
+            except Exception:
+                with pytest.raises(RefusedValue):  # correctionlib refuses: so do the kernels
+                    compiled.evaluate(*args)
+                continue
+            np.testing.assert_allclose(compiled.evaluate(*args), expected, rtol=RTOL,
+                                       atol=ATOL, err_msg=f"{payload}: {spec['name']} {args}")
+            checked += 1
+    assert checked > len(data["corrections"]) / 2
+
+
+def test_compound_jec_and_awkward_arguments(tt_events):
+    jec = get_compound("jet_jerc_Summer22_V3.json.gz",
+                       "Summer22_22Sep2023_V3_MC_L1L2L3Res_AK4PFPuppi")
+    jets = tt_events.Jet
+    raw = jets.pt * (1 - jets.rawFactor)
+    rho = tt_events.Rho.fixedGridRhoFastjetAll
+    ours = jec.evaluate(jets.area, jets.eta, raw, rho)
+    theirs = jec.reference.evaluate(jets.area, jets.eta, raw, rho)
+    assert ak.all(ak.num(ours) == ak.num(jets))
+    np.testing.assert_allclose(ak.flatten(ours), ak.flatten(theirs), rtol=RTOL, atol=0)
+    # typetracers (graph planning) give the same type
+    tracer = ak.Array(ak.to_layout(raw).to_typetracer(forget_length=True))
+    assert str(jec.evaluate(jets.area, jets.eta, tracer, rho).type.content) == str(
+        ours.type.content)
+
+
+def test_refused_values_raise_correctionlibs_error():
+    veto = get_correction("pog/2022_Summer22/JME_jetvetomaps.json.gz",
+                          "Summer22_23Sep2023_RunCD_V1")
+    with pytest.raises(RuntimeError) as ours:
+        veto.evaluate("jetvetomap", np.array([0.0, 7.0]), np.array([0.0, 0.0]))
+    with pytest.raises(RuntimeError) as theirs:
+        veto.reference.evaluate("jetvetomap", np.array([0.0, 7.0]), np.array([0.0, 0.0]))
+    assert str(ours.value) == str(theirs.value)
+    with pytest.raises(IndexError):  # an unknown systematic, as correctionlib says
+        get_correction("jet_jerc_Summer22_V3.json.gz",
+                       "Summer22_22Sep2023_JRV1_MC_ScaleFactor_AK4PFPuppi").evaluate(
+            np.array([0.1]), np.array([40.0]), "sideways")
+
+
+def _one_formula_set(expression: str, n_variables: int = 1) -> correctionlib.CorrectionSet:
+    names = ["x", "y"][:n_variables]
+    correction = cs.Correction(
+        name="f", version=1, output=cs.Variable(name="out", type="real"),
+        inputs=[cs.Variable(name=n, type="real") for n in names],
+        data=cs.Formula(nodetype="formula", expression=expression, parser="TFormula",
+                        variables=names, parameters=[1.5, -2.0, 0.25]))
+    return cs.CorrectionSet(schema_version=2, corrections=[correction]).to_evaluator()
+
+
+@pytest.mark.parametrize("expression", [
+    "-x^2", "2^3^2", "x-1-2", "x/2*3", "[0]*x+[1]", "-[1]*x", "x>1&&x<3||x==0",
+    "max(x,[0])+min(-x,[2])", "exp(-x*x)*sqrt(abs(x))", "pow(abs(x),[2])-log10(1+abs(x))",
+    "atan2(x,y)+erf(y)", "cosh(x/4)-tanh(y)", "1e-3*x + 2.5e2", "x[0]*x[1]", "(x!=2)+(x>=y)",
+])
+def test_formula_grammar_equals_correctionlib(expression):
+    n_variables = 2 if "y" in expression or "x[1]" in expression else 1
+    reference = _one_formula_set(expression, n_variables)["f"]
+    x = np.array([-3.0, -1.0, 0.0, 0.5, 1.0, 2.0, 2.5, 3.0, 7.0])
+    args = (x, x[::-1].copy())[:n_variables]
+    function = compile_formula(expression, n_variables)
+    ours = np.broadcast_to(function(list(args), [1.5, -2.0, 0.25]), x.shape)
+    np.testing.assert_allclose(ours, reference.evaluate(*args), rtol=RTOL, atol=0)
+
+
+def test_unreadable_formula_is_refused():
+    with pytest.raises(UnsupportedFormula):
+        compile_formula("gamma(x)", 1)
+    with pytest.raises(UnsupportedFormula):
+        compile_formula("x +", 1)
+
+
+def test_uncompiled_node_falls_back_to_correctionlib_once(tmp_path, caplog, monkeypatch):
+    correction = cs.Correction(
+        name="smear", version=1, output=cs.Variable(name="out", type="real"),
+        inputs=[cs.Variable(name="pt", type="real"), cs.Variable(name="event", type="int")],
+        data=cs.HashPRNG(nodetype="hashprng", inputs=["pt", "event"],
+                         distribution="stdnormal"))
+    path = tmp_path / "smear.json"
+    path.write_text(cs.CorrectionSet(schema_version=2, corrections=[correction]).model_dump_json())
+    with pytest.raises(NotCompiled):
+        compile_correction(json.loads(path.read_text())["corrections"][0])
+    monkeypatch.setenv("CALIBREW_DATA", str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="pipeline.corrections.loader"):
+        first = get_correction(str(path), "smear")
+        get_correction(str(path), "smear")
+    assert first.compiled is None
+    notices = [r for r in caplog.records if "evaluated by correctionlib" in r.getMessage()]
+    assert len(notices) == 1 and "hashprng" in notices[0].getMessage()
+    pt, event = np.array([10.0, 20.0]), np.array([1, 2])
+    assert np.array_equal(first.evaluate(pt, event), first.reference.evaluate(pt, event))
+
+
+def test_environment_switch_uses_correctionlib(monkeypatch):
+    monkeypatch.setenv(COMPILED_ENV, "0")
+    assert get_correction("pog/2022_Summer22/LUM_puWeights.json.gz",
+                          "Collisions2022_355100_357900_eraBCD_GoldenJson").compiled is None
