@@ -31,7 +31,6 @@ from pipeline.features import TablePlan, TableRows, make_table_plan
 from pipeline.outputs.histograms import (
     CUTFLOW,
     HistogramLayout,
-    add_into,
     cutflow_histogram,
     from_vector,
     to_vector,
@@ -148,22 +147,38 @@ def _flat_numpy(array: Any) -> np.ndarray:
 
 
 def _fill_arrays(values: list[Any], weights: list[Any],
-                 mask: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                 mask: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Select events, broadcast per-event values to objects, flatten, drop missing values.
 
-    Returns the observables and one flat weight array per entry of ``weights``.
+    Returns the observables and one flat weight array per entry of ``weights`` (per-event
+    arrays). Observables that are all per-event, or all lists of the same lengths, are
+    flattened once and the weights repeated by the list lengths; other mixtures go through
+    awkward's broadcasting.
     """
     arrays = [v[mask] if isinstance(v, ak.Array) else v for v in values]
-    selected = [w[mask] for w in weights]
+    selected = [_flat_numpy(w)[mask] if isinstance(w, ak.Array) else np.asarray(w)[mask]
+                for w in weights]
     if all(isinstance(a, ak.Array) and a.ndim == 1 for a in arrays):
-        flat = [_flat_numpy(a) for a in arrays + selected]
+        obs = [_flat_numpy(a) for a in arrays]
+        ws = selected
+    elif all(isinstance(a, ak.Array) and a.ndim == 2 for a in arrays) and _same_counts(arrays):
+        counts = np.asarray(ak.num(arrays[0], axis=1))
+        obs = [_flat_numpy(a) for a in arrays]
+        ws = [np.repeat(w, counts) for w in selected]
     else:
         flat = [_flat_numpy(a) for a in ak.broadcast_arrays(*arrays, *selected)]
-    obs, ws = flat[: len(arrays)], flat[len(arrays):]
-    finite = np.ones(len(ws[0]), dtype=bool)
+        obs, ws = flat[: len(arrays)], flat[len(arrays):]
+    finite = np.ones(len(obs[0]) if obs else 0, dtype=bool)
     for o in obs:
         finite &= ~np.isnan(o)
+    if finite.all():
+        return obs, ws
     return [o[finite] for o in obs], [w[finite] for w in ws]
+
+
+def _same_counts(arrays: list[ak.Array]) -> bool:
+    counts = np.asarray(ak.num(arrays[0], axis=1))
+    return all(np.array_equal(counts, np.asarray(ak.num(a, axis=1))) for a in arrays[1:])
 
 
 class ChunkProcessor:
@@ -303,15 +318,17 @@ class ChunkProcessor:
         """Fill ``values`` once per category and per (variation, weight) slot of ``fills``."""
         slots = [(layout.variations.index(name), w) for name, w in fills
                  if name in layout.variations]
+        view = weighted_view(h)
         for category, mask in categories:
             if category not in layout.categories:
                 continue
             obs, flat_weights = _fill_arrays(
                 values, [w for _, w in slots], _as_event_mask(mask, n_events))
+            bins = layout.flow_bins(obs)  # once for every weight of the category
+            c = layout.categories.index(category)
             for (index, _), w in zip(slots, flat_weights):
-                part = layout.observables()
-                part.fill(*obs, weight=w)
-                add_into(h, (layout.categories.index(category), index), part)
+                view.value[c, index] += layout.bin_sums(bins, w)
+                view.variance[c, index] += layout.bin_sums(bins, np.square(w))
 
     def _fill_cutflow(self, h: hist.Hist, weight: Any, n_events: int,
                       steps: list[tuple[str, Any]], categories: list[tuple[str, Any]]) -> None:

@@ -278,7 +278,6 @@ class JetVetoMap(BuiltinCut):
         return {self.settings.get("jets", "Jet")}
 
     def evaluate(self, events: Any) -> Any:
-        from pipeline.corrections import get_correction
 
         s = self.settings
         jets = events[s.get("jets", "Jet")]
@@ -292,11 +291,12 @@ class JetVetoMap(BuiltinCut):
     def _vetoed(self, jets: Any) -> Any:
         """Jets in a vetoed region; evaluated again only when the jets' eta or phi change
         (a jet-energy variation changes neither)."""
+        from pipeline.calibration.columns import leaf_buffers, same_buffers
         from pipeline.corrections import get_correction
 
-        inputs = [_leaf_buffers(jets.eta), _leaf_buffers(jets.phi)]
+        inputs = [leaf_buffers(jets.eta), leaf_buffers(jets.phi)]
         cached = getattr(self, "_cache", None)
-        if cached is not None and _same_buffers(cached[0], inputs):
+        if cached is not None and all(same_buffers(a, b) for a, b in zip(cached[0], inputs)):
             return cached[1]
         s = self.settings
         veto = get_correction(s["json_path"], s["correction"])
@@ -310,23 +310,6 @@ class JetVetoMap(BuiltinCut):
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_cache"}
-
-
-def _leaf_buffers(array: Any) -> list[Any] | None:
-    """The numpy buffers of a (jagged) numeric array, None for other layouts or tracers."""
-    layout = ak.to_layout(array)
-    out = []
-    while isinstance(layout, ak.contents.ListOffsetArray):
-        out.append(layout.offsets.data)
-        layout = layout.content
-    if not isinstance(layout, ak.contents.NumpyArray) or not isinstance(layout.data, np.ndarray):
-        return None
-    return [*out, layout.data]
-
-
-def _same_buffers(a: list[list[Any] | None], b: list[list[Any] | None]) -> bool:
-    return all(x is not None and y is not None and len(x) == len(y)
-               and all(u is v for u, v in zip(x, y)) for x, y in zip(a, b))
 
 
 def make_cut(text: str, where: str, params: Any, metadata: Mapping[str, Any]) -> Any:

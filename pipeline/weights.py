@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import awkward as ak
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -162,6 +163,8 @@ class BtagShapeWeight(Weight):
         abseta = np.abs(jets.eta)
         selected = (jets.pt > s.pt_min) & (abseta < s.abseta_max)
         jets = jets[selected]
+        if isinstance(jets, ak.Array) and ak.backend(jets) == "cpu":
+            return self._compute_flat(corr, jets, variations)
         abseta = np.abs(jets.eta)
         flavor = ops.values_astype(jets.hadronFlavour, np.int64)
         disc = jets[s.discriminant]
@@ -180,6 +183,38 @@ class BtagShapeWeight(Weight):
                 shifted = corr.evaluate(f"{prefix}_{syst}", forced, abseta, jets.pt, disc)
                 factor = ops.where(applies, shifted, central)
                 out.variations[f"btag_{syst}{direction}"] = _event_product(factor)
+        return out
+
+    def _compute_flat(self, corr: Any, jets: ak.Array, variations: bool) -> WeightValues:
+        """The same on eager arrays, on the flat jets: each systematic's bins are looked up
+        on the same arrays (the compiled tables then share the lookup)."""
+        counts = ak.num(jets, axis=1)
+
+        def flat(array: Any) -> np.ndarray:
+            return np.asarray(ak.to_numpy(ak.flatten(array, axis=1)))
+
+        def per_event(factor: np.ndarray) -> Any:
+            return _event_product(ak.unflatten(factor, counts))
+
+        abseta = np.abs(flat(jets.eta)).astype(np.float64)
+        pt = flat(jets.pt).astype(np.float64)
+        flavor = flat(jets.hadronFlavour).astype(np.int64)
+        disc = flat(jets[self.settings.discriminant])
+        # the payload is defined for discriminant values in [0, 1]; NanoAOD uses -1 for none
+        disc = np.where(disc < 0, 0.0, disc).astype(np.float64)
+        central = corr.evaluate("central", flavor, abseta, pt, disc)
+        out = WeightValues(per_event(central))
+        if not variations:
+            return out
+        is_c = flavor == 4
+        forced = {True: np.where(is_c, flavor, 4), False: np.where(~is_c, flavor, 5)}
+        for syst in self.settings.systematics:
+            c_only = syst.startswith("cferr")
+            applies = is_c if c_only else ~is_c
+            for direction, prefix in (("Up", "up"), ("Down", "down")):
+                shifted = corr.evaluate(f"{prefix}_{syst}", forced[c_only], abseta, pt, disc)
+                out.variations[f"btag_{syst}{direction}"] = per_event(
+                    np.where(applies, shifted, central))
         return out
 
 

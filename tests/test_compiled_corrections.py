@@ -212,7 +212,7 @@ def test_uncompiled_node_falls_back_to_correctionlib_once(tmp_path, caplog, monk
         name="smear", version=1, output=cs.Variable(name="out", type="real"),
         inputs=[cs.Variable(name="pt", type="real"), cs.Variable(name="event", type="int")],
         data=cs.HashPRNG(nodetype="hashprng", inputs=["pt", "event"],
-                         distribution="stdnormal"))
+                         distribution="normal"))
     path = tmp_path / "smear.json"
     path.write_text(cs.CorrectionSet(schema_version=2, corrections=[correction]).model_dump_json())
     with pytest.raises(NotCompiled):

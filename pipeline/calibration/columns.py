@@ -6,6 +6,7 @@ from typing import Any
 
 import awkward as ak
 import dask_awkward as dak
+import numpy as np
 
 from pipeline.errors import CalibrationError
 
@@ -13,6 +14,38 @@ from pipeline.errors import CalibrationError
 def is_lazy(array: Any) -> bool:
     """True for a dask-awkward collection, False for an eager (or typetracer) awkward array."""
     return isinstance(array, dak.Array)
+
+
+def leaf_buffers(array: Any) -> list[Any] | None:
+    """The numpy buffers (offsets, values) of an eager numeric (jagged) array, else None.
+
+    Two arrays with the very same buffers hold the same values: a calibrator can tell that
+    its inputs are those of the nominal (a variation left them alone) and reuse its result.
+
+    Examples
+    --------
+    >>> import awkward as ak
+    >>> jets = ak.Array([{"pt": [1.0, 2.0], "eta": [0.1, 0.2]}])
+    >>> same_buffers(leaf_buffers(jets.eta), leaf_buffers(ak.with_field(jets, jets.pt * 2,
+    ...                                                              "pt").eta))
+    True
+    """
+    if is_lazy(array) or not isinstance(array, ak.Array):
+        return None
+    layout = ak.to_layout(array)
+    out = []
+    while isinstance(layout, ak.contents.ListOffsetArray):
+        out.append(layout.offsets.data)
+        layout = layout.content
+    if not isinstance(layout, ak.contents.NumpyArray) or not isinstance(layout.data, np.ndarray):
+        return None
+    return [*out, layout.data]
+
+
+def same_buffers(a: list[Any] | None, b: list[Any] | None) -> bool:
+    """Whether two :func:`leaf_buffers` results are known to be the very same buffers."""
+    return (a is not None and b is not None and len(a) == len(b)
+            and all(x is y for x, y in zip(a, b)))
 
 
 def split_key(key: str) -> tuple[str, ...]:

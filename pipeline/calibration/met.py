@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.calibration import ops
 from pipeline.calibration.calibrator import Calibrator
+from pipeline.calibration.columns import leaf_buffers, same_buffers
 from pipeline.calibration.jets import JetsCalibrationParams, rho_of
 from pipeline.corrections import get_compound
 from pipeline.errors import CalibrationError
@@ -85,6 +86,8 @@ class METCalibrator(Calibrator):
     def initialize(self, events: Any) -> None:
         self._variations = []
         self._low_pt: tuple[Any, Any] | None = None
+        self._nominal: tuple[list[Any], tuple[Any, Any], dict[str, Any]] | None = None
+        self._unclustered: dict[str, tuple[Any, Any]] = {}
         if self.settings is None:
             return
         s = self.settings
@@ -95,7 +98,6 @@ class METCalibrator(Calibrator):
         if s.low_pt_jets and s.low_pt_jets in events.fields:
             self._low_pt = self._low_pt_shift(events, events[s.low_pt_jets])
         met = events[s.met]
-        self._unclustered: dict[str, tuple[Any, Any]] = {}
         if self.isMC and self.do_variations and "ptUnclusteredUp" in met.fields:
             x, y = met.pt * np.cos(met.phi), met.pt * np.sin(met.phi)
             for direction in ("Up", "Down"):
@@ -134,11 +136,29 @@ class METCalibrator(Calibrator):
             return {}
         s = self.settings
         jets = events[s.jets]
-        if "pt_raw" in jets.fields:
-            pt_raw = jets.pt_raw
+        # the jets of a variation that left them alone are the nominal's: same shift, and
+        # outside the unclustered variations the same outputs (the variation changes no MET)
+        inputs = [leaf_buffers(jets[f]) for f in ("pt", "pt_raw", "rawFactor")
+                  if f in jets.fields]
+        known = self._nominal is not None and all(
+            same_buffers(a, b) for a, b in zip(self._nominal[0], inputs))
+        if known and variation not in self._unclustered:
+            assert self._nominal is not None
+            return self._nominal[2]
+        if known:
+            assert self._nominal is not None
+            dx, dy = self._nominal[1]
         else:
-            pt_raw = jets.pt * (1 - jets.rawFactor)
-        dx, dy = type1_shift(jets, jets.pt, pt_raw, s.threshold, s.max_em_fraction)
+            pt_raw = jets.pt_raw if "pt_raw" in jets.fields else jets.pt * (1 - jets.rawFactor)
+            dx, dy = type1_shift(jets, jets.pt, pt_raw, s.threshold, s.max_em_fraction)
+        out = self._met(events, dx, dy, variation)
+        if variation == "nominal" and all(i is not None for i in inputs):
+            self._nominal = (inputs, (dx, dy), out)
+        return out
+
+    def _met(self, events: Any, dx: Any, dy: Any, variation: str) -> dict[str, Any]:
+        assert self.settings is not None
+        s = self.settings
         raw = events[s.raw_met]
         x = raw.pt * np.cos(raw.phi) - dx
         y = raw.pt * np.sin(raw.phi) - dy

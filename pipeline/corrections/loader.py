@@ -22,6 +22,7 @@ from typing import Any
 
 import awkward as ak
 import correctionlib
+import dask_awkward as dak
 import numpy as np
 
 from pipeline.corrections.compiled import (
@@ -32,7 +33,6 @@ from pipeline.corrections.compiled import (
     compile_compound,
     compile_correction,
 )
-
 from pipeline.errors import InputFileError, UnknownNameError
 from pipeline.samples import find_data_file
 
@@ -96,21 +96,32 @@ class Evaluator:
     ...                    "Summer22_22Sep2023_V3_MC_L1L2L3Res_AK4PFPuppi")
     >>> jec.compiled is not None
     True
-    >>> abs(jec.evaluate(0.5, 0.1, 40.0, 20.0) / jec.reference.evaluate(0.5, 0.1, 40.0, 20.0) - 1) < 1e-12
+    >>> args = (0.5, 0.1, 40.0, 20.0)  # area, eta, raw pt, rho
+    >>> abs(jec.evaluate(*args) / jec.reference.evaluate(*args) - 1) < 1e-12
     True
     """
 
-    def __init__(self, reference: Any,
-                 compiled: CompiledCorrection | CompiledCompound | None) -> None:
+    def __init__(self, reference: Any, compiled: CompiledCorrection | CompiledCompound | None,
+                 source: tuple[str, str, bool]) -> None:
         self.reference = reference
         self.compiled = compiled
+        self.source = source  # (payload, name, compound): how a worker finds it again
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("reference", "compiled", "source"):  # not yet set (unpickling)
+            raise AttributeError(name)
         return getattr(self.reference, name)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_evaluator, self.source)
 
     def evaluate(self, *args: Any) -> Any:
         compiled = self.compiled
-        if compiled is None or any(type(a).__module__.startswith("dask") for a in args):
+        if compiled is not None and any(isinstance(a, dak.Array) for a in args):
+            # each partition through the kernels, as an eager chunk would be
+            return dak.map_partitions(_evaluate_partition, self, *args,
+                                      label=f"correction-{self.source[1]}")
+        if compiled is None:
             return self.reference.evaluate(*args)
         try:
             if any(isinstance(a, ak.Array) for a in args):
@@ -118,6 +129,10 @@ class Evaluator:
             return compiled.evaluate(*args)
         except (RefusedValue, NotCompiled):
             return self.reference.evaluate(*args)  # correctionlib's result or its error
+
+
+def _evaluate_partition(evaluator: Evaluator, *args: Any) -> Any:
+    return evaluator.evaluate(*args)
 
 
 def _evaluate_awkward(function: Any, args: tuple[Any, ...]) -> ak.Array:
@@ -177,12 +192,13 @@ def _evaluator(path: str | os.PathLike[str], name: str, compound: bool) -> Evalu
     cset = load_correction_set(path)
     table = cset.compound if compound else cset
     reference = _lookup(table, name, path, "compound correction" if compound else "correction")
+    source = (str(path), name, compound)
     if not compiled_enabled():
-        return Evaluator(reference, None)
+        return Evaluator(reference, None, source)
     resolved = find_data_file(path)
     stat = resolved.stat()
     return Evaluator(reference, _compiled(str(resolved.resolve()), stat.st_mtime_ns,
-                                          stat.st_size, name, compound))
+                                          stat.st_size, name, compound), source)
 
 
 def get_correction(path: str | os.PathLike[str], name: str) -> Evaluator:

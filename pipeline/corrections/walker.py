@@ -21,7 +21,9 @@ True
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 import numba
@@ -115,16 +117,44 @@ class WalkedTable(Node):
     numbers: np.ndarray
     children: np.ndarray
     leaves: Children
+    digest: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        structure = hashlib.sha1(repr(self.rows).encode())
+        for array in (self.table_axes, self.table_children, self.table_any_default,
+                      self.axis_spec, self.numbers, self.children):
+            structure.update(array.tobytes())
+        object.__setattr__(self, "digest", structure.digest())
 
     def __call__(self, values: Values, n: int) -> np.ndarray:
-        matrix = np.empty((len(self.rows), n))
-        for r, i in enumerate(self.rows):
-            matrix[r] = values[i]
-        leaf = np.empty(n, dtype=np.int64)
-        if _walk(matrix, self.table_axes, self.table_children, self.table_any_default,
-                 self.axis_spec, self.numbers, self.children, leaf):
-            raise RefusedValue("value out of bounds or unknown category key")
+        inputs = [values[i] for i in self.rows]
+        key = (self.digest, n, *(_identity(a) for a in inputs))
+        leaf = _RECENT_WALKS.get(key, (None, None))[1]
+        if leaf is None:
+            matrix = np.empty((len(self.rows), n))
+            for r, value in enumerate(inputs):
+                matrix[r] = value
+            leaf = np.empty(n, dtype=np.int64)
+            if _walk(matrix, self.table_axes, self.table_children, self.table_any_default,
+                     self.axis_spec, self.numbers, self.children, leaf):
+                raise RefusedValue("value out of bounds or unknown category key")
+            _RECENT_WALKS[key] = (inputs, leaf)  # the inputs held: their memory not reused
+            while len(_RECENT_WALKS) > 4:
+                _RECENT_WALKS.popitem(last=False)
         return self.leaves(leaf, values, n)
+
+
+# Tables of the same binning (the systematics of one scale factor) evaluated on the same
+# arrays find the same leaves: the last walks are kept, keyed by the tables' structure and
+# the inputs' memory (address, shape, strides, type).
+_RECENT_WALKS: OrderedDict[tuple[Any, ...], tuple[list[Any], np.ndarray]] = OrderedDict()
+
+
+def _identity(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return (value.__array_interface__["data"][0], value.shape, value.strides,
+                value.dtype.str)
+    return ("scalar", value)
 
 
 def walked(root: Node) -> Node:

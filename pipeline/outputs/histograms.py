@@ -8,6 +8,7 @@ to three observable axes, with weighted storage. Per dataset calibrew writes
 
 from __future__ import annotations
 
+import functools
 import pickle
 import re
 from collections.abc import Mapping, Sequence
@@ -71,15 +72,33 @@ class HistogramLayout:
             storage=hist.storage.Weight(),
         )
 
+    @functools.cached_property
+    def _observable_axes(self) -> tuple[Any, ...]:
+        return tuple(self.observables().axes)
 
-def add_into(h: hist.Hist, index: tuple[int, ...], part: hist.Hist) -> None:
-    """Add the weighted histogram ``part`` into the slice ``index`` of ``h`` (flow bins kept).
+    def flow_bins(self, observables: Sequence[np.ndarray]) -> np.ndarray:
+        """Each entry's flat bin in the observables' view with flow bins (boost-histogram's
+        own ``axis.index``: underflow and overflow as a fill would place them).
 
-    ``index`` addresses leading category axes by position, e.g. ``(category, variation)``.
-    """
-    view, add = weighted_view(h), weighted_view(part)
-    view.value[index] += add.value
-    view.variance[index] += add.variance
+        Examples
+        --------
+        >>> from pipeline.config import HistogramSpec
+        >>> spec = HistogramSpec(axes=[{"expr": "x", "bins": 2, "start": 0, "stop": 2}])
+        >>> layout = HistogramLayout("h", spec, ("all",), ("nominal",))
+        >>> layout.flow_bins([np.array([-1.0, 0.5, 1.5, 7.0])]).tolist()
+        [0, 1, 2, 3]
+        >>> layout.bin_sums(layout.flow_bins([np.array([0.5, 0.7])]), np.array([1.0, 2.0]))
+        array([0., 3., 0., 0.])
+        """
+        flat = np.zeros(len(observables[0]) if observables else 0, dtype=np.int64)
+        for axis, values in zip(self._observable_axes, observables):
+            flat = flat * axis.extent + (np.asarray(axis.index(values), dtype=np.int64) + 1)
+        return flat
+
+    def bin_sums(self, bins: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Weights summed per bin (flow view shape), in entry order as a fill adds them."""
+        shape = tuple(a.extent for a in self._observable_axes)
+        return np.bincount(bins, weights=weights, minlength=int(np.prod(shape))).reshape(shape)
 
 
 def cutflow_histogram(steps: Sequence[str]) -> hist.Hist:
