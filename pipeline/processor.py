@@ -42,6 +42,7 @@ from pipeline.selection import (
     ExpressionCache,
     cumulative_masks,
     event_mask,
+    forget_subexpressions,
     make_cut,
 )
 from pipeline.weights import compute_weights, generator_weight
@@ -298,6 +299,7 @@ class ChunkProcessor:
                 ak.typetracer.touch_data(array)
             for table in rows.values():
                 table.finish()
+        forget_subexpressions()
         if rows_out is not None:
             rows_out.update(rows)
         return out

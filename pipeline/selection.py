@@ -9,7 +9,9 @@ typetracers dask-awkward uses to find the columns a run reads.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import ast
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import awkward as ak
@@ -44,13 +46,17 @@ class _EventNamespace(Mapping[str, Any]):
     The names looked up are recorded in ``used`` (what the expression depends on).
     """
 
-    def __init__(self, events: Any, extra: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, events: Any, extra: Mapping[str, Any] | None = None,
+                 memo: Callable[[str], Any] | None = None) -> None:
         self.events = events
         self.fields = set(events.fields)
         self.extra = dict(extra or {})
         self.used: set[str] = set()
+        self.memo = memo
 
     def __getitem__(self, key: str) -> Any:
+        if key == _MEMO_NAME and self.memo is not None:
+            return self.memo
         if key in self.extra:
             self.used.add(key)
             return self.extra[key]
@@ -69,8 +75,65 @@ class _EventNamespace(Mapping[str, Any]):
         return len(self.fields) + 1 + len(self.extra)
 
 
+# --- subexpressions shared within one variation -----------------------------------------
+
+_MEMO_NAME = "__calibrew_subexpression__"
+_MEMOIZED = (ast.Subscript, ast.Call, ast.BinOp, ast.Compare, ast.BoolOp, ast.UnaryOp,
+             ast.Attribute)
+_LOCAL_SCOPES = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp,
+                 ast.NamedExpr)
+
+
+class _SubexpressionValues(threading.local):
+    """The values of the subexpressions computed on one events array (per thread)."""
+
+    def __init__(self) -> None:
+        self.events: Any = None
+        self.values: dict[str, tuple[Any, set[str]]] = {}
+
+
+_SUBEXPRESSIONS = _SubexpressionValues()
+
+
+def forget_subexpressions() -> None:
+    """Drop the shared subexpression values (at the end of a variation or a chunk)."""
+    _SUBEXPRESSIONS.events, _SUBEXPRESSIONS.values = None, {}
+
+
+def _split(node: ast.expr, parts: dict[str, tuple[Any, frozenset[str]]],
+           where: str) -> ast.expr:
+    """Replace each subexpression over event names by a call that computes it once.
+
+    ``parts`` receives ``ast.dump`` of the subexpression (the same text in every
+    expression) -> (its code, the names it reads). Children first: an inner subexpression
+    (``(Jet.pt > 30) & (abs(Jet.eta) < 2.4)``) is shared by every expression containing it.
+    """
+    key = ast.dump(node)
+    names = frozenset(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
+    for field, value in ast.iter_fields(node):
+        if isinstance(value, ast.expr):
+            setattr(node, field, _split(value, parts, where))
+        elif isinstance(value, list):
+            setattr(node, field, [_split(v, parts, where) if isinstance(v, ast.expr) else v
+                                  for v in value])
+    if isinstance(node, ast.Call):
+        for keyword in node.keywords:
+            keyword.value = _split(keyword.value, parts, where)
+    if isinstance(node, _MEMOIZED) and names - set(_SAFE_GLOBALS) - set(
+            _SAFE_GLOBALS["__builtins__"]):
+        body = ast.fix_missing_locations(ast.Expression(body=node))
+        parts[key] = (compile(body, f"<{where}>", "eval"), names)
+        return ast.Call(func=ast.Name(id=_MEMO_NAME, ctx=ast.Load()),
+                        args=[ast.Constant(value=key)], keywords=[])
+    return node
+
+
 class Expression:
     """A compiled expression, with the config key it comes from for error messages.
+
+    Subexpressions over the events (``Jet[(Jet.pt > 30) & (abs(Jet.eta) < 2.4)]``) are
+    computed once per events array and shared by every expression that contains them
+    (cuts, categories, observables, table columns of one variation).
 
     Examples
     --------
@@ -88,8 +151,15 @@ class Expression:
         self.text, self.where = text, where
         try:
             self.code = compile(text, f"<{where}>", "eval")
+            tree = ast.parse(text, f"<{where}>", "eval")
         except SyntaxError as err:
             raise ExpressionError(f"{where}: invalid expression {text!r}: {err.msg}") from None
+        self.parts: dict[str, tuple[Any, frozenset[str]]] = {}
+        if not any(isinstance(n, _LOCAL_SCOPES) for n in ast.walk(tree)):
+            body = _split(tree.body, self.parts, where)
+            if self.parts:
+                self.code = compile(ast.fix_missing_locations(ast.Expression(body=body)),
+                                    f"<{where}>", "eval")
 
     def evaluate(self, events: Any, extra: Mapping[str, Any] | None = None,
                  used: set[str] | None = None) -> Any:
@@ -104,6 +174,7 @@ class Expression:
         """
         _load_recipe_functions()  # here: also in worker processes, which unpickle expressions
         namespace = _EventNamespace(events, extra)
+        namespace.memo = self._memo(events, namespace)
         try:
             return eval(self.code, _SAFE_GLOBALS, namespace)
         except NameError as err:
@@ -125,6 +196,28 @@ class Expression:
         finally:
             if used is not None:
                 used |= namespace.used
+
+
+    def _memo(self, events: Any, namespace: _EventNamespace) -> Callable[[str], Any]:
+        """The function the rewritten code calls for each subexpression."""
+        shared = _SUBEXPRESSIONS
+        if shared.events is not events:
+            shared.events, shared.values = events, {}
+        local = set(namespace.extra)
+
+        def subexpression(key: str) -> Any:
+            code, names = self.parts[key]
+            if names & local:  # reads names given to this call only: not shared
+                return eval(code, _SAFE_GLOBALS, namespace)
+            hit = shared.values.get(key)
+            if hit is None:
+                hit = (eval(code, _SAFE_GLOBALS, namespace),
+                       {n for n in names if n == "events" or n in namespace.fields})
+                shared.values[key] = hit
+            namespace.used |= hit[1]
+            return hit[0]
+
+        return subexpression
 
 
 def _summary(fields: set[str], limit: int = 25) -> str:
@@ -175,6 +268,7 @@ class ExpressionCache:
 
     def start(self, variation: str, changed: set[str] | None) -> None:
         """Begin ``variation`` (``"nominal"`` first) that changed ``changed``."""
+        forget_subexpressions()
         self.is_nominal = variation == "nominal"
         self.changed = changed
         self.current = {}

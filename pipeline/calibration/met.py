@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import awkward as ak
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
@@ -50,9 +51,26 @@ class METSettings(BaseModel):
 
 
 def _sum_xy(pt: Any, phi: Any, selected: Any) -> tuple[Any, Any]:
+    """Per-event sums of the selected objects' (px, py)."""
+    if isinstance(pt, ak.Array) and ak.backend(pt, phi, selected) == "cpu" and pt.ndim == 2:
+        return _sum_xy_flat(pt, phi, selected)
     px = ops.where(selected, pt * np.cos(phi), 0.0)
     py = ops.where(selected, pt * np.sin(phi), 0.0)
     return ops.sum(px, axis=1), ops.sum(py, axis=1)
+
+
+def _sum_xy_flat(pt: ak.Array, phi: ak.Array, selected: ak.Array) -> tuple[Any, Any]:
+    """:func:`_sum_xy` on the flat values of eager arrays: the same products, summed per
+    event in the same order (``bincount`` adds entry after entry, as awkward's sum does)."""
+    counts = np.asarray(ak.num(pt, axis=1))
+    flat = [np.asarray(ak.to_numpy(ak.flatten(a, axis=1))) for a in (pt, phi, selected)]
+    pt_, phi_, keep = flat
+    event = np.repeat(np.arange(len(counts)), counts)
+    sums = []
+    for trig in (np.cos, np.sin):
+        values = np.where(keep, pt_ * trig(phi_), 0.0)
+        sums.append(ak.Array(np.bincount(event, weights=values, minlength=len(counts))))
+    return sums[0], sums[1]
 
 
 def type1_shift(jets: Any, pt_corr: Any, pt_raw: Any, threshold: float,
