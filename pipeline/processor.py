@@ -147,39 +147,58 @@ def _flat_numpy(array: Any) -> np.ndarray:
     return np.asarray(ak.to_numpy(flat), dtype=np.float64)
 
 
-def _fill_arrays(values: list[Any], weights: list[Any],
-                 mask: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Select events, broadcast per-event values to objects, flatten, drop missing values.
+def _flat_observables(values: list[Any]) -> tuple[list[np.ndarray], np.ndarray | None] | None:
+    """The observables as flat numpy arrays, with the number of entries per event (None:
+    one per event); None when they mix per-event values and lists, or nest deeper."""
+    if not values or not all(isinstance(v, ak.Array) for v in values):
+        return None
+    if all(v.ndim == 1 for v in values):
+        return [_flat_numpy(v) for v in values], None
+    if not all(v.ndim == 2 and not isinstance(v.type.content, ak.types.OptionType)
+               for v in values):
+        return None
+    counts = np.asarray(ak.num(values[0], axis=1))
+    if not all(np.array_equal(counts, np.asarray(ak.num(v, axis=1))) for v in values[1:]):
+        return None
+    return [_flat_numpy(v) for v in values], counts
 
-    Returns the observables and one flat weight array per entry of ``weights`` (per-event
-    arrays). Observables that are all per-event, or all lists of the same lengths, are
-    flattened once and the weights repeated by the list lengths; other mixtures go through
-    awkward's broadcasting.
-    """
+
+def _select_flat(flat: tuple[list[np.ndarray], np.ndarray | None], weights: list[np.ndarray],
+                 mask: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The entries of the events in ``mask``, each with its event's weights."""
+    observables, counts = flat
+    if counts is None:
+        return [o[mask] for o in observables], [w[mask] for w in weights]
+    entries = np.repeat(mask, counts)
+    kept = counts[mask]
+    return [o[entries] for o in observables], [np.repeat(w[mask], kept) for w in weights]
+
+
+def _fill_arrays(values: list[Any], weights: list[np.ndarray],
+                 mask: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Select events, broadcast per-event values to objects with awkward, flatten (the
+    general case of :func:`_select_flat`)."""
     arrays = [v[mask] if isinstance(v, ak.Array) else v for v in values]
-    selected = [_flat_numpy(w)[mask] if isinstance(w, ak.Array) else np.asarray(w)[mask]
-                for w in weights]
-    if all(isinstance(a, ak.Array) and a.ndim == 1 for a in arrays):
-        obs = [_flat_numpy(a) for a in arrays]
-        ws = selected
-    elif all(isinstance(a, ak.Array) and a.ndim == 2 for a in arrays) and _same_counts(arrays):
-        counts = np.asarray(ak.num(arrays[0], axis=1))
-        obs = [_flat_numpy(a) for a in arrays]
-        ws = [np.repeat(w, counts) for w in selected]
-    else:
-        flat = [_flat_numpy(a) for a in ak.broadcast_arrays(*arrays, *selected)]
-        obs, ws = flat[: len(arrays)], flat[len(arrays):]
+    selected = [w[mask] for w in weights]
+    flat = [_flat_numpy(a) for a in ak.broadcast_arrays(*arrays, *selected)]
+    return flat[: len(arrays)], flat[len(arrays):]
+
+
+def _drop_missing(obs: list[np.ndarray],
+                  weights: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Leave out the entries with a missing (NaN) observable."""
     finite = np.ones(len(obs[0]) if obs else 0, dtype=bool)
     for o in obs:
         finite &= ~np.isnan(o)
     if finite.all():
-        return obs, ws
-    return [o[finite] for o in obs], [w[finite] for w in ws]
+        return obs, weights
+    return [o[finite] for o in obs], [w[finite] for w in weights]
 
 
-def _same_counts(arrays: list[ak.Array]) -> bool:
-    counts = np.asarray(ak.num(arrays[0], axis=1))
-    return all(np.array_equal(counts, np.asarray(ak.num(a, axis=1))) for a in arrays[1:])
+def _event_weights(weight: Any, n_events: int) -> np.ndarray:
+    if isinstance(weight, ak.Array):
+        return _flat_numpy(weight)
+    return np.broadcast_to(np.asarray(weight, dtype=np.float64), (n_events,))
 
 
 class ChunkProcessor:
@@ -284,8 +303,12 @@ class ChunkProcessor:
             if tracing:
                 touched += [m for _, m in steps + categories if isinstance(m, ak.Array)]
                 touched += [w for _, w in fills]
-            elif variation == NOMINAL:
-                self._fill_cutflow(out[CUTFLOW], generator, n_events, steps, categories)
+            else:
+                if variation == NOMINAL:
+                    self._fill_cutflow(out[CUTFLOW], generator, n_events, steps, categories)
+                # numpy once per variation: the event masks and the weights of every slot
+                masks = [(name, _as_event_mask(m, n_events)) for name, m in categories]
+                fills = [(name, _event_weights(w, n_events)) for name, w in fills]
             for layout, exprs in plan.histograms:
                 if variation not in layout.variations:
                     continue
@@ -293,7 +316,7 @@ class ChunkProcessor:
                 if tracing:
                     touched += [v for v in values if isinstance(v, ak.Array)]
                     continue
-                self._fill(out[layout.name], layout, values, fills, categories, n_events)
+                self._fill(out[layout.name], layout, values, fills, masks)
         if tracing:
             for array in touched:
                 ak.typetracer.touch_data(array)
@@ -315,17 +338,19 @@ class ChunkProcessor:
 
     @staticmethod
     def _fill(h: hist.Hist, layout: HistogramLayout, values: list[Any],
-              fills: list[tuple[str, Any]], categories: list[tuple[str, Any]],
-              n_events: int) -> None:
+              fills: list[tuple[str, np.ndarray]], masks: list[tuple[str, np.ndarray]]) -> None:
         """Fill ``values`` once per category and per (variation, weight) slot of ``fills``."""
         slots = [(layout.variations.index(name), w) for name, w in fills
                  if name in layout.variations]
         view = weighted_view(h)
-        for category, mask in categories:
+        flat = _flat_observables(values)
+        for category, mask in masks:
             if category not in layout.categories:
                 continue
-            obs, flat_weights = _fill_arrays(
-                values, [w for _, w in slots], _as_event_mask(mask, n_events))
+            weights = [w for _, w in slots]
+            obs, flat_weights = _drop_missing(*(
+                _fill_arrays(values, weights, mask) if flat is None
+                else _select_flat(flat, weights, mask)))
             bins = layout.flow_bins(obs)  # once for every weight of the category
             c = layout.categories.index(category)
             for (index, _), w in zip(slots, flat_weights):

@@ -95,6 +95,49 @@ def with_column(events: Any, key: str, value: Any) -> Any:
     return ak.with_field(events, value, where=where if len(where) > 1 else where[0])
 
 
+def _with_list_field(objects: Any, value: Any, field: str) -> Any:
+    """``ak.with_field(objects, value, field)``; for an eager list of records and a value of
+    the same list lengths, or a record per event and a value per event, the value's content
+    is swapped in directly (no broadcast).
+
+    Examples
+    --------
+    >>> jets = ak.Array([[{"pt": 1.0, "eta": 0.5}], [], [{"pt": 2.0, "eta": 1.5}]])
+    >>> _with_list_field(jets, jets.pt * 10, "pt").tolist()
+    [[{'pt': 10.0, 'eta': 0.5}], [], [{'pt': 20.0, 'eta': 1.5}]]
+    >>> met = ak.Array([{"pt": 1.0, "phi": 0.5}])
+    >>> _with_list_field(met, met.pt * 10, "pt").tolist()
+    [{'pt': 10.0, 'phi': 0.5}]
+    """
+    layout = ak.to_layout(objects)
+    new = ak.to_layout(value) if isinstance(value, ak.Array) else None
+    if (isinstance(layout, ak.contents.ListOffsetArray) and isinstance(
+            new, ak.contents.ListOffsetArray) and ak.backend(objects, value) == "cpu"
+            and isinstance(layout.content, ak.contents.RecordArray)
+            and not layout.content.is_tuple and field in layout.content.fields):
+        offsets, record = layout.offsets.data, layout.content
+        if (offsets[0] == 0 and record.length == offsets[-1] == new.content.length
+                and (new.offsets.data is offsets
+                     or np.array_equal(new.offsets.data, offsets))):
+            contents = [new.content if name == field else content
+                        for name, content in zip(record.fields, record.contents)]
+            swapped = ak.contents.ListOffsetArray(
+                layout.offsets, ak.contents.RecordArray(
+                    contents, record.fields, length=record.length,
+                    parameters=record.parameters),
+                parameters=layout.parameters)
+            return ak.Array(swapped, behavior=objects.behavior, attrs=objects.attrs)
+    if (isinstance(layout, ak.contents.RecordArray) and isinstance(new, ak.contents.NumpyArray)
+            and not layout.is_tuple and field in layout.fields and new.length == layout.length
+            and ak.backend(objects, value) == "cpu"):
+        contents = [new if name == field else content
+                    for name, content in zip(layout.fields, layout.contents)]
+        record = ak.contents.RecordArray(contents, layout.fields, length=layout.length,
+                                         parameters=layout.parameters)
+        return ak.Array(record, behavior=objects.behavior, attrs=objects.attrs)
+    return ak.with_field(objects, value, where=field)
+
+
 def with_columns(events: Any, columns: dict[str, Any]) -> Any:
     """Return new events with several columns replaced or added, grouped by collection.
 
@@ -134,7 +177,7 @@ def with_columns(events: Any, columns: dict[str, Any]) -> Any:
         else:
             base = events[collection]
         for field, value in fields.items():
-            base = ak.with_field(base, value, where=field)
+            base = _with_list_field(base, value, field)
         contents[collection] = ak.to_layout(base)
     rebuilt = ak.contents.RecordArray(
         list(contents.values()), list(contents.keys()),
