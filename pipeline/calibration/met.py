@@ -52,30 +52,55 @@ class METSettings(BaseModel):
 
 def _sum_xy(pt: Any, phi: Any, selected: Any) -> tuple[Any, Any]:
     """Per-event sums of the selected objects' (px, py)."""
-    if isinstance(pt, ak.Array) and ak.backend(pt, phi, selected) == "cpu" and pt.ndim == 2:
-        return _sum_xy_flat(pt, phi, selected)
     px = ops.where(selected, pt * np.cos(phi), 0.0)
     py = ops.where(selected, pt * np.sin(phi), 0.0)
     return ops.sum(px, axis=1), ops.sum(py, axis=1)
 
 
-def _sum_xy_flat(pt: ak.Array, phi: ak.Array, selected: ak.Array) -> tuple[Any, Any]:
-    """:func:`_sum_xy` on the flat values of eager arrays: the same products, summed per
-    event in the same order (``bincount`` adds entry after entry, as awkward's sum does)."""
-    counts = np.asarray(ak.num(pt, axis=1))
-    flat = [np.asarray(ak.to_numpy(ak.flatten(a, axis=1))) for a in (pt, phi, selected)]
-    pt_, phi_, keep = flat
+def _flat_lists(arrays: list[Any]) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """(offsets, flat values) of eager lists of the same lengths; None otherwise."""
+    if not all(isinstance(a, ak.Array) and a.ndim == 2 for a in arrays):
+        return None
+    if ak.backend(*arrays) != "cpu":
+        return None
+    layouts = [ak.to_layout(a) for a in arrays]
+    if not all(isinstance(x, ak.contents.ListOffsetArray)
+               and isinstance(x.content, ak.contents.NumpyArray) for x in layouts):
+        return None
+    offsets = layouts[0].offsets.data
+    if not all(x.offsets.data is offsets or np.array_equal(x.offsets.data, offsets)
+               for x in layouts[1:]):
+        return None
+    start, stop = int(offsets[0]), int(offsets[-1])
+    return offsets, [np.asarray(x.content.data)[start:stop] for x in layouts]
+
+
+def _sum_flat(offsets: np.ndarray, values: np.ndarray) -> ak.Array:
+    """Per-list sums, adding entry after entry as awkward's sum does."""
+    counts = np.diff(offsets)
     event = np.repeat(np.arange(len(counts)), counts)
-    sums = []
-    for trig in (np.cos, np.sin):
-        values = np.where(keep, pt_ * trig(phi_), 0.0)
-        sums.append(ak.Array(np.bincount(event, weights=values, minlength=len(counts))))
-    return sums[0], sums[1]
+    return ak.Array(np.bincount(event, weights=values, minlength=len(counts)))
 
 
 def type1_shift(jets: Any, pt_corr: Any, pt_raw: Any, threshold: float,
                 max_em_fraction: float | None) -> tuple[Any, Any]:
-    """(dx, dy) = sum over selected jets of (corrected - raw) pt vectors, muon-subtracted."""
+    """(dx, dy) = sum over selected jets of (corrected - raw) pt vectors, muon-subtracted.
+
+    Eager arrays are computed on their flat values (the same operations, summed per event
+    in the same order); lazy ones and typetracers with awkward's operations.
+    """
+    flat = _flat_lists([pt_corr, pt_raw, jets.muonSubtrFactor, jets.phi, jets.chEmEF,
+                        jets.neEmEF])
+    if flat is not None:
+        offsets, (corr_pt, raw_pt, muon, phi, ch_em, ne_em) = flat
+        keep = 1 - muon
+        corr, raw = corr_pt * keep, raw_pt * keep
+        selected = corr > threshold
+        if max_em_fraction is not None:
+            selected = selected & ((ch_em + ne_em) < max_em_fraction)
+        shift = corr - raw
+        return (_sum_flat(offsets, np.where(selected, shift * np.cos(phi), 0.0)),
+                _sum_flat(offsets, np.where(selected, shift * np.sin(phi), 0.0)))
     keep = 1 - jets.muonSubtrFactor
     corr, raw = pt_corr * keep, pt_raw * keep
     selected = corr > threshold
