@@ -92,11 +92,7 @@ def profile(root: Path, events: int, label: str) -> dict:
     stages = {name: _cumulative(stats, suffix, fn) for name, suffix, fn in STAGES}
     stages["histogram fills (and cutflow)"] += _cumulative(
         stats, "pipeline/processor.py", "_fill_cutflow")
-    stages["histogram observables (expressions)"] = (
-        _cumulative(stats, "pipeline/selection.py", "evaluate", ("pipeline/processor.py", "_run"))
-        - _cumulative(stats, "pipeline/selection.py", "evaluate",
-                      ("pipeline/processor.py", "_selection")))
-    stages["other"] = total - sum(stages.values())
+    stages["histogram observables and the rest"] = total - sum(stages.values())
     corrections = (_cumulative(stats, "corrections/loader.py", "evaluate")
                    or _cumulative(stats, "correctionlib/highlevel.py", "evaluate"))
     return {"label": label, "events": events, "wall_s": wall, "events_per_s": events / wall,
