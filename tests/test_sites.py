@@ -86,6 +86,7 @@ def test_slurm_job_script(capsys):
     assert "#SBATCH --cpus-per-task=2" in script and "#SBATCH --mem=6G" in script
     assert "#SBATCH -t 00:30:00" in script
     assert "source /opt/env/bin/activate" in script
+    assert "export MALLOC_MMAP_THRESHOLD_=268435456" in script.splitlines()
     worker = next(line for line in script.splitlines() if "dask_worker" in line)
     # after a prologue the worker runs the environment's python; 2 processes of 1 thread
     assert worker.startswith("python -m distributed.cli.dask_worker tcp://127.0.0.1:")
@@ -146,7 +147,9 @@ def test_htcondor_submit_description_is_valid_and_its_worker_joins(tmp_path):
         assert submit.expand("Output").startswith(str(tmp_path))
         assert cluster._dummy_job.submit_command.split()[-1] == "-spool"
         shell, args = _condor_arguments(submit["Arguments"])
-        assert shell == "-c" and args.startswith(f"cd {tmp_path}; python -m distributed")
+        # the workers' allocator setting, then the profile's prologue, then the worker
+        assert shell == "-c" and args.startswith(
+            f"export MALLOC_MMAP_THRESHOLD_=268435456; cd {tmp_path}; python -m distributed")
         assert "--lifetime 110m --lifetime-stagger 5m" in args
         env = {**os.environ, "PATH": f"{os.path.dirname(os.sys.executable)}:{os.environ['PATH']}"}
         worker = subprocess.Popen(["/bin/sh", "-c", args], env=env,
@@ -169,3 +172,21 @@ def test_batch_site_starts_adaptive_when_workers_have_a_lifetime():
     assert isinstance(site, SlurmSite) and site.adapt is None
     assert site.jobqueue_kwargs()["worker_extra_args"][:4] == [
         "--lifetime", "20m", "--lifetime-stagger", "5m"]
+
+
+def _allocator_setting() -> str | None:
+    import os
+
+    return os.environ.get("MALLOC_MMAP_THRESHOLD_")
+
+
+def test_local_workers_get_the_allocator_setting():
+    from pipeline.sites import start_site
+
+    for threshold, expected in ((None, None), (1 << 20, str(1 << 20))):
+        session = start_site(load_site("local", {"n_workers": 1, "dashboard_address": ":0",
+                                                 "malloc_mmap_threshold": threshold}))
+        try:
+            assert set(session.client.run(_allocator_setting).values()) == {expected}
+        finally:
+            session.close()

@@ -156,7 +156,7 @@ def _evaluate_awkward(function: Any, args: tuple[Any, ...]) -> ak.Array:
     return ak.transform(action, *arrays)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=2)  # parsed JSON is large (80 MB for the JERC payload)
 def _payload(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
     with open(path, "rb") as fh:
         raw = fh.read()

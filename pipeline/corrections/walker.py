@@ -22,6 +22,7 @@ True
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,7 +130,9 @@ class WalkedTable(Node):
     def __call__(self, values: Values, n: int) -> np.ndarray:
         inputs = [values[i] for i in self.rows]
         key = (self.digest, n, *(_identity(a) for a in inputs))
-        leaf = _RECENT_WALKS.get(key, (None, None))[1]
+        owners, leaf = _RECENT_WALKS.get(key, ((), None))
+        if leaf is not None and not all(o() is not None for o in owners):
+            leaf = None  # an input's memory was freed: its address may hold other values
         if leaf is None:
             matrix = np.empty((len(self.rows), n))
             for r, value in enumerate(inputs):
@@ -138,16 +141,25 @@ class WalkedTable(Node):
             if _walk(matrix, self.table_axes, self.table_children, self.table_any_default,
                      self.axis_spec, self.numbers, self.children, leaf):
                 raise RefusedValue("value out of bounds or unknown category key")
-            _RECENT_WALKS[key] = (inputs, leaf)  # the inputs held: their memory not reused
-            while len(_RECENT_WALKS) > 4:
+            owners = tuple(weakref.ref(_owner(a)) for a in inputs if isinstance(a, np.ndarray))
+            _RECENT_WALKS[key] = (owners, leaf)
+            while len(_RECENT_WALKS) > 2:
                 _RECENT_WALKS.popitem(last=False)
         return self.leaves(leaf, values, n)
 
 
 # Tables of the same binning (the systematics of one scale factor) evaluated on the same
 # arrays find the same leaves: the last walks are kept, keyed by the tables' structure and
-# the inputs' memory (address, shape, strides, type).
-_RECENT_WALKS: OrderedDict[tuple[Any, ...], tuple[list[Any], np.ndarray]] = OrderedDict()
+# the inputs' memory (address, shape, strides, type), valid while the arrays owning that
+# memory live (weak references: the cache keeps no input alive).
+_RECENT_WALKS: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], np.ndarray]] = OrderedDict()
+
+
+def _owner(array: np.ndarray) -> np.ndarray:
+    """The array that owns ``array``'s memory (the end of its chain of views)."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
 
 
 def _identity(value: Any) -> Any:

@@ -89,8 +89,13 @@ def bench_demo(path: Path, chunksize: int) -> dict:
         writer.prepare()
     total = graph.total()
     columns = sorted(graph.necessary_columns())
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                           dashboard_address=":0", silence_logs=40)
+    import dask
+
+    from pipeline.sites import MMAP_THRESHOLD, allocator_config
+
+    with dask.config.set(allocator_config(MMAP_THRESHOLD)):  # as calibrew's local site
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                               dashboard_address=":0", silence_logs=40)
     with cluster, Client(cluster) as client:
         start = time.perf_counter()
         vector = client.compute(total).result()
