@@ -373,8 +373,10 @@ def main() -> int:
     lines += [
         "",
         f"Jet chain (AK4: JEC, JES sources Up/Down, JER nominal/Up/Down; preselection, 2 "
-        f"histograms), single core, {args.jes_events:,} events, eager chunks of "
-        f"{args.chunksize:,}; (f) is a plain script: uproot + correctionlib, recomputing "
+        f"histograms), single core, {args.jes_events:,} events in chunks of "
+        f"{args.chunksize:,}: (e) calibrew's graph for the dataset (reading the branches it "
+        "uses), its chunks computed one after another in one process; (f) is a plain script: "
+        "uproot + correctionlib, recomputing "
         "each variation from scratch, one after another; the read floor of the jet chain's "
         f"{len(JET_CHAIN_BRANCHES)} branches is {jet_floor['rate']:,.0f} events/s.",
         "",
