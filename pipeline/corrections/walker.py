@@ -22,6 +22,7 @@ True
 from __future__ import annotations
 
 import hashlib
+import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -130,7 +131,8 @@ class WalkedTable(Node):
     def __call__(self, values: Values, n: int) -> np.ndarray:
         inputs = [values[i] for i in self.rows]
         key = (self.digest, n, *(_identity(a) for a in inputs))
-        owners, leaf = _RECENT_WALKS.get(key, ((), None))
+        recent = _recent_walks()
+        owners, leaf = recent.get(key, ((), None))
         if leaf is not None and not all(o() is not None for o in owners):
             leaf = None  # an input's memory was freed: its address may hold other values
         if leaf is None:
@@ -142,17 +144,24 @@ class WalkedTable(Node):
                      self.axis_spec, self.numbers, self.children, leaf):
                 raise RefusedValue("value out of bounds or unknown category key")
             owners = tuple(weakref.ref(_owner(a)) for a in inputs if isinstance(a, np.ndarray))
-            _RECENT_WALKS[key] = (owners, leaf)
-            while len(_RECENT_WALKS) > 2:
-                _RECENT_WALKS.popitem(last=False)
+            recent[key] = (owners, leaf)
+            while len(recent) > 2:
+                recent.popitem(last=False)
         return self.leaves(leaf, values, n)
 
 
 # Tables of the same binning (the systematics of one scale factor) evaluated on the same
 # arrays find the same leaves: the last walks are kept, keyed by the tables' structure and
 # the inputs' memory (address, shape, strides, type), valid while the arrays owning that
-# memory live (weak references: the cache keeps no input alive).
-_RECENT_WALKS: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], np.ndarray]] = OrderedDict()
+# memory live (weak references: the cache keeps no input alive); one cache per thread.
+_THREAD = threading.local()
+
+
+def _recent_walks() -> OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], np.ndarray]]:
+    if not hasattr(_THREAD, "walks"):
+        _THREAD.walks = OrderedDict()
+    walks: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], np.ndarray]] = _THREAD.walks
+    return walks
 
 
 def _owner(array: np.ndarray) -> np.ndarray:
