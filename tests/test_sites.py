@@ -180,9 +180,12 @@ def _allocator_setting() -> str | None:
     return os.environ.get("MALLOC_MMAP_THRESHOLD_")
 
 
-def test_local_workers_get_the_allocator_setting():
+def test_local_workers_get_the_allocator_setting(monkeypatch):
     from pipeline.sites import start_site
 
+    # distributed's nanny also sets the variable in the process that starts the workers, and
+    # an inherited value wins over the config: start from an environment without it
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     for threshold, expected in ((None, None), (1 << 20, str(1 << 20))):
         session = start_site(load_site("local", {"n_workers": 1, "dashboard_address": ":0",
                                                  "malloc_mmap_threshold": threshold}))
