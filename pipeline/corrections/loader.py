@@ -87,8 +87,8 @@ class Evaluator:
     """A correction evaluated by compiled kernels, by correctionlib where they cannot.
 
     ``evaluate`` takes what correctionlib's ``evaluate`` takes (scalars, numpy arrays,
-    awkward arrays, typetracers); dask-awkward arrays go to correctionlib. Other attributes
-    (``name``, ``inputs``, ...) are the correctionlib object's.
+    awkward arrays, typetracers, dask-awkward arrays: those partition by partition). Other
+    attributes (``name``, ``inputs``, ...) are the correctionlib object's.
 
     Examples
     --------
