@@ -33,6 +33,8 @@ import numpy as np
 from pipeline.outputs.atomic import atomic_path
 
 IDENTITY = "identity.json"
+#: the identity of the configuration whose outputs an output directory holds
+OUTPUT_IDENTITY = ".calibrew-outputs.json"
 _CHUNK = re.compile(r"chunk-(\d{5,})\.npy")
 
 
@@ -76,3 +78,56 @@ class ChunkCheckpoints:
     def clear(self) -> None:
         """Remove the checkpoints (the dataset's outputs are written)."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def outputs_identity(folder: Path) -> dict[str, Any] | None:
+    """The identity (``config``, ``parameters`` digests, ``job``) of the configuration whose
+    outputs ``folder`` holds; ``None`` if it holds none. A directory written before this
+    record existed is known by its ``report.json`` (its configuration digest only), when that
+    lists outputs that are still there."""
+    record = folder / OUTPUT_IDENTITY
+    if record.is_file():
+        try:
+            there = json.loads(record.read_text())
+        except ValueError:
+            return None
+        return there if isinstance(there, dict) else None
+    try:
+        report = json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or not any(
+            Path(p).exists() for p in report.get("outputs") or []):
+        return None
+    digest = report.get("config_digest")
+    spec = report.get("job")
+    config = spec.get("config") if isinstance(spec, dict) else None
+    return ({"config": digest, "job": f"a job of configuration {config}" if config else None}
+            if digest else None)
+
+
+def different_outputs(folder: Path, identity: dict[str, Any]) -> list[str]:
+    """The keys (``config``, ``parameters``) in which the outputs already in ``folder``
+    differ from ``identity``'s; empty when it holds none or the same.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> different_outputs(folder, {"config": "a", "parameters": "p"})
+    []
+    >>> record_outputs_identity(folder, {"config": "a", "parameters": "p"}, "job.yaml")
+    >>> different_outputs(folder, {"config": "b", "parameters": "p"})
+    ['config']
+    """
+    there = outputs_identity(folder)
+    if there is None:
+        return []
+    return [key for key in ("config", "parameters")
+            if key in there and there[key] != identity.get(key)]
+
+
+def record_outputs_identity(folder: Path, identity: dict[str, Any], job: str) -> None:
+    """Record that ``folder`` holds the outputs of ``identity`` (before any is written)."""
+    with atomic_path(folder / OUTPUT_IDENTITY) as tmp:
+        tmp.write_text(json.dumps({**identity, "job": job}, sort_keys=True))

@@ -42,7 +42,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         output=args.output, site=args.site, workers=args.workers,
         site_options=_site_options(args), retries=args.retries, on_bad_file=args.on_bad_file,
         performance_report=args.performance_report, show_progress=not args.no_progress,
-        fresh=args.fresh,
+        fresh=args.fresh, force=args.force,
     ), console=console)
     return 0
 
@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="save Dask's performance report of the computation")
     run.add_argument("--fresh", action="store_true", help="start again: remove the chunks "
                      "an interrupted run finished and this job's feature tables")
+    run.add_argument("--force", action="store_true", help="write into an output directory "
+                     "that holds another configuration's outputs, replacing those this job "
+                     "writes")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 
@@ -219,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args, console))
     except CalibrewError as err:
-        Console(stderr=True).print(Text("error: ", style="bold red") + Text(str(err)),
-                                   highlight=False)
+        # not wrapped: paths and config keys stay whole, to copy or to search
+        Console(stderr=True, soft_wrap=True).print(
+            Text("error: ", style="bold red") + Text(str(err)), highlight=False)
         return 2
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted: nothing partial was written; the chunks "

@@ -326,11 +326,19 @@ class AnalysisConfig(Strict):
     def check_names(self, source: str) -> None:
         """Check calibrator, sample and category names; raise naming the key path."""
         problems: list[tuple[str, str]] = []
+        from pipeline.calibration.calibrator import CalibratorImportError
+
         try:
             classes = self.calibrator_classes()
         except UnknownNameError as err:
+            hint = (" (a calibrator of your own is named by import path, 'module:Class')"
+                    if "." in err.name else "")
             raise ConfigError(source, [(err.where, f"unknown calibrator {err.name!r}; valid "
-                                        f"calibrators are: {', '.join(err.valid)}")]) from None
+                                        f"calibrators are: {', '.join(err.valid)}{hint}")]
+                              ) from None
+        except CalibratorImportError as err:
+            raise ConfigError(source, [(err.where, f"cannot load calibrator {err.name!r}: "
+                                        f"{err.problem}")]) from None
         names = [c.name for c in classes]
         shape = self.variations.shape
         problems += _unknown_names("variations.shape", shape, names, "calibrator",
@@ -428,7 +436,18 @@ def load_config(path: str | Path) -> AnalysisConfig:
     cfg = _validate(AnalysisConfig, read_yaml(path), str(path))
     cfg.parameters = [str((path.parent / p).resolve()) for p in cfg.parameters]
     cfg.check_names(str(path))
+    if cfg.parameters:
+        check_parameters(cfg, cfg.parameters)
     return cfg
+
+
+def check_parameters(cfg: AnalysisConfig, files: list[str]) -> None:
+    """Load ``files`` over the defaults as a run does; sections must be the defaults' or
+    those the calibrators of ``cfg``'s sequence declare. Raises :class:`ConfigError`
+    naming the parameter file and the key path."""
+    from pipeline.parameters import load_parameters, valid_sections
+
+    load_parameters(files, sections=valid_sections(cfg.calibrator_classes()))
 
 
 def load_job(path: str | Path) -> tuple[JobSpec, AnalysisConfig]:
@@ -440,6 +459,8 @@ def load_job(path: str | Path) -> tuple[JobSpec, AnalysisConfig]:
         raise ConfigError(str(path), [("config", f"analysis config {config_path} not found")])
     cfg = load_config(config_path)
     job.parameters = [str((path.parent / p).resolve()) for p in job.parameters]
+    if job.parameters:
+        check_parameters(cfg, [*cfg.parameters, *job.parameters])
     if job.datasets != "all":
         for i, name in enumerate(job.datasets):
             if name not in cfg.datasets:

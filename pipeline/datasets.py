@@ -62,19 +62,23 @@ class Dataset:
         return out
 
 
-def resolve_files(files: list[str], base: Path | None = None) -> list[str]:
-    """Resolve file names: remote URLs as they are, local paths relative to ``base``, else
-    data-file names through :func:`pipeline.samples.find_data_file`."""
+def resolve_files(files: list[str], base: Path | None = None,
+                  dataset: str | None = None) -> list[str]:
+    """Resolve file names: remote URLs as they are, local paths relative to ``base`` (the
+    config's folder), else data-file names through :func:`pipeline.samples.find_data_file`,
+    whose error lists ``base`` among the places looked (and names ``dataset``'s key)."""
     out = []
-    for name in files:
+    for i, name in enumerate(files):
         if "://" in name:
             out.append(name)
             continue
-        path = Path(name).expanduser()
-        if not path.is_absolute() and base is not None and (base / path).exists():
-            out.append(str((base / path).resolve()))
-        else:
-            out.append(str(find_data_file(path).resolve()))
+        try:
+            out.append(str(find_data_file(name, config_dir=base).resolve()))
+        except InputFileError as err:
+            if dataset is None:
+                raise
+            raise InputFileError(f"dataset {dataset!r} (datasets.{dataset}.files[{i}]): "
+                                 f"{err}") from None
     return out
 
 

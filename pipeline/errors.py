@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+#: modules whose errors mean that an input file cannot be opened or read
+READER_MODULES = ("uproot", "pyarrow", "fsspec", "awkward._connect.pyarrow", "zlib", "lz4",
+                  "zstandard", "cramjam", "xxhash", "pipeline.nanoevents")
 
 
 class CalibrewError(Exception):
@@ -32,6 +39,9 @@ class ConfigError(CalibrewError):
         lines += [f"  - {path or '<top level>'}: {msg}" for path, msg in self.problems]
         super().__init__("\n".join(lines))
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled (to and from workers) whole
+        return (type(self), (self.source, self.problems), self.__dict__)
+
 
 class UnknownNameError(CalibrewError, KeyError):
     """A name (calibrator, period, histogram...) is not registered; lists the valid ones."""
@@ -47,6 +57,9 @@ class UnknownNameError(CalibrewError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled (to and from workers) whole
+        return (type(self), (self.kind, self.name, self.valid, self.where), self.__dict__)
 
 
 class CalibrationError(CalibrewError):
@@ -71,3 +84,81 @@ class SiteError(CalibrewError):
 
 class ChunkError(CalibrewError):
     """A chunk could not be processed (its file is unreadable, or a worker kept dying)."""
+
+
+class OutputError(CalibrewError):
+    """The output directory cannot be written: a file in its place, read-only, full."""
+
+
+class OutputLockedError(OutputError):
+    """Another run holds the output directory (its pid and host are named)."""
+
+
+class OutputConflictError(OutputError):
+    """The output directory holds the outputs of another configuration."""
+
+
+def raised_by_reader(err: BaseException) -> bool:
+    """Whether ``err`` was raised inside a file reader (its traceback passes through uproot,
+    pyarrow, fsspec or a decompressor): the input cannot be read, not the analysis' fault.
+
+    Examples
+    --------
+    >>> raised_by_reader(ValueError("an analysis' error"))
+    False
+    """
+    modules = [str(frame.f_globals.get("__name__", ""))
+               for frame, _ in traceback.walk_tb(err.__traceback__)]
+    modules.append(type(err).__module__)
+    return any(m == r or m.startswith(r + ".") for m in modules for r in READER_MODULES)
+
+
+def with_context(err: CalibrewError, context: str) -> CalibrewError:
+    """A copy of ``err`` (same class) whose message ends with a line saying where it
+    happened (the dataset, the file, the chunk).
+
+    Examples
+    --------
+    >>> print(with_context(ExpressionError("preselection.x: cannot evaluate"), "dataset 'tt'"))
+    preselection.x: cannot evaluate
+      in dataset 'tt'
+    """
+    new = _rebuild(type(err), f"{err}\n  in {context}", dict(err.__dict__))
+    new.__cause__ = err.__cause__
+    return new
+
+
+def _rebuild(cls: type[CalibrewError], message: str, state: dict[str, Any]) -> CalibrewError:
+    """An error of class ``cls`` with ``message`` and attributes ``state``, made without
+    calling ``cls.__init__`` (whatever its signature)."""
+    new = cls.__new__(cls)
+    new.__dict__.update(state)
+    new.args = (message,)
+    if isinstance(new, UnknownNameError):
+        new.message = message
+    return new
+
+
+def is_deterministic(err: BaseException) -> bool:
+    """Whether ``err`` would happen again if its chunk were retried: an error calibrew
+    raised on purpose about the analysis or the outputs (an expression, a calibrator, a
+    table), not an unreadable input (a network or storage hiccup may pass)."""
+    return isinstance(err, CalibrewError) and not isinstance(err, UnreadableInputError)
+
+
+@dataclass
+class ChunkFault:
+    """What a chunk task returns, instead of its histogram vector, when the analysis fails
+    on it deterministically (:func:`is_deterministic`): Dask retries a task that raises,
+    never one that returns, so the error is not computed again ``retries`` times."""
+
+    error: CalibrewError
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # the error crosses from the worker whole, whatever its class' constructor takes
+        err = self.error
+        return (_fault, (type(err), str(err), dict(err.__dict__)))
+
+
+def _fault(cls: type[CalibrewError], message: str, state: dict[str, Any]) -> ChunkFault:
+    return ChunkFault(_rebuild(cls, message, state))

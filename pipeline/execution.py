@@ -5,21 +5,24 @@ it is saved as a checkpoint (:mod:`pipeline.checkpoints`), so an interrupted run
 a killed client, a lost worker) resumes without redoing it. The chunks finished by an
 earlier run of the same identity are not submitted at all.
 
+A chunk whose analysis fails deterministically (an expression's, a calibrator's or a table
+part's error, raised by calibrew on purpose) is not retried: the chunk task returns the
+error (:class:`~pipeline.errors.ChunkFault`) and the run stops with its message, naming the
+config key or calibrator, the dataset, the chunk's file and entries.
+
 A chunk that fails after its retries is classified:
 
 - its file cannot be opened or read (the error was raised inside the readers: uproot,
   pyarrow, fsspec, the decompressors, or is an :class:`UnreadableInputError`): with
   ``on_bad_file="fail"`` the run stops, with ``"skip"`` the chunk is left out of the
   outputs. Either way it is printed and reported (file, entries, error);
-- anything else (a calibrator's or an expression's error, a table part that cannot be
-  written, a worker that died on it again and again) stops the run: skipping it would
-  silently change the analysis.
+- anything else (a worker that died on it again and again, an error outside calibrew's
+  checks) stops the run: skipping it would silently change the analysis.
 """
 
 from __future__ import annotations
 
 import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -28,13 +31,22 @@ import numpy as np
 from rich.markup import escape
 
 from pipeline.checkpoints import ChunkCheckpoints
-from pipeline.errors import CalibrewError, ChunkError, UnreadableInputError
+from pipeline.errors import (
+    READER_MODULES,
+    CalibrewError,
+    ChunkError,
+    ChunkFault,
+    OutputError,
+    UnreadableInputError,
+    raised_by_reader,
+    with_context,
+)
 from pipeline.graph import DatasetGraph
 from pipeline.progress import ChunkAttemptsPlugin, ProgressBoard, chunk_attempts
 
 OnBadFile = Literal["fail", "skip"]
-READER_MODULES = ("uproot", "pyarrow", "fsspec", "awkward._connect.pyarrow", "zlib", "lz4",
-                  "zstandard", "cramjam", "xxhash", "pipeline.nanoevents")
+__all__ = ["READER_MODULES", "ChunkFailure", "DatasetRun", "OnBadFile", "compute_chunks",
+           "is_unreadable_input"]
 
 
 @dataclass
@@ -118,10 +130,7 @@ def is_unreadable_input(err: BaseException) -> bool:
         return True
     if isinstance(err, CalibrewError):
         return False
-    modules = [str(frame.f_globals.get("__name__", ""))
-               for frame, _ in traceback.walk_tb(err.__traceback__)]
-    modules.append(type(err).__module__)
-    return any(m == r or m.startswith(r + ".") for m in modules for r in READER_MODULES)
+    return raised_by_reader(err)
 
 
 def _error_text(err: BaseException) -> str:
@@ -161,8 +170,18 @@ def compute_chunks(client: Any, runs: Sequence[DatasetRun], retries: int,
             pending.discard(future)
             run, index = where[future.key]
             chunk = run.graph.dataset.chunks[index]
+            result = future.result() if future.status == "finished" else None
+            if isinstance(result, ChunkFault):  # the analysis' fault: not retried
+                err = result.error
+                run.failed.append(ChunkFailure(run.name, index, chunk.file, chunk.start,
+                                               chunk.stop, _error_text(err), False, 1))
+                board.advance(run.name, 0, failed=True)
+                raise with_context(err, f"dataset {run.name!r}, file {chunk.file}, entries "
+                                        f"[{chunk.start}, {chunk.stop}) (chunk {index}); "
+                                        "not retried: it would fail the same way "
+                                        "again") from None
             if future.status == "finished":
-                run.checkpoints.save(index, future.result())
+                _save(run, index, result)
                 run.computed.append(index)
                 run.events_computed += chunk.entries
                 board.advance(run.name, chunk.entries)
@@ -178,8 +197,10 @@ def compute_chunks(client: Any, runs: Sequence[DatasetRun], retries: int,
                 run.failed.append(failure)
                 board.advance(run.name, 0, failed=True)
                 if isinstance(err, CalibrewError) and not failure.bad_file:
-                    board.print(f"[red]failed[/] {escape(failure.describe())}")
-                    raise err  # the analysis' fault: its own message names the key
+                    # its own message names the key; where it happened is added
+                    raise with_context(err, f"dataset {run.name!r}, file {chunk.file}, "
+                                            f"entries [{chunk.start}, {chunk.stop}) "
+                                            f"(chunk {index})") from None
                 if on_bad_file == "fail" or not failure.bad_file:
                     hint = ("; or use --on-bad-file skip to leave it out"
                             if failure.bad_file else "")
@@ -192,6 +213,17 @@ def compute_chunks(client: Any, runs: Sequence[DatasetRun], retries: int,
         if pending:
             client.cancel(list(pending))
         _record_attempts(client, runs, where)
+
+
+def _save(run: DatasetRun, index: int, vector: Any) -> None:
+    """Checkpoint chunk ``index``; a disk that is full or read-only stops the run, naming
+    the file (the chunks saved before are kept)."""
+    try:
+        run.checkpoints.save(index, vector)
+    except OutputError as err:
+        raise OutputError(f"dataset {run.name!r}: cannot save finished chunk {index}: {err}; "
+                          "the chunks saved before are kept: rerun the same command to "
+                          "resume once the output directory can be written") from None
 
 
 def _attempts_of(client: Any, key: Any, retries: int) -> int:

@@ -11,7 +11,10 @@ A column is stored again for a shape variation when the expression reads a colle
 the variation changed (the calibrators' outputs are compared with the nominal ones by the
 :class:`~pipeline.calibration.manager.CalibratorsManager`). Object rows are identified by
 their position in the ``objects`` list, which must have the same length in every variation
-(cuts that vary belong in ``select``).
+(cuts that vary belong in ``select``). Objects from a collection that a calibrator re-sorts in
+every variation (the jets, sorted by pt) are followed by their ``original_index`` instead: the
+rows are the nominal's objects in the nominal's order, and each variation's values and pass
+mask are those of the same object, wherever the variation puts it.
 """
 
 from __future__ import annotations
@@ -172,7 +175,7 @@ class TableRows:
     and are taken for each row through the row's event index.
 
     ``reordered``: collections a calibrator may put in another order per variation; objects
-    read from them cannot be matched across variations by position.
+    read from them are matched across variations by their ``original_index`` field.
     """
 
     def __init__(self, plan: TablePlan, events: Any, tracing: bool,
@@ -196,6 +199,11 @@ class TableRows:
         self.label_values: Any = None
         self.sentinels: dict[str, Any] = {}
         self._deps: dict[str, set[str]] = {}
+        #: object rows followed by identity (original_index) across variations
+        self._follow = False
+        self._nominal_ids: np.ndarray | None = None
+        #: the variation's rows in the nominal's row order (None: the same order)
+        self._perm: np.ndarray | None = None
 
     # -- evaluation -----------------------------------------------------------------------
     def _namespace(self, events: Any) -> tuple[dict[str, Any], Any]:
@@ -286,7 +294,7 @@ class TableRows:
             return
         extra, template = self._namespace(events)
         if nominal:
-            self._check_order()
+            self._check_order(extra.get("obj"))
         if template is not None and not self.tracing:
             shape = _shape_signature(template)
             if nominal:
@@ -298,6 +306,9 @@ class TableRows:
                     "position, so cuts that vary belong in 'select'")
         if nominal and not self.tracing:
             self.row_event = _row_events(template, self.n_events)
+        self._perm = None
+        if self._follow and not self.tracing:
+            self._perm = self._align(variation, extra["obj"])
         record = _Variation(self._passed(events, extra, analysis_selected, template))
         for name, expr, _ in plan.columns:
             key = f"column:{name}"
@@ -341,19 +352,57 @@ class TableRows:
             self.sentinels.setdefault(name, fill)
         collection_specs = {name: spec for name, _, spec in self.plan.collections}
         for name, value in record.collections.items():
-            record.collections[name] = self._stored_collection(value, collection_specs[name])
+            column = self._stored_collection(value, collection_specs[name])
+            record.collections[name] = (column if self._perm is None
+                                        else _take_rows(column, self._perm))
         if record.weight is not None:
             record.weight = self._rows(record.weight, np.float64)
 
-    def _check_order(self) -> None:
+    def _check_order(self, objects: Any) -> None:
+        """Objects of a re-sorted collection, with variations: follow them by identity."""
         reordered = self._deps.get("obj", set()) & self.reordered
-        if reordered and self.plan.variations:
+        if not (reordered and self.plan.variations):
+            return
+        where = f"tables.{self.plan.name}.objects"
+        if self.plan.level != "object":
             raise ConfigError("analysis config", [(
-                f"tables.{self.plan.name}.objects",
-                f"the objects come from {', '.join(sorted(reordered))}, which a calibrator "
-                "re-sorts in each variation (e.g. jets_calibration.sort_by_pt): rows could "
-                "not be matched across variations; carry no variations (variations: none) or "
-                "turn the re-sorting off")])
+                where, f"the objects come from {', '.join(sorted(reordered))}, which a "
+                "calibrator re-sorts in each variation (jets_calibration.sort_by_pt): "
+                f"level {self.plan.level!r} cannot follow them across variations; use "
+                "level 'object', carry no variations (variations: none) or turn the "
+                "re-sorting off")])
+        if "original_index" not in getattr(objects, "fields", []):
+            raise ConfigError("analysis config", [(
+                where, f"the objects come from {', '.join(sorted(reordered))}, which a "
+                "calibrator re-sorts in each variation (jets_calibration.sort_by_pt): the "
+                "objects need their field 'original_index' to be followed across variations "
+                f"(select objects of the collection, e.g. {sorted(reordered)[0]}[...]), or "
+                "carry no variations (variations: none)")])
+        self._follow = True
+
+    def _align(self, variation: str, objects: Any) -> np.ndarray | None:
+        """Where each nominal row's object sits among the variation's rows (None: same
+        place); the objects must be the same, by ``original_index``, event by event."""
+        assert self.row_event is not None
+        ids = np.asarray(ak.to_numpy(ak.flatten(objects.original_index, axis=None)),
+                         dtype=np.int64)
+        if variation == NOMINAL:
+            self._nominal_ids = ids
+            return None
+        assert self._nominal_ids is not None
+        if np.array_equal(ids, self._nominal_ids):
+            return None
+        nominal_order = np.lexsort((self._nominal_ids, self.row_event))
+        order = np.lexsort((ids, self.row_event))
+        if not np.array_equal(ids[order], self._nominal_ids[nominal_order]):
+            raise ExpressionError(
+                f"tables.{self.plan.name}.objects: {self.plan.spec.objects!r} gives other "
+                f"objects in variation {variation!r} than at nominal (the same number, other "
+                "objects by original_index); rows follow one object each across "
+                "variations, so cuts that vary belong in 'select'")
+        perm = np.empty_like(order)
+        perm[nominal_order] = order
+        return perm
 
     def _collection(self, value: Any, expr: Expression, spec: CollectionSpec,
                     template: Any) -> Any:
@@ -385,7 +434,8 @@ class TableRows:
         assert self.row_event is not None
         if value.ndim == 1:
             return np.asarray(ak.to_numpy(value)).astype(dtype)[self.row_event]
-        return np.asarray(ak.to_numpy(ak.flatten(value, axis=None))).astype(dtype)
+        flat = np.asarray(ak.to_numpy(ak.flatten(value, axis=None))).astype(dtype)
+        return flat if self._perm is None else flat[self._perm]
 
     def finish(self) -> tuple[dict[str, Column], dict[str, Any]]:
         """The part's columns (rows passing in any variation) and its attributes."""
@@ -495,6 +545,29 @@ def _select_rows(column: Column, keep: np.ndarray) -> Column:
     content = np.repeat(keep, counts)
     offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
     np.cumsum(counts[keep], out=offsets[1:])
+    return RaggedColumn(offsets, {f: v[content] for f, v in column.fields.items()})
+
+
+def _take_rows(column: Column, index: np.ndarray) -> Column:
+    """The rows ``index`` (in that order) of a ragged or padded collection.
+
+    Examples
+    --------
+    >>> ragged = RaggedColumn(np.array([0, 2, 2, 3]), {"pt": np.array([1.0, 2.0, 3.0])})
+    >>> out = _take_rows(ragged, np.array([2, 0, 1]))
+    >>> out.offsets.tolist(), out.fields["pt"].tolist()
+    ([0, 1, 3, 3], [3.0, 1.0, 2.0])
+    """
+    if isinstance(column, PaddedColumn):
+        return PaddedColumn({f: v[index] for f, v in column.fields.items()},
+                            column.mask[index])
+    assert isinstance(column, RaggedColumn)
+    starts, stops = column.offsets[:-1][index], column.offsets[1:][index]
+    counts = stops - starts
+    offsets = np.zeros(len(index) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    content = (np.repeat(starts - offsets[:-1], counts) + np.arange(int(offsets[-1]))
+               if len(index) else np.zeros(0, dtype=np.int64))
     return RaggedColumn(offsets, {f: v[content] for f, v in column.fields.items()})
 
 

@@ -25,6 +25,7 @@ from pipeline import __version__
 from pipeline.calibration.manager import CalibratorsManager
 from pipeline.config import AnalysisConfig
 from pipeline.datasets import Dataset
+from pipeline.errors import CalibrewError, ChunkFault, is_deterministic
 from pipeline.nanoevents import read_lazy
 from pipeline.outputs.provenance import code_digest
 from pipeline.outputs.tables import TableWriter
@@ -104,6 +105,8 @@ def _sum_vectors(parts: Iterable[Any]) -> np.ndarray | None:
     for part in parts:
         if part is None:
             continue
+        if isinstance(part, ChunkFault):  # the analysis failed on this chunk
+            raise part.error
         vector = np.asarray(part, dtype=np.float64).reshape(-1)
         total = vector.copy() if total is None else total + vector
     return total
@@ -136,16 +139,34 @@ def tree_sum(load: Callable[[int], np.ndarray | None], n: int) -> np.ndarray | N
     return node(len(sizes) - 1, 0) if n else None
 
 
-def table_identity(dataset: Dataset, cfg: AnalysisConfig, params: Any) -> dict[str, Any]:
-    """What makes two runs write the same tables and histograms: config, parameters,
-    calibrew version and code (its sources and the calibrators'), and chunks. A rerun
-    resumes a table or the checkpointed chunks only when all are the same."""
+def parameters_digest(params: Any) -> str:
+    """A short hash of the resolved parameters (the calibrators' settings, payload paths).
+
+    Examples
+    --------
+    >>> parameters_digest({"a": 1}) == parameters_digest({"a": 1}) != parameters_digest({})
+    True
+    """
     from omegaconf import OmegaConf
 
     resolved = OmegaConf.to_container(params, resolve=True) if OmegaConf.is_config(params) \
         else params
-    digest = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode())
-    return {"config": cfg.digest(), "parameters": digest.hexdigest()[:16],
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()
+                          ).hexdigest()[:16]
+
+
+def output_identity(cfg: AnalysisConfig, params: Any) -> dict[str, str]:
+    """What makes an output directory's outputs those of one configuration: the analysis
+    configuration and the parameters (the datasets, code and chunks may differ between the
+    runs that write into it; see :func:`table_identity` for what a resumed table needs)."""
+    return {"config": cfg.digest(), "parameters": parameters_digest(params)}
+
+
+def table_identity(dataset: Dataset, cfg: AnalysisConfig, params: Any) -> dict[str, Any]:
+    """What makes two runs write the same tables and histograms: config, parameters,
+    calibrew version and code (its sources and the calibrators'), and chunks. A rerun
+    resumes a table or the checkpointed chunks only when all are the same."""
+    return {"config": cfg.digest(), "parameters": parameters_digest(params),
             "calibrew": __version__, "code": code_digest(cfg.calibrator_classes()),
             "dataset": dataset.name,
             "chunks": [[c.file, c.start, c.stop] for c in dataset.chunks]}
@@ -160,6 +181,25 @@ def table_writers(dataset: Dataset, cfg: AnalysisConfig, params: Any,
     return {name: TableWriter(output / dataset.name / f"{name}.zarr", len(dataset.chunks),
                               identity)
             for name in cfg.tables}
+
+
+class ChunkTask:
+    """The function of a chunk task: the processor, whose deterministic errors (an
+    expression's, a calibrator's, a table part's: :func:`~pipeline.errors.is_deterministic`)
+    are returned as a :class:`~pipeline.errors.ChunkFault` instead of raised, so that Dask
+    does not retry them; any other error (an unreadable input, a worker's trouble) is
+    raised, and retried. On typetracers (planning) every error is raised."""
+
+    def __init__(self, processor: ChunkProcessor) -> None:
+        self.processor = processor
+
+    def __call__(self, events: Any, part: Any = None) -> Any:
+        try:
+            return self.processor(events) if part is None else self.processor(events, part)
+        except CalibrewError as err:
+            if not is_deterministic(err) or ak.backend(events) == "typetracer":
+                raise
+            return ChunkFault(err)
 
 
 def _part_indices(n: int, name: str) -> dak.Array:
@@ -196,6 +236,7 @@ def build_dataset_graph(dataset: Dataset, cfg: AnalysisConfig, params: Any,
         else [events]
     # The meta is given, so the processor is traced once, at optimisation (column projection).
     chunks = dak.map_partitions(
-        processor, *inputs, label=f"{CHUNK_LABEL}-{dataset.name}", meta=processor.meta(),
+        ChunkTask(processor), *inputs, label=f"{CHUNK_LABEL}-{dataset.name}",
+        meta=processor.meta(),
     )
     return DatasetGraph(dataset=dataset, plan=plan, chunks=chunks)

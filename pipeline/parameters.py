@@ -1,8 +1,11 @@
 """Calibrator parameters: YAML per data-taking period, merged over calibrew's defaults.
 
 Parameters are an OmegaConf ``DictConfig`` (attribute and item access, merging). The
-sections of the built-in calibrators are validated on load against their pydantic models;
-other sections (a user calibrator's own) are free-form.
+sections of the built-in calibrators are validated on load against their pydantic models.
+A parameter file may hold only the defaults' sections and those a calibrator declares it
+reads (``Calibrator.params_section``): a section of the calibrators of the config's
+sequence, or of any registered calibrator when no sequence is given; the content of a user
+calibrator's own section is free-form.
 
 Examples
 --------
@@ -13,9 +16,10 @@ Examples
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -104,16 +108,101 @@ def section(params: Any, *path: str) -> dict[str, Any] | None:
     raise TypeError(f"parameters {'.'.join(path)}: expected a mapping, got {node!r}")
 
 
+class KeyPathErrors(ValueError):
+    """Problems a model validator found, each at a key path below the validated model.
+
+    Raised inside a pydantic validator, :func:`format_validation_error` reports each
+    problem at its own key path (pydantic alone would report them at the model's).
+
+    Examples
+    --------
+    >>> str(KeyPathErrors([("a.b", "unknown jet type")]))
+    'a.b: unknown jet type'
+    """
+
+    def __init__(self, problems: Iterable[tuple[str, str]]):
+        self.problems = list(problems)
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in self.problems))
+
+
 def format_validation_error(err: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
     """Turn a pydantic error into ``(key path, message)`` pairs."""
     out = []
     for item in err.errors():
         path = ".".join(str(p) for p in (prefix, *item["loc"]) if p != "")
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, KeyPathErrors):
+            out += [(".".join(p for p in (path, sub) if p), msg) for sub, msg in cause.problems]
+            continue
         msg = item["msg"]
         if item["type"] == "extra_forbidden":
             msg = "unknown key"
         out.append((path, msg))
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def default_sections() -> tuple[str, ...]:
+    """The top-level sections of the default parameters.
+
+    Examples
+    --------
+    >>> "jets_calibration" in default_sections()
+    True
+    """
+    return tuple(sorted(str(key) for key in defaults()))
+
+
+def declared_sections(calibrators: Iterable[type[Any]] | None = None) -> dict[str, list[str]]:
+    """``{section: [calibrator names]}`` for the sections ``calibrators`` declare they read
+    (``params_section``, ``params_sections``); ``None``: every registered calibrator."""
+    if calibrators is None:
+        from pipeline.calibration.calibrator import CALIBRATORS, _load_builtins
+
+        _load_builtins()
+        calibrators = list(CALIBRATORS.values())
+    out: dict[str, list[str]] = {}
+    for cls in calibrators:
+        for name in cls.parameter_sections():
+            out.setdefault(name, []).append(cls.name)
+    return out
+
+
+def valid_sections(calibrators: Iterable[type[Any]] | None = None) -> list[str]:
+    """The top-level sections a parameter file may hold: the defaults' and those declared
+    by ``calibrators`` (the config's sequence; ``None``: every registered calibrator).
+
+    Examples
+    --------
+    >>> valid_sections([])
+    ['calibrators_enabled', 'electron_scale_and_smearing', 'event_weights', \
+'jets_calibration', 'met_rescaling', 'photon_scale_and_smearing', 'selections']
+    """
+    return sorted({*default_sections(), *declared_sections(calibrators)})
+
+
+def check_sections(data: Mapping[str, Any], valid: Iterable[str]) -> list[tuple[str, str]]:
+    """Problems for the top-level keys of ``data`` that are not ``valid`` sections."""
+    valid = sorted(set(valid))
+    problems = []
+    declared: dict[str, list[str]] | None = None
+    for key in data:
+        if key in valid:
+            continue
+        msg = (f"unknown parameter section; valid sections are: {', '.join(valid)} (the "
+               "defaults' and those the calibrators of the sequence declare with "
+               "params_section)")
+        if declared is None:
+            declared = declared_sections()
+        if str(key) in declared:
+            names = ", ".join(repr(n) for n in declared[str(key)])
+            msg += (f"; it is declared by calibrator {names}, which is not in the sequence "
+                    "of calibrators")
+        close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.75)
+        if close:
+            msg += f"; did you mean {close[0]!r}?"
+        problems.append((str(key), msg))
+    return problems
 
 
 def validate_parameters(params: DictConfig | dict[str, Any], source: str = "parameters") -> None:
@@ -128,6 +217,7 @@ def validate_parameters(params: DictConfig | dict[str, Any], source: str = "para
             except ValidationError as err:
                 problems += format_validation_error(err, name)
     enabled = container.get("calibrators_enabled") or {}
+    problems += _met_jet_types(container)
     if enabled:
         from pipeline.calibration.calibrator import CALIBRATORS, _load_builtins
 
@@ -142,16 +232,54 @@ def validate_parameters(params: DictConfig | dict[str, Any], source: str = "para
         raise ConfigError(source, problems)
 
 
+def _met_jet_types(container: Mapping[Any, Any]) -> list[tuple[str, str]]:
+    """Problems for ``met_rescaling.<period>.jet_type`` values that are no jet type."""
+    met = container.get("met_rescaling")
+    jets = container.get("jets_calibration")
+    if not isinstance(met, Mapping) or not isinstance(jets, Mapping):
+        return []
+    jet_types = jets.get("jet_types")
+    if not isinstance(jet_types, Mapping):
+        return []
+    problems = []
+    for period, settings in met.items():
+        jet_type = settings.get("jet_type") if isinstance(settings, Mapping) else None
+        if jet_type is not None and jet_type not in jet_types:
+            problems.append((f"met_rescaling.{period}.jet_type", f"unknown jet type "
+                             f"{jet_type!r}; jet types are: {', '.join(map(str, jet_types))} "
+                             "(the keys of jets_calibration.jet_types)"))
+    return problems
+
+
 def load_parameters(
-    files: Iterable[str | os.PathLike[str]] = (), base: DictConfig | None = None
+    files: Iterable[str | os.PathLike[str]] = (), base: DictConfig | None = None,
+    sections: Iterable[str] | None = None,
 ) -> DictConfig:
     """Merge YAML parameter files, in order, over ``base`` (the defaults) and validate.
+
+    Parameters
+    ----------
+    files
+        Parameter YAML files, merged in order.
+    base
+        The parameters merged over (default: :func:`defaults`).
+    sections
+        The sections, besides the defaults', the files may hold: those the calibrators of
+        the config's sequence declare (:func:`valid_sections`). ``None``: the sections of
+        every registered calibrator.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file and key path: an unknown section (with the valid ones), an unknown
+        key, a wrong value, an unknown jet type.
 
     Examples
     --------
     >>> load_parameters([]).jets_calibration.jet_types.AK4PFPuppi["2022_preEE"].level
     'L1L2L3Res'
     """
+    valid = {*default_sections(), *(declared_sections() if sections is None else sections)}
     params = base if base is not None else defaults()
     for file in files:
         path = Path(file)
@@ -165,6 +293,9 @@ def load_parameters(
             continue
         if not isinstance(loaded, dict):
             raise ConfigError(str(path), [("", "a parameter file must be a mapping")])
+        unknown = check_sections(loaded, valid)
+        if unknown:
+            raise ConfigError(str(path), unknown)
         merged = OmegaConf.merge(params, OmegaConf.create(loaded))
         assert isinstance(merged, DictConfig)
         validate_parameters(merged, source=str(path))

@@ -139,12 +139,32 @@ def _is_tracing(events: Any) -> bool:
     return ak.backend(events) == "typetracer"
 
 
+def _missing_values(kind: ak.types.Type) -> bool:
+    """Whether the innermost values of an array of type ``kind`` may be missing."""
+    while isinstance(kind, (ak.types.ListType, ak.types.RegularType, ak.types.OptionType)):
+        if isinstance(kind, ak.types.OptionType) and not isinstance(
+                kind.content, (ak.types.ListType, ak.types.RegularType)):
+            return True
+        kind = kind.content
+    return False
+
+
 def _flat_numpy(array: Any) -> np.ndarray:
-    """All values of an awkward array as float64 numpy, missing values as NaN."""
-    flat = ak.flatten(array, axis=None)
-    if isinstance(flat.type.content, ak.types.OptionType):
-        flat = ak.fill_none(flat, np.nan)
-    return np.asarray(ak.to_numpy(flat), dtype=np.float64)
+    """All values of an awkward array as float64 numpy, a missing value as NaN in its place.
+
+    A missing list (an event without one) has no values; a missing number keeps its place,
+    so that the values stay aligned with their events and weights.
+
+    Examples
+    --------
+    >>> _flat_numpy(ak.Array([1, None, 3])).tolist()
+    [1.0, nan, 3.0]
+    >>> _flat_numpy(ak.Array([[1.5, None], None, [2.5]])).tolist()
+    [1.5, nan, 2.5]
+    """
+    if _missing_values(array.type.content):
+        array = ak.fill_none(ak.values_astype(array, np.float64), np.nan, axis=-1)
+    return np.asarray(ak.to_numpy(ak.flatten(array, axis=None)), dtype=np.float64)
 
 
 def _flat_observables(values: list[Any]) -> tuple[list[np.ndarray], np.ndarray | None] | None:

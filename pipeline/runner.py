@@ -17,13 +17,34 @@ from rich.markup import escape
 
 from pipeline import __version__
 from pipeline.bytes_read import chunk_bytes
-from pipeline.checkpoints import ChunkCheckpoints
+from pipeline.checkpoints import (
+    ChunkCheckpoints,
+    different_outputs,
+    outputs_identity,
+    record_outputs_identity,
+)
 from pipeline.config import AnalysisConfig, JobSpec, load_job
 from pipeline.datasets import Dataset, preprocess, resolve_files
-from pipeline.errors import CalibrewError, InputFileError
+from pipeline.errors import (
+    CalibrationError,
+    CalibrewError,
+    ExpressionError,
+    InputFileError,
+    OutputConflictError,
+    OutputError,
+    with_context,
+)
 from pipeline.execution import DatasetRun, OnBadFile, compute_chunks
-from pipeline.graph import DatasetGraph, build_dataset_graph, table_identity, tree_sum
+from pipeline.graph import (
+    DatasetGraph,
+    build_dataset_graph,
+    output_identity,
+    table_identity,
+    tree_sum,
+)
+from pipeline.outputs.atomic import describe_os_error
 from pipeline.outputs.histograms import CUTFLOW, write_pickle, write_root
+from pipeline.outputs.lock import OutputLock
 from pipeline.outputs.provenance import provenance
 from pipeline.outputs.report import write_json
 from pipeline.outputs.tables import TableError
@@ -57,7 +78,7 @@ def make_datasets(cfg: AnalysisConfig, names: list[str] | str, config_dir: Path 
     for name in selected:
         spec = cfg.datasets[name]
         metadata = {**spec.metadata.model_dump(), "dataset": name}
-        dataset = Dataset(name, resolve_files(spec.files, config_dir), metadata, spec.tree)
+        dataset = Dataset(name, resolve_files(spec.files, config_dir, name), metadata, spec.tree)
         n_files = len(dataset.files)
         skip = on_bad_file == "skip"
         out.append(preprocess(dataset, chunksize, on_error=_skip_file(
@@ -139,12 +160,16 @@ def write_dataset_outputs(output: Path, graph: DatasetGraph, histograms: dict[st
     """Write histograms.pkl, histograms.root, summary.json and finalize the tables."""
     folder = output / graph.dataset.name
     summary = dataset_summary(graph, histograms)
-    written = [
-        write_pickle(histograms, folder / "histograms.pkl"),
-        write_root(histograms, folder / "histograms.root"),
-        *finalize_tables(graph, summary, cfg, params, skipped),
-        write_json(summary, folder / "summary.json"),
-    ]
+    try:
+        written = [
+            write_pickle(histograms, folder / "histograms.pkl"),
+            write_root(histograms, folder / "histograms.root"),
+            *finalize_tables(graph, summary, cfg, params, skipped),
+            write_json(summary, folder / "summary.json"),
+        ]
+    except OSError as err:  # a table's metadata (each file above raises OutputError)
+        raise OutputError(f"cannot write the outputs of dataset {graph.dataset.name!r} in "
+                          f"{folder}: {describe_os_error(err)}") from err
     summary["outputs"] = [str(p) for p in written]
     return summary
 
@@ -162,6 +187,9 @@ class RunOptions:
     performance_report: str | Path | None = None
     show_progress: bool = True
     fresh: bool = False
+    #: write into an output directory that holds another configuration's outputs,
+    #: replacing those this job writes (its tables among them)
+    force: bool = False
 
 
 @dataclass
@@ -188,8 +216,12 @@ def run_job(job_path: str | Path, options: RunOptions | None = None,
     Chunks finished by an interrupted earlier run of the same job are not computed again
     (unless ``fresh``). A run that fails on its inputs or during the computation writes
     ``report.json`` with ``status: failed``.
+
+    The run holds a lock on its output directory (another run into it is refused, naming
+    its pid and host), and refuses a directory that holds the outputs of another
+    configuration or parameters unless ``force`` (or ``fresh``).
     """
-    from pipeline.sites import load_site, workers_override
+    from pipeline.sites import check_site, load_site, workers_override
 
     opts = options or RunOptions(**kwargs)
     console = console or Console()
@@ -198,15 +230,21 @@ def run_job(job_path: str | Path, options: RunOptions | None = None,
     site_name = opts.site or job.site
     site = load_site(site_name, {**workers_override(site_name, opts.workers or job.workers),
                                  **opts.site_options})
+    check_site(site)  # too many workers, a missing sbatch: said before any planning
     state = _RunState(started, {"name": site_name, "type": site.type,
                                 "description": describe(site)})
     out_dir = Path(opts.output or job.output)
-    try:
-        return _run(job_path, job, cfg, site, out_dir, opts, console, state)
-    except CalibrewError as err:
-        if state.report_failure:
-            _write_report(out_dir, job, cfg, state, {}, status="failed", error=str(err))
-        raise
+    with OutputLock(out_dir, str(job_path)):
+        try:
+            return _run(job_path, job, cfg, site, out_dir, opts, console, state)
+        except CalibrewError as err:
+            if state.report_failure:
+                # a directory that cannot be written cannot hold the report either: the
+                # error that stopped the run is the one to show
+                with contextlib.suppress(OutputError):
+                    _write_report(out_dir, job, cfg, state, {}, status="failed",
+                                  error=str(err))
+            raise
 
 
 def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out_dir: Path,
@@ -226,17 +264,26 @@ def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out
     # the graphs are built (and every expression checked) before any cluster starts
     state.report_failure = False
     t0 = time.perf_counter()
-    graphs = [build_dataset_graph(ds, cfg, params, out_dir) for ds in datasets]
-    for graph in graphs:
-        graph.chunk_tasks()  # optimised (traced) here: expressions are checked
+    graphs = [_plan(ds, cfg, params, out_dir) for ds in datasets]
+    _check_output_directory(out_dir, cfg, params, opts)
     writers = [writer for graph in graphs for _, writer in graph.plan.writers]
     if opts.fresh:  # start again: this job's tables and finished chunks are removed
         for writer in writers:
             shutil.rmtree(writer.path, ignore_errors=True)
     for writer in writers:  # a table of another identity or schema stops the run here,
-        writer.check()      # before any table is created
+        try:                # before any table is created (with --force it is replaced)
+            writer.check()
+        except TableError:
+            if not opts.force:
+                raise
+            shutil.rmtree(writer.path)
+    record_outputs_identity(out_dir, output_identity(cfg, params), str(job_path))
     for writer in writers:
-        writer.prepare()
+        try:
+            writer.prepare()
+        except OSError as err:
+            raise OutputError(f"cannot create table {writer.path}: "
+                              f"{describe_os_error(err)}") from err
     state.build_s = time.perf_counter() - t0
     console.print(f"graphs built in {state.build_s:.2f} s "
                   f"({sum(len(g.dataset.chunks) for g in graphs)} chunk tasks, "
@@ -253,7 +300,8 @@ def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out
                           f"are kept ({store.folder})")
     console.print(f"site {escape(state.site['name'])} ({state.site['type']}): "
                   f"{escape(state.site['description'])}")
-    session = start_site(site)
+    session = start_site(site, warn=lambda message: console.print(
+        f"[yellow]warning:[/] {escape(message)}", highlight=False))
     try:
         console.print(f"Dask dashboard: [link={session.dashboard_link}]"
                       f"{session.dashboard_link}[/]")
@@ -263,9 +311,58 @@ def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out
             _compute(session.client, state.runs, retries, on_bad_file, opts, console)
         finally:
             state.compute_s = time.perf_counter() - compute_start
+        # every output is written before the cluster closes: a close that fails or times
+        # out (distributed's nanny join, under load) cannot lose them
+        return _write_outputs(out_dir, job, cfg, params, state, console)
     finally:
+        close_session(session, console)
+
+
+def _plan(dataset: Dataset, cfg: AnalysisConfig, params: Any, out_dir: Path) -> DatasetGraph:
+    """Build the dataset's graph and trace it (every calibrator and expression runs on the
+    typetracer of its first file); an error names the dataset and that file."""
+    try:
+        graph = build_dataset_graph(dataset, cfg, params, out_dir)
+        graph.chunk_tasks()  # optimised (traced) here: expressions are checked
+    except (CalibrationError, ExpressionError) as err:
+        first = dataset.files[0] if dataset.files else "no file"
+        more = f" (and {len(dataset.files) - 1} more)" if len(dataset.files) > 1 else ""
+        raise with_context(err, f"dataset {dataset.name!r}, file {first}{more}, read to "
+                                "plan the run") from err
+    return graph
+
+
+def _check_output_directory(out_dir: Path, cfg: AnalysisConfig, params: Any,
+                            opts: RunOptions) -> None:
+    """Refuse an output directory that holds another configuration's outputs (unless
+    ``force`` or ``fresh``): they would be overwritten, mixed with this run's."""
+    differ = different_outputs(out_dir, output_identity(cfg, params))
+    if differ and not (opts.force or opts.fresh):
+        what = " and ".join("configuration" if k == "config" else k for k in differ)
+        job = (outputs_identity(out_dir) or {}).get("job")
+        raise OutputConflictError(
+            f"output directory {out_dir} holds the outputs of another {what}"
+            + (f" (written by {job})" if job else "") + ": this run would overwrite "
+            "them. Nothing was changed. Choose another --output, or use --force to replace "
+            "them (or --fresh, which also computes every chunk again).")
+
+
+def close_session(session: Any, console: Console) -> None:
+    """Close the site's client and cluster; a failure is printed as a warning, not raised.
+
+    Called once the outputs are written (or the run has failed for its own reason): what
+    the cluster does while it shuts down cannot change or lose them.
+    """
+    try:
         session.close()
-    return _write_outputs(out_dir, job, cfg, params, state, console)
+    except CalibrewError as err:  # the site's own account (what, why, what is left)
+        console.print(f"[yellow]warning:[/] {escape(str(err))}; the run's outputs were "
+                      "written before", highlight=False)
+    except Exception as err:  # TimeoutError of a nanny join, a lost scheduler, ...
+        detail = f"{type(err).__name__}: {err}".strip().rstrip(":")
+        console.print(f"[yellow]warning:[/] the Dask cluster did not close cleanly "
+                      f"({escape(detail)}); the run's outputs were written before, "
+                      "its worker processes may still be ending", highlight=False)
 
 
 def _compute(client: Any, runs: list[DatasetRun], retries: int, on_bad_file: OnBadFile,
@@ -295,8 +392,14 @@ def _write_outputs(out_dir: Path, job: JobSpec, cfg: AnalysisConfig, params: Any
         histograms = graph.plan.unpack(vector if vector is not None
                                        else np.zeros(graph.plan.vector_size))
         result.histograms[run.name] = histograms
-        summary = write_dataset_outputs(out_dir, graph, histograms, cfg, params,
-                                        sorted(run.failed_chunks))
+        try:
+            summary = write_dataset_outputs(out_dir, graph, histograms, cfg, params,
+                                            sorted(run.failed_chunks))
+        except OutputError as err:
+            raise OutputError(f"{err}\nThe computed chunks are kept ({run.checkpoints.folder})"
+                              ": once the output directory can be written, rerun the same "
+                              "command to write the outputs without computing them "
+                              "again.") from err
         summaries[run.name] = {**summary, **run.report(), **_bytes_read(run, summary)}
         if not run.failed:
             run.checkpoints.clear()

@@ -11,6 +11,15 @@ Every key of a profile can be overridden on the command line
 (``calibrew run JOB --site slurm -o jobs=8 -o adapt.maximum_jobs=20``); a key a profile's
 type does not know is rejected with its name.
 
+A site that cannot start says so at once, naming the site and the setting to change
+(:class:`~pipeline.errors.SiteError`): local workers beyond this machine's cores or memory
+are refused unless ``oversubscribe`` is set (then started with a warning); local workers
+must join within ``start_timeout``; a batch site's submit command (``sbatch``,
+``condor_submit``) must be on PATH, and its refusal of a job is reported in its own words
+instead of waiting ``worker_start_timeout`` for workers that will never come.
+:meth:`Session.close` is bounded (``close_timeout``) and raises ``SiteError`` when the
+cluster does not close cleanly.
+
 Examples
 --------
 >>> site = load_site("local", {"n_workers": 2})
@@ -22,9 +31,16 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shlex
+import shutil
 import sys
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +48,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -65,11 +82,42 @@ def allocator_config(threshold: int | None) -> dict[str, Any]:
     return {"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": threshold}
 
 
+logger = logging.getLogger(__name__)
+
+
 class Profile(BaseModel):
     """What every profile has: a one-line description shown by ``calibrew sites``."""
 
     model_config = ConfigDict(extra="forbid")
     description: str = ""
+    #: the profile's name and file, set by :func:`load_site` (for messages)
+    _name: str | None = PrivateAttr(default=None)
+    _path: str | None = PrivateAttr(default=None)
+
+    def label(self) -> str:
+        """How messages name this site: its profile name and file, or its type.
+
+        Examples
+        --------
+        >>> LocalSite().label()
+        "the 'local' site"
+        """
+        if self._name is None:
+            return f"the {getattr(self, 'type', 'unknown')!r} site"
+        if self._name == self._path:
+            return f"site {self._path}"
+        return f"site {self._name!r} ({self._path})"
+
+    def setting(self, key: str, example: Any) -> str:
+        """Where the user changes ``key``: the profile file, or ``-o key=...``.
+
+        Examples
+        --------
+        >>> LocalSite().setting("start_timeout", 600)
+        "'start_timeout' (-o start_timeout=600)"
+        """
+        where = f" in {self._path}" if self._path else ""
+        return f"{key!r}{where} (-o {key}={example})"
 
 
 class LocalSite(Profile):
@@ -82,6 +130,75 @@ class LocalSite(Profile):
     dashboard_address: str = ":8787"
     malloc_mmap_threshold: int | None = Field(default=MMAP_THRESHOLD, gt=0,
                                               description=_MMAP_DESCRIPTION)
+    start_timeout: float = Field(default=300.0, gt=0, description="seconds for every worker "
+                                 "to start and join (a busy machine starts them slowly)")
+    oversubscribe: bool = Field(default=False, description="start more worker threads than "
+                                "cores, or memory limits beyond the machine's memory, with a "
+                                "warning (refused otherwise)")
+
+    def workers(self) -> int:
+        """The number of worker processes: ``n_workers``, or one per usable core."""
+        return self.n_workers or usable_cores()
+
+    def memory_per_worker(self) -> int | None:
+        """Bytes each worker may use (None: no limit); ``auto`` shares the machine's memory.
+
+        Examples
+        --------
+        >>> LocalSite(n_workers=2, memory_limit="3GiB").memory_per_worker() == 3 * 2**30
+        True
+        """
+        from dask.utils import parse_bytes
+
+        limit = self.memory_limit
+        if limit is None or limit == 0:
+            return None
+        if limit == "auto":
+            return machine_memory() // self.workers()
+        try:  # a float below 1 is a fraction of the machine's memory, as distributed reads it
+            number = float(limit)
+        except ValueError:
+            return int(parse_bytes(str(limit)))
+        return int(number * machine_memory()) if number <= 1 else int(number)
+
+    def overload(self) -> str | None:
+        """Why this machine cannot run these workers well, with what to do (None when it
+        can).
+
+        More worker threads than usable cores only slow every worker down (awkward work
+        holds the GIL and each process takes its share of memory), and memory limits that
+        add up to more than the machine has let the kernel kill workers before Dask's own
+        memory management sees them.
+        """
+        problems = self._overload_problems()
+        if not problems:
+            return None
+        cores, memory = usable_cores(), machine_memory()
+        per_worker = self.memory_per_worker()
+        fits = cores // self.threads_per_worker
+        if per_worker:
+            fits = min(fits, memory // per_worker)
+        advice = (f"ask for at most {fits} worker(s) (--workers {fits})" if fits >= 1 else
+                  f"lower {self.setting('memory_limit', 'auto')}")
+        return (f"{self.label()} asks for more than this machine has: "
+                f"{' and '.join(problems)}. {advice[0].upper()}{advice[1:]}, or set "
+                f"{self.setting('oversubscribe', 'true')} to start them anyway")
+
+    def _overload_problems(self) -> list[str]:
+        from dask.utils import format_bytes
+
+        cores, memory = usable_cores(), machine_memory()
+        n, threads = self.workers(), self.threads_per_worker
+        problems = []
+        if n * threads > cores:
+            problems.append(f"{n} worker process(es) x {threads} thread(s) on {cores} usable "
+                            "core(s)")
+        per_worker = self.memory_per_worker()
+        if per_worker is not None and n * per_worker > memory:
+            problems.append(f"{n} x memory_limit {format_bytes(per_worker)} = "
+                            f"{format_bytes(n * per_worker)}, beyond this machine's "
+                            f"{format_bytes(memory)}")
+        return problems
 
 
 class SchedulerSite(Profile):
@@ -313,6 +430,7 @@ def load_site(name: str, overrides: dict[str, Any] | None = None) -> Site:
     except ValidationError as err:
         raise ConfigError(str(path), format_validation_error(err)) from None
     assert isinstance(site, LocalSite | SchedulerSite | SlurmSite | HTCondorSite)
+    site._name, site._path = (path.stem if path.parent == sites_dir() else name), str(path)
     return site
 
 
@@ -326,6 +444,20 @@ def _read_profile(name: str) -> tuple[Path, dict[str, Any]]:
     if not isinstance(data, dict):
         raise ConfigError(str(path), [("", "expected a mapping at the top level")])
     return path, data
+
+
+def usable_cores() -> int:
+    """The cores this process may use (CPU affinity and cgroup quota counted, as Dask does)."""
+    from dask.system import CPU_COUNT
+
+    return max(1, int(CPU_COUNT))
+
+
+def machine_memory() -> int:
+    """The bytes this process may use (cgroup and rlimit counted, as distributed does)."""
+    from distributed.system import MEMORY_LIMIT
+
+    return int(MEMORY_LIMIT)
 
 
 def workers_override(site_name: str, workers: int | None) -> dict[str, Any]:
@@ -347,7 +479,7 @@ def describe(site: Site) -> str:
     '3 job(s) of 1 core(s), 3GiB, partition local, walltime 00:30:00'
     """
     if isinstance(site, LocalSite):
-        what = f"{site.n_workers or os.cpu_count()} worker process(es) on this machine"
+        what = f"{site.workers()} worker process(es) on this machine"
     elif isinstance(site, SchedulerSite):
         what = f"the scheduler at {site.address}"
     else:
@@ -361,15 +493,99 @@ def describe(site: Site) -> str:
     return what
 
 
-def make_jobqueue_cluster(site: SlurmSite | HTCondorSite) -> Any:
-    """The dask-jobqueue cluster of ``site`` (its scheduler starts; no job is submitted)."""
+#: seconds :meth:`Session.close` waits for the client, then for the cluster, to close
+CLOSE_TIMEOUT = 60.0
+
+
+@dataclass
+class Submissions:
+    """What a batch site's submit command did: the jobs it took, and its refusals, each in
+    the command's own words (its stderr)."""
+
+    command: str
+    site: str
+    job_ids: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    #: whether someone polls :attr:`errors` (start_site does while it waits); otherwise a
+    #: refusal is logged as one line, so that it does not pass unseen
+    watched: bool = False
+
+
+def _submit_error_text(command: str, err: BaseException) -> str:
+    """The submit command's own words from dask-jobqueue's error (exit code, stderr).
+
+    Examples
+    --------
+    >>> err = RuntimeError("Command exited with non-zero exit code.\\nExit code: 1\\n"
+    ...                    "Command:\\nsbatch /tmp/x.sh\\nstdout:\\n\\nstderr:\\n"
+    ...                    "sbatch: error: invalid partition\\n\\n")
+    >>> _submit_error_text("sbatch", err)
+    'sbatch exited with code 1: sbatch: error: invalid partition'
+    """
+    text = str(err)
+    found = re.search(r"Exit code: (-?\d+)\n.*?\nstdout:\n(.*?)\nstderr:\n(.*)", text, re.S)
+    if found:
+        code, out, said = found.groups()
+        words = " ".join((said.strip() or out.strip() or "(no output)").splitlines())
+        return f"{command} exited with code {code}: {words}"
+    if isinstance(err, OSError):
+        return f"cannot run {command}: {err}"
+    return f"{command}: {' '.join(text.split())}"  # e.g. no job id in its output
+
+
+def _recording_job_class(base: type, record: Submissions) -> type:
+    """``base`` (a dask-jobqueue job class) whose submissions are written to ``record``.
+
+    A refused submission is recorded instead of raised: raised, it would reach only the
+    event loop's log (a raw traceback), never the caller, and the job slot stays dead
+    either way (dask-jobqueue does not submit it again).
+    """
+    from distributed.core import Status
+
+    class RecordingJob(base):
+        async def start(self) -> None:
+            try:
+                await super().start()
+            except Exception as err:
+                message = _submit_error_text(record.command, err)
+                record.errors.append(message)
+                if not record.watched:
+                    logger.error("%s: a batch job was not submitted: %s", record.site,
+                                 message)
+                self.status = Status.running  # a slot without a job: nothing to cancel
+            else:
+                record.job_ids.append(str(self.job_id))
+
+    RecordingJob.__name__ = RecordingJob.__qualname__ = base.__name__
+    return RecordingJob
+
+
+def make_jobqueue_cluster(site: SlurmSite | HTCondorSite,
+                          record: Submissions | None = None) -> Any:
+    """The dask-jobqueue cluster of ``site`` (its scheduler starts; no job is submitted).
+
+    With ``record``, every job submission (its id, or the submit command's refusal) is
+    written there.
+    """
     if isinstance(site, SlurmSite):
-        from dask_jobqueue import SLURMCluster
+        from dask_jobqueue import SLURMCluster as Cluster
+        from dask_jobqueue.slurm import SLURMJob as Job
+    else:
+        from dask_jobqueue import HTCondorCluster as Cluster  # type: ignore[assignment]
+        from dask_jobqueue.htcondor import HTCondorJob as Job  # type: ignore[assignment]
+    kwargs = site.jobqueue_kwargs()
+    if record is not None:
+        kwargs["job_cls"] = _recording_job_class(Job, record)
+    return Cluster(**kwargs)
 
-        return SLURMCluster(**site.jobqueue_kwargs())
-    from dask_jobqueue import HTCondorCluster
 
-    return HTCondorCluster(**site.jobqueue_kwargs())
+def submit_command(site: SlurmSite | HTCondorSite) -> str:
+    """The program a batch site submits its jobs with (``sbatch``, ``condor_submit``)."""
+    from dask_jobqueue.htcondor import HTCondorJob
+    from dask_jobqueue.slurm import SLURMJob
+
+    job = SLURMJob if isinstance(site, SlurmSite) else HTCondorJob
+    return shlex.split(str(job.submit_command))[0]
 
 
 def job_script(site: Site) -> str:
@@ -385,61 +601,257 @@ def job_script(site: Site) -> str:
 
 @dataclass
 class Session:
-    """A started site: the client, the cluster it owns (if any), and how to close both."""
+    """A started site: the client, the cluster it owns (if any), and how to close both.
+
+    ``label`` names the site in messages; ``submissions`` is what a batch site's submit
+    command did (None for other sites): a runner may poll ``submissions.errors`` while it
+    computes, for jobs that adaptive scaling submits later.
+    """
 
     client: Any
     cluster: Any = None
+    label: str = "the site"
+    submissions: Submissions | None = None
+    close_timeout: float = CLOSE_TIMEOUT
 
     @property
     def dashboard_link(self) -> str:
         return str(self.client.dashboard_link)
 
     def close(self) -> None:
-        self.client.close()
+        """Close the client, then the cluster it owns, each within ``close_timeout`` s.
+
+        Both are always tried. Raises :class:`SiteError` naming what did not close and
+        why (a timeout, a lost connection), and for a batch site the job ids that may still
+        be queued or running; a close that timed out goes on in the background (it is not
+        cancelled half-way). Nothing computed depends on it: write outputs before closing,
+        and report this error as a warning.
+        """
+        problems = []
+        for what, thing in (("the client", self.client), ("the cluster", self.cluster)):
+            if thing is not None:
+                problem = _close_within(thing, self.close_timeout)
+                if problem is not None:
+                    problems.append(f"{what}: {problem}")
+        if problems:
+            raise SiteError(f"{self.label} did not close cleanly ({'; '.join(problems)})"
+                            + self._leftovers())
+
+    def _leftovers(self) -> str:
+        if self.submissions is not None and self.submissions.job_ids:
+            cancel = "scancel" if self.submissions.command == "sbatch" else "condor_rm"
+            ids = " ".join(self.submissions.job_ids)
+            return (f"; its batch jobs may still be queued or running: check them and "
+                    f"cancel those left ({cancel} {ids})")
         if self.cluster is not None:
-            self.cluster.close()
+            return "; its worker processes end with this process"
+        return ""
 
 
-def start_site(site: Site) -> Session:
-    """Start (or connect to) the cluster of ``site`` and return the session."""
+def _close_within(thing: Any, timeout: float) -> str | None:
+    """Close ``thing`` (a client, a cluster) in a daemon thread, waiting ``timeout`` s for
+    it; what went wrong, or None. distributed cancels a close that times out half-way (a
+    cluster then stays 'closing' for good): this one goes on in the background instead."""
+    errors: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            thing.close()
+        except BaseException as err:  # reported to the caller
+            errors.append(err)
+
+    thread = threading.Thread(target=close, name=f"close {type(thing).__name__}",
+                              daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        return f"still closing after {timeout:g} s; it goes on in the background"
+    return _error_text(errors[0]) if errors else None
+
+
+def _error_text(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    if isinstance(err, TimeoutError):
+        return f"timed out{': ' + text if text else ''}"
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _print_warning(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def check_site(site: Site) -> None:
+    """What can be known wrong before starting ``site``, at once: raises
+    :class:`SiteError` for local workers beyond this machine's cores or memory (unless
+    ``oversubscribe``) and for a batch site whose submit command is not on PATH.
+
+    :func:`start_site` checks the same; a runner calls this first to fail before planning.
+    """
+    if isinstance(site, LocalSite):
+        problem = site.overload()
+        if problem is not None and not site.oversubscribe:
+            raise SiteError(problem)
+    elif isinstance(site, SlurmSite | HTCondorSite):
+        command = submit_command(site)
+        if shutil.which(command) is None:
+            raise SiteError(f"{site.label()} submits its jobs with {command!r}, which is "
+                            "not found on PATH: run calibrew where the batch system's "
+                            "commands are (a login or submit node, after loading their "
+                            "module), or choose another site (--site)")
+
+
+def start_site(site: Site, warn: Callable[[str], None] | None = None) -> Session:
+    """Start (or connect to) the cluster of ``site`` and return the session.
+
+    Raises :class:`SiteError` naming the site, and the setting that changes the outcome,
+    when it cannot start: local workers beyond this machine's cores or memory (unless
+    ``oversubscribe``, then ``warn`` is called with the warning; default: printed on
+    stderr), local workers that fail or do not join within ``start_timeout``, an
+    unreachable scheduler, a batch submit command that is missing or refuses the jobs (with
+    its own error), batch workers that do not join within ``worker_start_timeout``.
+    """
+    if isinstance(site, LocalSite):
+        return _start_local(site, warn or _print_warning)
+    if isinstance(site, SchedulerSite):
+        return _start_scheduler(site)
+    return _start_batch(site)
+
+
+def _start_local(site: LocalSite, warn: Callable[[str], None]) -> Session:
+    import dask
     from distributed import Client, LocalCluster
 
-    if isinstance(site, LocalSite):
-        import dask
-
-        with dask.config.set(allocator_config(site.malloc_mmap_threshold)):
-            cluster = LocalCluster(
-                n_workers=site.n_workers or max(1, os.cpu_count() or 1),
-                threads_per_worker=site.threads_per_worker, processes=True,
-                memory_limit=site.memory_limit, dashboard_address=site.dashboard_address,
-                silence_logs=40,
-            )
-        return Session(Client(cluster), cluster)
-    if isinstance(site, SchedulerSite):
+    check_site(site)
+    if site.overload() is not None:  # oversubscribe is set
+        warn(f"{site.label()} asks for more than this machine has: "
+             f"{' and '.join(site._overload_problems())}; starting them since "
+             "'oversubscribe' is set")
+    n = site.workers()
+    # the workers are started after the scheduler, so that their start is bounded
+    # (start_timeout) and a cluster that fails to start is closed, not left behind
+    with dask.config.set(allocator_config(site.malloc_mmap_threshold)):
         try:
-            client = Client(site.address, timeout=site.connect_timeout)
-        except (OSError, TimeoutError) as err:
-            raise SiteError(f"cannot reach the Dask scheduler at {site.address} (site key "
-                            f"'address') within {site.connect_timeout:g} s "
-                            f"('connect_timeout'): {err}") from None
-        _wait_for_workers(client, site.wait_for_workers, site.worker_timeout,
-                          f"the scheduler at {site.address}")
-        return Session(client)
-    cluster = make_jobqueue_cluster(site)
+            cluster = LocalCluster(
+                n_workers=0, threads_per_worker=site.threads_per_worker, processes=True,
+                memory_limit=site.memory_per_worker(),
+                dashboard_address=site.dashboard_address, silence_logs=40)
+        except (OSError, TimeoutError, RuntimeError) as err:
+            raise SiteError(f"{site.label()}: the Dask scheduler did not start: "
+                            f"{_error_text(err)}") from None
+        session = Session(None, cluster, site.label())
+        try:
+            session.client = Client(cluster)  # first: a client awaits its cluster's workers
+            cluster.scale(n)
+            _wait_for_local_workers(session, site, n)
+        except BaseException as err:
+            _close_after_failed_start(session)
+            if isinstance(err, OSError | TimeoutError | RuntimeError):
+                raise SiteError(f"{site.label()} did not start: {_error_text(err)}") from None
+            raise
+    return session
+
+
+def _wait_for_local_workers(session: Session, site: LocalSite, n: int) -> None:
+    from distributed.core import Status
+
+    deadline = time.monotonic() + site.start_timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            session.client.wait_for_workers(n, timeout=max(0.1, min(1.0, remaining)))
+            return
+        except TimeoutError:
+            pass
+        nannies = list(session.cluster.workers.values())
+        failed = sum(w.status in (Status.failed, Status.closing, Status.closed)
+                     for w in nannies)
+        if failed:
+            raise SiteError(f"{failed} of {n} worker process(es) of {site.label()} failed "
+                            "to start (their errors are above)")
+        if remaining <= 0:
+            joined = len(session.client.scheduler_info().get("workers", {}))
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+            raise SiteError(
+                f"{joined} of {n} worker process(es) of {site.label()} joined within "
+                f"{site.start_timeout:g} s: this machine may be too busy to start them in "
+                f"time (load average {load:.1f} on {usable_cores()} usable core(s)); raise "
+                f"{site.setting('start_timeout', int(2 * site.start_timeout))}, or ask "
+                "for fewer workers (--workers)")
+
+
+def _close_after_failed_start(session: Session) -> None:
+    """Close what a failed start left; a close that fails too is logged, not raised (the
+    start's own error is the one to report)."""
+    try:
+        session.close()
+    except SiteError as err:
+        logger.warning("%s", err)
+
+
+def _start_scheduler(site: SchedulerSite) -> Session:
+    from distributed import Client
+
+    try:
+        client = Client(site.address, timeout=site.connect_timeout)
+    except (OSError, TimeoutError) as err:
+        raise SiteError(f"cannot reach the Dask scheduler at {site.address} (site key "
+                        f"'address') within {site.connect_timeout:g} s "
+                        f"('connect_timeout'): {err}") from None
+    _wait_for_workers(client, site.wait_for_workers, site.worker_timeout,
+                      f"the scheduler at {site.address}")
+    return Session(client, label=site.label())
+
+
+def _start_batch(site: SlurmSite | HTCondorSite) -> Session:
+    from distributed import Client
+
+    check_site(site)
+    record = Submissions(submit_command(site), site.label(), watched=True)
+    cluster = make_jobqueue_cluster(site, record)
+    session = Session(None, cluster, site.label(), record)
     try:
         # adaptive even for a fixed number of jobs (minimum = maximum): a job that ends
         # (walltime, lifetime, preemption) is replaced by a new one
         low, high = ((site.adapt.minimum_jobs, site.adapt.maximum_jobs) if site.adapt
                      else (site.jobs, site.jobs))
+        session.client = Client(cluster)  # first: a client awaits its cluster's jobs
         cluster.adapt(minimum_jobs=low, maximum_jobs=high)
-        client = Client(cluster)
-        if site.worker_start_timeout is not None and low > 0:
-            _wait_for_workers(client, 1, site.worker_start_timeout,
-                              f"the {site.type} jobs (check the queue and log_directory)")
+        if low > 0:
+            _wait_for_batch_start(session, site, record, low)
     except BaseException:
-        cluster.close()
+        _close_after_failed_start(session)
         raise
-    return Session(client, cluster)
+    finally:
+        record.watched = False
+    return session
+
+
+def _wait_for_batch_start(session: Session, site: SlurmSite | HTCondorSite,
+                          record: Submissions, jobs: int) -> None:
+    """Wait until a worker joins, or, without ``worker_start_timeout``, until the first
+    ``jobs`` submissions are done; a refused submission raises at once, with its words."""
+    timeout = site.worker_start_timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            session.client.wait_for_workers(1, timeout=0.5)
+            return
+        except TimeoutError:
+            pass
+        if record.errors:
+            raise SiteError(f"{site.label()}: {record.command} refused the job "
+                            f"({len(record.errors)} of {jobs} submission(s) failed): "
+                            f"{record.errors[0]}")
+        if deadline is None and len(record.job_ids) >= jobs:
+            return  # submitted; the queue decides when they start
+        if timeout is not None and deadline is not None and time.monotonic() > deadline:
+            ids = ", ".join(record.job_ids) or "none"
+            raise SiteError(
+                f"no worker joined from the {len(record.job_ids)} job(s) of {site.label()} "
+                f"within {timeout:g} s (job ids: {ids}): check the queue (are they still "
+                f"pending?) and the job logs in {site.log_directory or 'the jobs folder'}; "
+                f"raise {site.setting('worker_start_timeout', int(2 * timeout))} for a "
+                "busy queue")
 
 
 def _wait_for_workers(client: Any, n: int, timeout: float, where: str) -> None:
@@ -451,4 +863,4 @@ def _wait_for_workers(client: Any, n: int, timeout: float, where: str) -> None:
         have = len(client.scheduler_info().get("workers", {}))
         client.close()
         raise SiteError(f"{have} of {n} worker(s) joined from {where} within "
-                        f"{timeout:g} s") from None
+                        f"{timeout:g} s ('worker_timeout')") from None

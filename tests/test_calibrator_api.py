@@ -20,6 +20,7 @@ class MyCustomCalibrator(Calibrator):
     has_variations = True
     isMC_only = False
     calibrated_collections = ["MyObject.pt", "MyObject.mass"]
+    params_section = "my_calibrator_config"  # the parameters section it reads
 
     def __init__(self, params, metadata, **kwargs):
         super().__init__(params, metadata, **kwargs)
@@ -156,8 +157,12 @@ def test_dependency_check_fires_when_order_is_wrong(tt_events, params):
     from pipeline.calibration import JetsCalibrator
 
     manager = CalibratorsManager([AdvancedCalibrator, JetsCalibrator], tt_events, params, MC)
-    with pytest.raises(ValueError, match="requires jet_calibration"):
+    # the calibrator's own error, named: which calibrator, where, and its message
+    with pytest.raises(CalibrationError, match=rf"calibrator '{AdvancedCalibrator.name}' "
+                       r"failed in calibrate\(\) of variation 'nominal': ValueError: .*"
+                       "requires jet_calibration") as caught:
         next(manager.calibration_loop(tt_events))
+    assert isinstance(caught.value.__cause__, ValueError)
 
 
 # --- manager behaviours ------------------------------------------------------------------------
@@ -309,6 +314,21 @@ def test_calibrator_names_must_be_unique():
     with pytest.raises(CalibrationError, match="already used"):
         class Clash(Calibrator):
             name = "jet_calibration"
+
+            def calibrate(self, events, orig_colls, variation, already_applied_calibrators=None):
+                return {}
+
+
+def test_declared_parameter_sections():
+    assert MyCustomCalibrator.parameter_sections() == ["my_calibrator_config"]
+    from pipeline.parameters import valid_sections
+
+    assert "my_calibrator_config" in valid_sections([MyCustomCalibrator])
+    assert "my_calibrator_config" not in valid_sections([])
+    with pytest.raises(CalibrationError, match="params_section.*'my section'"):
+        class BadSection(Calibrator):
+            name = "bad_section_example"
+            params_section = "my section"
 
             def calibrate(self, events, orig_colls, variation, already_applied_calibrators=None):
                 return {}

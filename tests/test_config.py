@@ -141,12 +141,201 @@ def test_enabled_table_unknown_calibrator(tmp_path):
 
 def test_user_sections_merge_over_defaults(tmp_path):
     path = write(tmp_path, "p.yaml", "my_calibrator_config: {scale: 1.5}\n")
-    params = load_parameters([path])
+    params = load_parameters([path], sections=["my_calibrator_config"])
     assert params.my_calibrator_config.scale == 1.5
     assert params.jets_calibration.collection["2022_preEE"].AK4PFPuppi == "Jet"
+
+
+# --- parameter typos: unknown sections and jet types ---------------------------------------
+
+DEFAULT_SECTIONS = ["calibrators_enabled", "electron_scale_and_smearing", "event_weights",
+                    "jets_calibration", "met_rescaling", "photon_scale_and_smearing",
+                    "selections"]
+
+
+def _parameter_error(path: Path, **kwargs) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_parameters([path], **kwargs)
+    text = str(info.value)
+    assert str(path) in text, text
+    return text
+
+
+def test_unknown_parameter_section_is_refused(tmp_path):
+    path = write(tmp_path, "p.yaml", """
+        jets_calibraton:
+          apply_jec_MC:
+            2022_preEE: {AK4PFPuppi: false}
+    """)
+    text = _parameter_error(path)
+    assert "jets_calibraton: unknown parameter section" in text
+    listed = re.search(r"valid sections are: ([^\n(;]*)", text).group(1)
+    names = [n.strip() for n in listed.split(",")]
+    assert set(DEFAULT_SECTIONS) <= set(names), names
+    assert "jets_calibraton" not in names
+
+
+@pytest.mark.parametrize("key", ["apply_jec_MC", "apply_jec_Data", "apply_jer_MC",
+                                 "sort_by_pt", "variations", "collection"])
+def test_unknown_jet_type_is_refused(tmp_path, key):
+    value = {"variations": "[JES_Total]", "collection": "Jet"}.get(key, "true")
+    path = write(tmp_path, "p.yaml", f"""
+        jets_calibration:
+          {key}:
+            2022_preEE: {{AK4PFPuppy: {value}}}
+    """)
+    text = _parameter_error(path)
+    assert f"jets_calibration.{key}.2022_preEE.AK4PFPuppy: unknown jet type" in text, text
+    assert re.search(r"jet types are: AK4PFPuppi, AK8PFPuppi", text), text
+
+
+def test_unknown_jet_type_of_met_is_refused(tmp_path):
+    path = write(tmp_path, "p.yaml", "met_rescaling:\n  2022_preEE: {jet_type: AK4PFPuppy}\n")
+    text = _parameter_error(path)
+    assert "met_rescaling.2022_preEE.jet_type: unknown jet type 'AK4PFPuppy'" in text, text
+    assert "jet types are: AK4PFPuppi, AK8PFPuppi" in text, text
+
+
+USER_SECTION_CALIBRATOR = """
+from pipeline.calibration import Calibrator
+
+
+class ReadsSection(Calibrator):
+    name = "user_reads_section"
+    params_section = "my_scale_settings"
+    calibrated_collections = ["Jet.pt"]
+
+    def calibrate(self, events, orig_colls, variation, already_applied_calibrators=None):
+        return {"Jet.pt": events["Jet"].pt * self.params.my_scale_settings.scale}
+"""
+
+
+def _job_with_params(tmp_path: Path, calibrators: str, params: str) -> Path:
+    write(tmp_path, "params.yaml", params)
+    write(tmp_path, "cfg.yaml", GOOD_CONFIG.replace("calibrators: [jet_calibration]",
+                                                    f"calibrators: {calibrators}"))
+    return write(tmp_path, "job.yaml", "config: cfg.yaml\noutput: out\n"
+                                       "parameters: [params.yaml]\n")
+
+
+def test_user_calibrators_declare_their_sections(tmp_path, user_modules):
+    (user_modules / "calibrew_user_section.py").write_text(USER_SECTION_CALIBRATOR)
+    params = "my_scale_settings: {scale: 1.5}\n"
+    # declared by a calibrator of the sequence: valid
+    job = _job_with_params(tmp_path, "[jet_calibration, 'calibrew_user_section:ReadsSection']",
+                           params)
+    load_job(job)
+    # the same section with a sequence that does not read it: refused, naming the file
+    job = _job_with_params(tmp_path, "[jet_calibration]", params)
+    with pytest.raises(ConfigError) as info:
+        load_job(job)
+    text = str(info.value)
+    assert str(tmp_path / "params.yaml") in text
+    assert "my_scale_settings: unknown parameter section" in text
+    assert "declared by calibrator 'user_reads_section', which is not in the sequence" in text
+
+
+def test_a_config_parameter_typo_fails_when_the_config_loads(tmp_path):
+    write(tmp_path, "params.yaml", "jets_calibration:\n  apply_jec_MC:\n"
+                                   "    2022_preEE: {AK4PFPuppy: false}\n")
+    path = write(tmp_path, "cfg.yaml", "parameters: [params.yaml]\n" + GOOD_CONFIG)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert str(tmp_path / "params.yaml") in text
+    assert "jets_calibration.apply_jec_MC.2022_preEE.AK4PFPuppy: unknown jet type" in text
 
 
 def test_demo_job_is_valid(project_root):
     job, cfg = load_job(project_root / "jobs" / "demo.yaml")
     assert job.site == "local"
     assert "jet_calibration" in cfg.variations_for_sample("TTbar")
+
+
+# --- calibrators named by import path: why the import failed ------------------------------
+
+USER_CALIBRATOR = """
+from pipeline.calibration import Calibrator
+
+
+class {cls}(Calibrator):
+    name = "{name}"
+    calibrated_collections = ["Jet.pt"]
+
+    def calibrate(self, events, orig_colls, variation, already_applied_calibrators=None):
+        return {{"Jet.pt": events["Jet"].pt}}
+"""
+
+
+def _config_with_calibrator(tmp_path: Path, entry: str) -> Path:
+    text = GOOD_CONFIG.replace("calibrators: [jet_calibration]",
+                               f"calibrators: [jet_calibration, '{entry}']")
+    return write(tmp_path, "user.yaml", text)
+
+
+def _load_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert str(path) in text and "calibrators[1]" in text, text
+    assert "unknown calibrator" not in text, text
+    return text
+
+
+@pytest.fixture()
+def user_modules(tmp_path, monkeypatch):
+    """A folder on ``sys.path`` for user modules, unique names per test."""
+    import importlib
+
+    folder = tmp_path / "usermods"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    importlib.invalidate_caches()
+    return folder
+
+
+def test_user_module_not_found(tmp_path, user_modules):
+    text = _load_error(_config_with_calibrator(tmp_path, "calibrew_no_such_module_x:Cal"))
+    assert "module 'calibrew_no_such_module_x' not found" in text
+    assert "PYTHONPATH" in text
+
+
+def test_user_module_dependency_missing(tmp_path, user_modules):
+    (user_modules / "calibrew_user_dep.py").write_text(
+        "import os\nimport calibrew_missing_dependency_y\n" + USER_CALIBRATOR.format(
+            cls="DepCal", name="user_dep_cal"))
+    text = _load_error(_config_with_calibrator(tmp_path, "calibrew_user_dep:DepCal"))
+    assert "module 'calibrew_user_dep' raised while importing" in text
+    assert "ModuleNotFoundError: No module named 'calibrew_missing_dependency_y'" in text
+    assert re.search(r"calibrew_user_dep\.py, line 2\b", text), text
+
+
+def test_user_module_syntax_error(tmp_path, user_modules):
+    (user_modules / "calibrew_user_syntax.py").write_text("x = 1\n\ndef broken(:\n    pass\n")
+    text = _load_error(_config_with_calibrator(tmp_path, "calibrew_user_syntax:Cal"))
+    assert "module 'calibrew_user_syntax' raised while importing: SyntaxError" in text
+    assert re.search(r"calibrew_user_syntax\.py.*line 3\b", text), text
+
+
+def test_user_module_raises_while_importing(tmp_path, user_modules):
+    (user_modules / "calibrew_user_raises.py").write_text(
+        "SCALE = 1.0\nraise RuntimeError('payload missing')\n")
+    text = _load_error(_config_with_calibrator(tmp_path, "calibrew_user_raises:Cal"))
+    assert "module 'calibrew_user_raises' raised while importing: RuntimeError: payload " \
+           "missing" in text
+    assert re.search(r"calibrew_user_raises\.py, line 2\b", text), text
+
+
+def test_user_module_attribute_missing(tmp_path, user_modules):
+    (user_modules / "calibrew_user_attr.py").write_text(
+        USER_CALIBRATOR.format(cls="ScaleJets", name="user_attr_scale_jets"))
+    text = _load_error(_config_with_calibrator(tmp_path, "calibrew_user_attr:ScaleJet"))
+    assert "module 'calibrew_user_attr'" in text and "has no attribute 'ScaleJet'" in text
+    assert "calibrators defined there: ScaleJets" in text
+
+
+def test_user_module_loads(tmp_path, user_modules):
+    (user_modules / "calibrew_user_good.py").write_text(
+        USER_CALIBRATOR.format(cls="GoodCal", name="user_good_cal"))
+    cfg = load_config(_config_with_calibrator(tmp_path, "calibrew_user_good:GoodCal"))
+    assert [c.name for c in cfg.calibrator_classes()] == ["jet_calibration", "user_good_cal"]

@@ -1,9 +1,14 @@
 """Failures and resume, on the demo job with a real LocalCluster: an interrupted run
 resumes to identical outputs, a killed worker changes nothing, unreadable files are
-reported and skipped or failed as asked, an unreachable scheduler fails within a bound."""
+reported and skipped or failed as asked, an unreachable scheduler fails within a bound,
+a cluster that fails to close loses no output; errors after planning (a calibrator's, a
+missing branch, an output directory that cannot be written, a full disk) are one message
+naming what failed, with exit code 2, not retried and losing nothing."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import pickle
@@ -29,11 +34,15 @@ from pipeline.samples import find_data_file
 CHUNKSIZE = 20  # the 200-event demo file in 10 chunks
 
 
-def write_job(tmp: Path, name: str, files: list[str] | None = None, workers: int = 1) -> Path:
-    """The demo analysis, its dataset ``tt`` reading ``files`` (default: the demo file)."""
+def write_job(tmp: Path, name: str, files: list[str] | None = None, workers: int = 1,
+              calibrators: list[str] | None = None) -> Path:
+    """The demo analysis, its dataset ``tt`` reading ``files`` (default: the demo file),
+    its calibrator sequence ``calibrators`` (default: the demo's)."""
     project = Path(__file__).resolve().parent.parent
     config = yaml.safe_load((project / "configs" / "demo.yaml").read_text())
     config["parameters"] = [str(project / "configs" / p) for p in config["parameters"]]
+    if calibrators is not None:
+        config["calibrators"] = calibrators
     (spec,) = config["datasets"].values()
     spec["files"] = files or [str(find_data_file("nano_tt_v12.root"))]
     config["datasets"] = {"tt": spec}
@@ -307,3 +316,219 @@ def test_dashboard_performance_report_and_bytes_read(tmp_path):
     assert {"Jet_pt", "Electron_pt", "PuppiMET_pt", "genWeight"} <= set(summary["columns_read"])
     assert summary["bytes_read"] == 10 * one_pass
     assert summary["bytes_per_event"] == summary["bytes_read"] / 200
+
+
+def test_a_cluster_that_fails_to_close_loses_no_output(reference, tmp_path, monkeypatch,
+                                                       capsys):
+    """Under load, closing the LocalCluster timed out (distributed's nanny join) after every
+    chunk was computed: the outputs are written before the cluster closes, and a close that
+    fails is a warning."""
+    from pipeline import sites
+
+    close = sites.Session.close
+
+    def close_timing_out(self):
+        close(self)  # the cluster does close (no process is left behind by the test)...
+        raise TimeoutError("nanny join timed out")  # ...but reports as under load
+
+    monkeypatch.setattr(sites.Session, "close", close_timing_out)
+    job = write_job(tmp_path, "closing")
+    assert main(["run", str(job), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    text = " ".join((captured.out + captured.err).split())
+    assert "warning" in text and "TimeoutError: nanny join timed out" in text
+    assert "Traceback" not in text
+    done = report(tmp_path / "closing")
+    assert done["status"] == "complete"
+    for path in done["outputs"]:
+        assert Path(path).exists(), path
+    assert (tmp_path / "closing" / "tt" / "summary.json").exists()
+    assert_same_histograms(histograms(reference), histograms(tmp_path / "closing"))
+    assert_same_tables(reference, tmp_path / "closing")
+
+
+def _user_module(tmp_path: Path, monkeypatch, name: str, source: str) -> None:
+    """A user's module, importable by the client and by the workers (PYTHONPATH)."""
+    folder = tmp_path / "user_modules"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(folder), os.environ.get("PYTHONPATH")) if p))
+
+
+RAISING_CALIBRATOR = """
+import os
+
+import awkward as ak
+
+from pipeline.calibration import Calibrator
+
+
+class RaisesOnData(Calibrator):
+    name = "test_raises_on_data"
+    has_variations = False
+    calibrated_collections = ["Jet.pt"]
+
+    def initialize(self, events):
+        self._variations = []
+
+    def calibrate(self, events, orig, variation, already_applied_calibrators=None):
+        pt = events.Jet.pt
+        if ak.backend(pt) != "typetracer":  # planning passes, every chunk fails
+            with open(os.environ["CALIBREW_TEST_CALLS"], "a") as log:
+                log.write(f"{int(events.event[0])}\\n")
+            raise ValueError("no scale for this run")
+        return {"Jet.pt": pt}
+"""
+
+
+def test_a_calibrator_that_raises_is_named_and_not_retried(tmp_path, monkeypatch, capsys):
+    _user_module(tmp_path, monkeypatch, "raising_calibrator", RAISING_CALIBRATOR)
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("CALIBREW_TEST_CALLS", str(calls))
+    job = write_job(tmp_path, "raising",
+                    calibrators=["default", "raising_calibrator:RaisesOnData"])
+    assert main(["run", str(job), "--no-progress", "--retries", "2"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "Traceback" not in captured.out + err
+    assert "calibrator 'test_raises_on_data' failed in calibrate() of variation 'nominal': " \
+           "ValueError: no scale for this run (raised at raising_calibrator.py:" in err
+    assert "dataset 'tt', file " + str(find_data_file("nano_tt_v12.root")) + ", entries [" \
+           in err
+    failed = report(tmp_path / "raising")
+    assert failed["status"] == "failed" and "test_raises_on_data" in failed["error"]
+    (chunk,) = failed["chunks_failed"]
+    assert chunk["attempts"] == 1 and not chunk["unreadable_input"]
+    # a deterministic error is not computed again: no chunk entered the calibrator twice
+    # (with --retries 2, each would have been tried three times)
+    starts = calls.read_text().split()
+    assert starts and len(starts) == len(set(starts)), starts
+
+
+INIT_RAISING_CALIBRATOR = """
+from pipeline.calibration import Calibrator
+
+
+class RaisesInInitialize(Calibrator):
+    name = "test_raises_in_initialize"
+    has_variations = False
+    calibrated_collections = ["Jet.pt"]
+
+    def initialize(self, events):
+        table = {"2018": 1.0}
+        self.scale = table[self.year]
+
+    def calibrate(self, events, orig, variation, already_applied_calibrators=None):
+        return {"Jet.pt": events.Jet.pt * self.scale}
+"""
+
+
+def test_errors_found_while_planning_name_calibrator_column_dataset_and_file(
+        tmp_path, monkeypatch, capsys):
+    """A branch a built-in calibrator needs is missing from the file (nano_dy.root has no
+    FatJet_genJetAK8Idx); a user calibrator raises in initialize(). Nothing is written."""
+    dy = str(find_data_file("nano_dy.root"))
+    job = write_job(tmp_path, "dy", files=[dy])
+    assert main(["run", str(job), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "calibrator 'jet_calibration'" in err and "FatJet_genJetAK8Idx" in err
+    assert f"dataset 'tt', file {dy}" in err
+    assert not (tmp_path / "dy").exists()  # nothing written, not even the directory
+
+    _user_module(tmp_path, monkeypatch, "init_raising_calibrator", INIT_RAISING_CALIBRATOR)
+    job = write_job(tmp_path, "init", calibrators=[
+        "default", "init_raising_calibrator:RaisesInInitialize"])
+    assert main(["run", str(job), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "calibrator 'test_raises_in_initialize' failed in initialize(): KeyError: " \
+           "'2022_preEE' (raised at init_raising_calibrator.py:" in err
+    assert "dataset 'tt', file " + str(find_data_file("nano_tt_v12.root")) in err
+    assert not (tmp_path / "init").exists()
+
+
+@contextlib.contextmanager
+def _read_only_directory(folder: Path, monkeypatch):
+    """A directory that cannot be written: by its mode, or (root ignores modes) a
+    read-only tmpfs mounted on it; where root cannot mount, writing is refused by the
+    kernel's own error raised from os.open for paths below it."""
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        (folder / "probe").touch()
+    except PermissionError:
+        try:
+            yield folder  # an ordinary user: the mode is enough
+        finally:
+            folder.chmod(0o755)
+        return
+    (folder / "probe").unlink()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                      capture_output=True).returncode == 0:
+        try:
+            yield folder
+        finally:
+            subprocess.run(["umount", str(folder)], check=True)
+        return
+    real_open = os.open
+
+    def refusing(path, *args, **kwargs):
+        if str(path).startswith(str(folder) + os.sep):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "open", refusing)
+        yield folder
+
+
+def test_an_output_directory_that_cannot_be_written_is_named(tmp_path, monkeypatch, capsys):
+    job = write_job(tmp_path, "unwritable")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("the user's file\n")
+    assert main(["run", str(job), "--no-progress", "--output", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert f"output directory {a_file} is a file" in err and "Traceback" not in err
+    assert main(["run", str(job), "--no-progress", "--output", str(a_file / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot create output directory {a_file / 'out'}" in err
+    assert "Traceback" not in err
+    assert a_file.read_text() == "the user's file\n"  # left as it was
+
+    with _read_only_directory(tmp_path / "read_only", monkeypatch) as folder:
+        assert main(["run", str(job), "--no-progress", "--output", str(folder)]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"cannot write into output directory {folder}" in err
+        assert "Traceback" not in err
+
+
+def test_a_full_disk_is_named_and_loses_no_computed_chunk(reference, tmp_path, monkeypatch,
+                                                          capsys):
+    """The disk fills up as the outputs are written (simulated: writing the ROOT file
+    raises ENOSPC as the kernel would): the file is named, the computed chunks are kept,
+    and a rerun once there is space writes the outputs without computing again."""
+    import uproot as uproot_module
+
+    def full_disk(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    job = write_job(tmp_path, "full")
+    with monkeypatch.context() as patch:
+        patch.setattr(uproot_module, "recreate", full_disk)
+        assert main(["run", str(job), "--no-progress"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Traceback" not in err
+    assert f"cannot write {tmp_path / 'full' / 'tt' / 'histograms.root'}" in err
+    assert "No space left on device" in err and "rerun the same command" in err
+    checkpoints = tmp_path / "full" / "tt" / ".chunks"
+    assert len(list(checkpoints.glob("chunk-*.npy"))) == 10  # nothing computed is lost
+    assert report(tmp_path / "full")["status"] == "failed"
+
+    assert main(["run", str(job), "--no-progress"]) == 0
+    summary = report(tmp_path / "full")["datasets"]["tt"]
+    assert (summary["chunks_resumed"], summary["chunks_computed"]) == (10, 0)
+    assert_same_histograms(histograms(reference), histograms(tmp_path / "full"))
+    assert_same_tables(reference, tmp_path / "full")

@@ -213,8 +213,15 @@ def test_lazy_table_equals_eager(runs, tt_events):
 def test_object_level_rows(runs, tt_events):
     table = open_table(runs / "one" / "tt" / "jets.zarr")
     data = table.to_numpy(variation=None)
-    jets = tt_events.Jet
-    # every stored row is a jet of its event at its position (before calibration: eta)
+    from pipeline.calibration import CalibratorsManager, JetsCalibrator
+    from pipeline.parameters import defaults
+
+    # every stored row is a jet of its event at its position among the nominal's jets,
+    # which the jet calibrator sorts by pt (eta: unchanged by calibration)
+    (_, nominal), = CalibratorsManager([JetsCalibrator], tt_events, defaults(), {
+        "isMC": True, "year": "2022_preEE", "sample": "TTbar", "dataset": "tt"}
+    ).calibration_loop(tt_events)
+    jets = nominal.Jet
     index = {int(e): i for i, e in enumerate(tt_events.event)}
     rows = [index[int(e)] for e in data["event"]]
     np.testing.assert_array_equal(
@@ -469,12 +476,14 @@ def test_object_collection_must_follow_the_objects(tmp_path):
             """)
 
 
-def test_objects_of_a_resorted_collection_cannot_carry_variations(tmp_path):
+def test_resorted_objects_without_identity_cannot_carry_variations(tmp_path):
+    # re-sorted jets are followed across variations by Jet.original_index (see
+    # test_sorted_tables.py); objects that lost it cannot be
     from pipeline.samples import find_data_file
 
     params = tmp_path / "sort.yaml"
     params.write_text("jets_calibration:\n  sort_by_pt:\n    2022_preEE: {AK4PFPuppi: true}\n")
-    with pytest.raises(ConfigError, match=r"tables\.t\.objects: .*Jet.*re-sorts"):
+    with pytest.raises(ConfigError, match=r"tables\.t\.objects: .*Jet.*re-sorts.*original_index"):
         _run_config(tmp_path, f"""\
             parameters: [{os.path.abspath("configs/params/2022_preEE.yaml")}]
             datasets:
@@ -483,6 +492,6 @@ def test_objects_of_a_resorted_collection_cannot_carry_variations(tmp_path):
             calibrators: [jet_calibration]
             variations: {{shape: {{common: {{inclusive: [jet_calibration]}}}}}}
             tables:
-              t: {{level: object, objects: Jet, columns: {{pt: obj.pt}}}}
+              t: {{level: object, objects: Jet.pt, columns: {{pt: obj}}}}
             """, params=str(params))
     assert not (tmp_path / "out").exists()

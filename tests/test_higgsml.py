@@ -552,3 +552,385 @@ def test_typetracer_inputs(pri):
     # a record array of typetracers works as well
     record = derived_features(ak.zip(tracers))
     assert set(record) == set(DER_FEATURES)
+
+
+# ---------------------------------------------------------------------------------------
+# combined systematics: the recipe's calibrators against the challenge's own code
+# ---------------------------------------------------------------------------------------
+#
+# The reference below is the challenge's definition, transcribed operation for operation
+# from GitHub FAIR-Universe/HEP-Challenge at commit 31816a0d8c8dda03d4b28d9e824674821756962b
+# (2025-05-15): ingestion_program/systematics.py (``mom4_manipulate``, ``postprocess`` and
+# their driver ``systematics(..., dopostprocess=...)``) and
+# ingestion_program/derived_quantities.py (``DER_data``). It works on a pandas DataFrame
+# of the file's float32 columns, as the challenge does, and shares no code with
+# pipeline.recipes. Its ``V4`` four-vectors are reduced to the px, py they give the MET
+# (their pz and E never reach it). The challenge's soft term draws
+# ``RandomState(seed).normal(0, soft_met, n)``, which numpy's legacy generator computes as
+# ``0 + soft_met * gauss``: the standard normals ``gauss`` are passed in (the recipe's,
+# keyed by event identity) instead of the seeded stream.
+
+_CHALLENGE_ROUNDED = (
+    "PRI_had_pt", "PRI_had_eta", "PRI_had_phi", "PRI_lep_pt", "PRI_lep_eta", "PRI_lep_phi",
+    "PRI_met", "PRI_met_phi", "PRI_jet_leading_pt", "PRI_jet_leading_eta",
+    "PRI_jet_leading_phi", "PRI_jet_subleading_pt", "PRI_jet_subleading_eta",
+    "PRI_jet_subleading_phi", "PRI_jet_all_pt",
+)  # fmt: skip
+
+
+def _challenge_mom4_manipulate(data, tes, jes, soft_met, gauss_x, gauss_y):
+    """systematics.py ``mom4_manipulate(data, systTauEnergyScale, systJetEnergyScale,
+    soft_met)``."""
+    # vmet.setPtEtaPhiM(PRI_met, 0, PRI_met_phi, 0)
+    met_px = data["PRI_met"] * np.cos(data["PRI_met_phi"])
+    met_py = data["PRI_met"] * np.sin(data["PRI_met_phi"])
+    if tes != 1.0:
+        data["PRI_had_pt"] *= tes
+        tau_px = data["PRI_had_pt"] * np.cos(data["PRI_had_phi"])
+        tau_py = data["PRI_had_pt"] * np.sin(data["PRI_had_phi"])
+        # vtauDeltaMinus.scaleFixedM((1 - tes) / tes); vmet += vtauDeltaMinus
+        tau_px *= (1.0 - tes) / tes
+        tau_py *= (1.0 - tes) / tes
+        met_px += tau_px
+        met_py += tau_py
+    if jes != 1.0:
+        data["PRI_jet_leading_pt"] = np.where(
+            data["PRI_n_jets"] > 0, data["PRI_jet_leading_pt"] * jes, data["PRI_jet_leading_pt"]
+        )
+        data["PRI_jet_subleading_pt"] = np.where(
+            data["PRI_n_jets"] > 1,
+            data["PRI_jet_subleading_pt"] * jes,
+            data["PRI_jet_subleading_pt"],
+        )
+        data["PRI_jet_all_pt"] *= jes
+        for jet, more_than in (("leading", 0), ("subleading", 1)):
+            pt = data[f"PRI_jet_{jet}_pt"].where(data["PRI_n_jets"] > more_than, other=0)
+            phi = data[f"PRI_jet_{jet}_phi"].where(data["PRI_n_jets"] > more_than, other=0)
+            jet_px = pt * np.cos(phi)
+            jet_py = pt * np.sin(phi)
+            jet_px *= (1.0 - jes) / jes
+            jet_py *= (1.0 - jes) / jes
+            met_px += jet_px
+            met_py += jet_py
+    if soft_met > 0:
+        # v4_soft_term.px = RandomState.normal(0, soft_met), then .py; vmet = vmet + v4
+        met_px = met_px + (0.0 + soft_met * gauss_x)
+        met_py = met_py + (0.0 + soft_met * gauss_y)
+    data["PRI_met"] = np.sqrt(met_px**2 + met_py**2)  # V4.pt()
+    data["PRI_met_phi"] = np.arctan2(met_py, met_px)  # V4.phi()
+    for name in _CHALLENGE_ROUNDED:
+        data[name] = data[name].round(decimals=3)
+    return data
+
+
+def _challenge_postprocess(data):
+    """systematics.py ``postprocess(data)``."""
+    data = data.drop(data[data.PRI_had_pt < 26].index)
+    data = data.reset_index(drop=True)  # the challenge's reset_index(..., inplace=True)
+    for jet in ("subleading", "leading"):
+        mask = data[f"PRI_jet_{jet}_pt"].between(0, 26)
+        data.loc[mask, "PRI_jet_all_pt"] -= data[f"PRI_jet_{jet}_pt"]
+        data.loc[mask, f"PRI_jet_{jet}_pt"] = -25
+        data.loc[mask, f"PRI_jet_{jet}_eta"] = -25
+        data.loc[mask, f"PRI_jet_{jet}_phi"] = -25
+        data.loc[mask, "PRI_n_jets"] -= 1
+    data = data.drop(data[data.PRI_lep_pt < 20].index)
+    return data
+
+
+def _challenge_der_data(data):
+    """derived_quantities.py ``DER_data(data)`` (calcul_int, the f_DER_* functions, the
+    final cast of float64 columns to float32)."""
+    from numpy import cos, cosh, exp, sin, sinh, sqrt
+
+    d = data
+    d["had_px"] = d.PRI_had_pt * cos(d.PRI_had_phi)
+    d["had_py"] = d.PRI_had_pt * sin(d.PRI_had_phi)
+    d["had_pz"] = d.PRI_had_pt * sinh(d.PRI_had_eta)
+    d["p_had"] = d.PRI_had_pt * cosh(d.PRI_had_eta)
+    d["lep_px"] = d.PRI_lep_pt * cos(d.PRI_lep_phi)
+    d["lep_py"] = d.PRI_lep_pt * sin(d.PRI_lep_phi)
+    d["lep_pz"] = d.PRI_lep_pt * sinh(d.PRI_lep_eta)
+    d["p_lep"] = d.PRI_lep_pt * cosh(d.PRI_lep_eta)
+    d["met_x"] = d.PRI_met * cos(d.PRI_met_phi)
+    d["met_y"] = d.PRI_met * sin(d.PRI_met_phi)
+    for jet, n_min in (("leading", 1), ("subleading", 2)):
+        pt, eta, phi = d[f"PRI_jet_{jet}_pt"], d[f"PRI_jet_{jet}_eta"], d[f"PRI_jet_{jet}_phi"]
+        d[f"jet_{jet}_px"] = pt * cos(phi) * (d.PRI_n_jets >= n_min)
+        d[f"jet_{jet}_py"] = pt * sin(phi) * (d.PRI_n_jets >= n_min)
+        d[f"jet_{jet}_pz"] = pt * sinh(eta) * (d.PRI_n_jets >= n_min)
+        d[f"p_jet_{jet}"] = pt * cosh(eta) * (d.PRI_n_jets >= n_min)
+
+    ci = (d.PRI_met + d.PRI_lep_pt) ** 2 - (d.met_x + d.lep_px) ** 2 - (d.met_y + d.lep_py) ** 2
+    d["DER_mass_transverse_met_lep"] = sqrt(ci * (ci >= 0))
+    d["DER_mass_vis"] = sqrt(
+        (d.p_lep + d.p_had) ** 2
+        - (d.lep_px + d.had_px) ** 2
+        - (d.lep_py + d.had_py) ** 2
+        - (d.lep_pz + d.had_pz) ** 2
+    )
+    d["DER_pt_h"] = sqrt(
+        (d.had_px + d.lep_px + d.met_x) ** 2 + (d.had_py + d.lep_py + d.met_y) ** 2
+    )
+    d["DER_deltaeta_jet_jet"] = abs(d.PRI_jet_subleading_eta - d.PRI_jet_leading_eta) * (
+        d.PRI_n_jets >= 2
+    ) - 25 * (d.PRI_n_jets < 2)
+    ci = (
+        (d.p_jet_leading + d.p_jet_subleading) ** 2
+        - (d.jet_leading_px + d.jet_subleading_px) ** 2
+        - (d.jet_leading_py + d.jet_subleading_py) ** 2
+        - (d.jet_leading_pz + d.jet_subleading_pz) ** 2
+    )
+    d["DER_mass_jet_jet"] = sqrt(ci * (ci >= 0)) * (d.PRI_n_jets >= 2) - 25 * (d.PRI_n_jets <= 1)
+    d["DER_prodeta_jet_jet"] = d.PRI_jet_leading_eta * d.PRI_jet_subleading_eta * (
+        d.PRI_n_jets >= 2
+    ) - 25 * (d.PRI_n_jets <= 1)
+    d2_eta = (d.PRI_lep_eta - d.PRI_had_eta) ** 2
+    d2_phi = (np.abs(np.mod(d.PRI_lep_phi - d.PRI_had_phi + 3 * np.pi, 2 * np.pi) - np.pi)) ** 2
+    d["DER_deltar_had_lep"] = sqrt(d2_eta + d2_phi)
+    d["DER_pt_tot"] = sqrt(
+        (d.had_px + d.lep_px + d.met_x + d.jet_leading_px + d.jet_subleading_px) ** 2
+        + (d.had_py + d.lep_py + d.met_y + d.jet_leading_py + d.jet_subleading_py) ** 2
+    )
+    d["DER_sum_pt"] = d.PRI_had_pt + d.PRI_lep_pt + d.PRI_jet_all_pt
+    d["DER_pt_ratio_lep_had"] = d.PRI_lep_pt / d.PRI_had_pt
+
+    def a(met, lep, had):
+        return sin(met - lep) * np.sign(sin(had - lep))
+
+    def b(met, lep, had):
+        return sin(had - met) * np.sign(sin(had - lep))
+
+    d["A"] = a(d.PRI_met_phi, d.PRI_lep_phi, d.PRI_had_phi)
+    d["B"] = b(d.PRI_met_phi, d.PRI_lep_phi, d.PRI_had_phi)
+    d["num"] = d.A + d.B
+    d["denum"] = sqrt(d.A**2 + d.B**2)
+    d["DER_met_phi_centrality"] = d.num / (d.denum + (d.denum == 0)) * (d.denum != 0) - 25 * (
+        d.denum == 0
+    )
+    mask = d.denum == 0
+    d.loc[mask, "A"] = a(d.PRI_met_phi, d.PRI_lep_phi + 0.0001, d.PRI_had_phi)
+    d.loc[mask, "B"] = b(d.PRI_met_phi, d.PRI_lep_phi + 0.0001, d.PRI_had_phi)
+    d.loc[mask, "num"] = d.A + d.B
+    d.loc[mask, "denum"] = sqrt(d.A**2 + d.B**2)
+    d.loc[mask, "DER_met_phi_centrality"] = d.num / (d.denum + (d.denum == 0)) * (
+        d.denum != 0
+    ) - 25 * (d.denum == 0)
+
+    d["difference"] = (d.PRI_jet_leading_eta - d.PRI_jet_subleading_eta) ** 2
+    d["moyenne"] = (d.PRI_jet_leading_eta + d.PRI_jet_subleading_eta) / 2
+    mask = d["difference"] == 0.0
+    d["DER_lep_eta_centrality"] = exp(
+        -4 / (d.difference) * ((d.PRI_lep_eta - d.moyenne) ** 2)
+    ) * (d.PRI_n_jets >= 2) - 25 * (d.PRI_n_jets <= 1)
+    d.loc[mask, "DER_lep_eta_centrality"] = exp(
+        -4 / (d.difference + 0.0001) * ((d.PRI_lep_eta - d.moyenne) ** 2)
+    ) * (d.PRI_n_jets >= 2) - 25 * (d.PRI_n_jets <= 1)
+
+    doubles = d.select_dtypes(include=["float64"]).columns
+    d[doubles] = d[doubles].astype(np.float32)
+    return d
+
+
+def challenge_systematics(frame, tes, jes, soft_met=0.0, gauss_x=None, gauss_y=None,
+                          dopostprocess=True):  # fmt: skip
+    """systematics.py ``systematics(data_set, tes, jes, soft_met, dopostprocess)`` on the
+    file's 16 PRI columns; ``row`` (the row number in the file) rides along, as the
+    challenge's extra columns do, to say which events it kept."""
+    data = frame[list(PRI_FEATURES)].copy()
+    data["row"] = np.arange(len(frame))
+    data = _challenge_mom4_manipulate(data.copy(), tes, jes, soft_met, gauss_x, gauss_y)
+    if dopostprocess:
+        data = _challenge_postprocess(data)
+    return _challenge_der_data(data)
+
+
+GRID = [(tes, jes) for tes in (0.97, 1.0, 1.03) for jes in (0.97, 1.0, 1.03)]
+SOFT_MET_UP = 1.5  # GeV: the soft_metUp variation of the tests below
+
+
+def _higgsml_params(tes: float, jes: float, postprocess: bool | None,
+                    up: float = 1.01, down: float = 0.99) -> dict:  # fmt: skip
+    period: dict = {
+        "tes": {"nominal": tes, "up": up, "down": down},
+        "jes": {"nominal": jes, "up": up, "down": down},
+        "soft_met": {"nominal": 0.0, "up": SOFT_MET_UP, "down": 0.0},
+    }
+    if postprocess is not None:
+        period["postprocess"] = postprocess
+    return {"higgsml_systematics": {"HiggsML": period}}
+
+
+@pytest.fixture(scope="module")
+def file_events():
+    from pipeline.parquet_input import read_parquet_eager
+
+    return read_parquet_eager(str(find_data_file(FILE)))
+
+
+def _recipe_gauss(events) -> tuple[np.ndarray, np.ndarray]:
+    """The soft-MET standard normals the recipe draws (pipeline.rng, by event identity)."""
+    from pipeline.rng import normal
+
+    identity = (events.run, events.luminosityBlock, events.event, events.event * 0)
+    return (np.asarray(normal(*identity, "higgsml:soft_met:x")),
+            np.asarray(normal(*identity, "higgsml:soft_met:y")))  # fmt: skip
+
+
+def _assert_bitwise(got: dict, expected: pd.DataFrame, kept: np.ndarray, what: str) -> None:
+    """Every PRI and DER column of ``got`` (one value per file row) cast to float32 (the
+    table's type, the challenge's final cast) equals the challenge's, on its kept rows."""
+    assert np.array_equal(expected["row"].to_numpy(), np.flatnonzero(kept)), what
+    for name in (*PRI_FEATURES, *DER_FEATURES):
+        values = np.asarray(got[name]).astype(np.float32)[kept]
+        np.testing.assert_array_equal(
+            values, expected[name].to_numpy().astype(np.float32), err_msg=f"{what}: {name}"
+        )
+
+
+@pytest.mark.parametrize("postprocess", [True, False], ids=["postprocess", "no_postprocess"])
+@pytest.mark.parametrize(("tes", "jes"), GRID)
+def test_calibrator_chain_equals_the_challenge_bit_for_bit(frame, file_events, tes, jes,
+                                                           postprocess):  # fmt: skip
+    # The recipe's calibrator sequence, its nominal values set to a (tes, jes) grid point:
+    # the nominal branch has both scales shifted at once, the soft_metUp branch all three.
+    # Each must equal the challenge's single pass (shifts, one rounding, postprocess or
+    # not, DER) bit for bit, and its post-selection must keep exactly the challenge's rows.
+    from omegaconf import OmegaConf
+
+    from pipeline.calibration.calibrator import get_calibrator
+    from pipeline.calibration.manager import CalibratorsManager
+    from pipeline.parameters import defaults
+
+    params = OmegaConf.merge(defaults(), _higgsml_params(tes, jes, postprocess))
+    names = ["higgsml_tes", "higgsml_jes", "higgsml_soft_met", "higgsml_postprocess"]
+    manager = CalibratorsManager([get_calibrator(n) for n in names], file_events, params,
+                                 {"isMC": True, "year": "HiggsML", "sample": "HiggsML"})
+    gauss_x, gauss_y = _recipe_gauss(file_events)
+    for variation, soft_met in (("nominal", 0.0), ("soft_metUp", SOFT_MET_UP)):
+        events = manager.calibrate(file_events, variation)
+        expected = challenge_systematics(frame, tes, jes, soft_met, gauss_x, gauss_y,
+                                         dopostprocess=postprocess)  # fmt: skip
+        kept = ak.to_numpy(events["higgsml_post_selection"])
+        assert kept.dtype == bool
+        if postprocess:
+            assert 0 < (~kept).sum()  # the challenge drops events with tau pT < 26
+        else:
+            assert kept.all()
+        _assert_bitwise({name: ak.to_numpy(events[name]) for name in expected.columns
+                         if name in events.fields}, expected, kept,
+                        f"tes={tes} jes={jes} {variation}")  # fmt: skip
+
+
+def test_combined_shifts_differ_from_one_shift_after_the_other(frame):
+    # Why the single pass matters: rounding MET after the tau shift and starting the jet
+    # shift from the rounded MET (as two rounded passes do) gives other values than the
+    # challenge's single pass on this sample.
+    once = challenge_systematics(frame, 1.03, 0.97, dopostprocess=False)
+    first = challenge_systematics(frame, 1.03, 1.0, dopostprocess=False)
+    twice = challenge_systematics(first, 1.0, 0.97, dopostprocess=False)
+    assert (once["PRI_met"].to_numpy() != twice["PRI_met"].to_numpy()).any()
+
+
+def test_postprocess_parameter_is_validated(file_events):
+    from omegaconf import OmegaConf
+
+    from pipeline.calibration.calibrator import get_calibrator
+    from pipeline.errors import ConfigError
+    from pipeline.parameters import defaults
+
+    params = OmegaConf.merge(defaults(), {"higgsml_systematics": {"HiggsML": {
+        "postprocess": "maybe", "tess": {"nominal": 1.0, "up": 1.0, "down": 1.0}}}})
+    with pytest.raises(ConfigError) as err:
+        get_calibrator("higgsml_postprocess")(params, {"isMC": True, "year": "HiggsML"})
+    message = str(err.value)
+    assert "higgsml_systematics.HiggsML.postprocess" in message
+    assert "higgsml_systematics.HiggsML.tess" in message
+
+
+# Two periods of one run: the recipe's dataset with the post-processing at a grid corner,
+# and the same file as a second dataset of another period without it, at the other corner.
+RUN_CASES = {
+    # dataset: (period, postprocess, nominal tes = jes, up, down)
+    "HiggsML": ("HiggsML", True, 1.03, 0.97, 1.0),
+    "HiggsML_raw": ("HiggsML_raw", False, 0.97, 1.03, 1.0),
+}
+
+
+@pytest.fixture(scope="module")
+def grid_run(project_root, tmp_path_factory):
+    """jobs/recipe_higgsml.yaml run with the RUN_CASES parameters (one extra dataset)."""
+    import yaml
+
+    from pipeline.cli import main
+
+    tmp_path = tmp_path_factory.mktemp("higgsml_grid")
+    jobs = project_root / "jobs"
+    spec = yaml.safe_load((jobs / "recipe_higgsml.yaml").read_text())
+    config_path = (jobs / spec["config"]).resolve()
+    config = yaml.safe_load(config_path.read_text())
+    config["parameters"] = [str((config_path.parent / p).resolve())
+                            for p in config.get("parameters", [])]  # fmt: skip
+    dataset = config["datasets"]["HiggsML"]
+    dataset["files"] = [str(find_data_file(f)) for f in dataset["files"]]
+    params: dict = {"higgsml_systematics": {}}
+    for name, (period, postprocess, nominal, up, down) in RUN_CASES.items():
+        config["datasets"][name] = {**dataset,
+                                    "metadata": {**dataset["metadata"], "year": period}}
+        grid = _higgsml_params(nominal, nominal, postprocess, up=up, down=down)
+        params["higgsml_systematics"][period] = grid["higgsml_systematics"]["HiggsML"]
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    spec.update(config=str(tmp_path / "config.yaml"), output=str(tmp_path / "out"),
+                parameters=[str(tmp_path / "grid.yaml")], workers=1)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["run", str(tmp_path / "job.yaml"), "--no-progress"]) == 0
+    return tmp_path / "out"
+
+
+@pytest.mark.parametrize("dataset", list(RUN_CASES))
+def test_recipe_tables_equal_the_challenge_at_combined_shifts(grid_run, frame, dataset):
+    # The whole recipe (jobs/recipe_higgsml.yaml) with the grid set through its parameters:
+    # nominal (tes, jes) = (x, x) and every Up/Down variation of one scale then has the
+    # other shifted too; soft_metUp has all three. Each variation's rows and columns in the
+    # table equal the challenge's single pass, with and without its post-processing.
+    from pipeline.ml import open_table
+    from pipeline.rng import normal
+
+    _, postprocess, nominal, up, down = RUN_CASES[dataset]
+    table = open_table(grid_run / dataset / "features.zarr")
+    nominal_rows = table.to_numpy(["event", "run", "luminosityBlock", "pass"], variation=None)
+    rows = nominal_rows["event"].astype(np.int64)  # the row number in the file
+    # a row per event that passes in some variation (all of them without post-processing)
+    assert len(np.unique(rows)) == len(rows) and (len(rows) == len(frame)) != postprocess
+    ids = (nominal_rows["run"], nominal_rows["luminosityBlock"], nominal_rows["event"],
+           nominal_rows["event"] * 0)  # fmt: skip
+    gauss_x = np.empty(len(frame))
+    gauss_y = np.empty(len(frame))
+    gauss_x[rows] = normal(*ids, "higgsml:soft_met:x")
+    gauss_y[rows] = normal(*ids, "higgsml:soft_met:y")
+    cases = {
+        "nominal": (nominal, nominal, 0.0),
+        "tesUp": (up, nominal, 0.0), "tesDown": (down, nominal, 0.0),
+        "jesUp": (nominal, up, 0.0), "jesDown": (nominal, down, 0.0),
+        "soft_metUp": (nominal, nominal, SOFT_MET_UP), "soft_metDown": (nominal, nominal, 0.0),
+    }  # fmt: skip
+    assert set(table.variations()) == set(cases) - {"nominal"}
+    names = [*PRI_FEATURES, *DER_FEATURES]
+    nominal_columns = table.to_numpy(names, variation=None)
+    for variation, (tes, jes, soft_met) in cases.items():
+        expected = challenge_systematics(frame, tes, jes, soft_met, gauss_x, gauss_y,
+                                         dopostprocess=postprocess)  # fmt: skip
+        stored = table.variations().get(variation, [])
+        got = {}
+        for name in (*names, "pass"):
+            if variation != "nominal" and name in stored:
+                values = np.concatenate([p["variations"][variation][name][...]
+                                         for p in table.parts])  # fmt: skip
+            else:
+                values = nominal_columns[name] if name != "pass" else nominal_rows["pass"]
+            got[name] = np.zeros(len(frame), dtype=values.dtype)  # rows not stored fail
+            got[name][rows] = values
+        kept = got.pop("pass").astype(bool)
+        assert kept.all() != postprocess, variation
+        _assert_bitwise(got, expected, kept, f"{variation} (tes={tes}, jes={jes})")

@@ -19,6 +19,11 @@ def flat(array) -> np.ndarray:
     return np.asarray(ak.to_numpy(ak.flatten(array)), dtype=np.float64)
 
 
+def file_order(jets, field: str = "pt") -> np.ndarray:
+    """A field of calibrated jets (sorted by pt), flat in the input file's jet order."""
+    return flat(jets[field][ak.argsort(jets.original_index, axis=1)])
+
+
 @pytest.fixture(scope="module")
 def payload():
     path = find_data_file("jet_jerc_Summer22_V3.json.gz")
@@ -56,21 +61,21 @@ def test_jec_matches_correctionlib(tt_events, calibrated, payload):
                                  requested_calibrator_variations=[])
     (_, nominal), = list(manager.calibration_loop(tt_events))
     expected = reference_jec(tt_events, payload)
-    np.testing.assert_allclose(flat(nominal.Jet.pt), expected, rtol=1e-6)
-    np.testing.assert_allclose(flat(nominal.Jet.pt_raw),
+    np.testing.assert_allclose(file_order(nominal.Jet), expected, rtol=1e-6)
+    np.testing.assert_allclose(file_order(nominal.Jet, "pt_raw"),
                                flat(tt_events.Jet.pt * (1 - tt_events.Jet.rawFactor)), rtol=1e-7)
 
 
 def test_jes_variations_match_correctionlib(tt_events, calibrated, payload):
-    nominal = flat(calibrated["nominal"].Jet.pt)
+    nominal = file_order(calibrated["nominal"].Jet)
     # the JES shift multiplies the (smeared) nominal by 1 +- unc(eta, pt_jec)
     jec_pt = reference_jec(tt_events, payload)
     eta = flat(tt_events.Jet.eta)
     for source in ("Regrouped_Absolute", "Regrouped_FlavorQCD", "Regrouped_HF_2022"):
         unc = payload[f"{TAG}_{source}_AK4PFPuppi"]
         expected_unc = np.array([unc.evaluate(e, p) for e, p in zip(eta, jec_pt)])
-        up = flat(calibrated[f"AK4PFPuppi_JES_{source}Up"].Jet.pt)
-        down = flat(calibrated[f"AK4PFPuppi_JES_{source}Down"].Jet.pt)
+        up = file_order(calibrated[f"AK4PFPuppi_JES_{source}Up"].Jet)
+        down = file_order(calibrated[f"AK4PFPuppi_JES_{source}Down"].Jet)
         np.testing.assert_allclose(up, nominal * (1 + expected_unc), rtol=1e-6)
         np.testing.assert_allclose(down, nominal * (1 - expected_unc), rtol=1e-6)
 
@@ -91,10 +96,33 @@ def test_jer_is_independent_of_chunking(tt_events):
 
 
 def test_jer_smears_unmatched_and_scales_matched(tt_events, calibrated):
-    nominal = flat(calibrated["nominal"].Jet.pt)
-    up = flat(calibrated["AK4PFPuppi_JERUp"].Jet.pt)
+    nominal = file_order(calibrated["nominal"].Jet)
+    up = file_order(calibrated["AK4PFPuppi_JERUp"].Jet)
     assert not np.allclose(nominal, up)
-    assert np.all(nominal >= 0)
+    for variation in ("nominal", "AK4PFPuppi_JERUp", "AK4PFPuppi_JERDown"):
+        for coll in ("Jet", "FatJet"):
+            assert np.all(flat(calibrated[variation][coll].pt) > 0), (variation, coll)
+
+
+def test_jer_smearing_floors_the_jet_energy(tt_events, calibrated, payload):
+    """CMSSW's SmearedJetProducerT: a smearing factor that would leave the jet below
+    MIN_JET_ENERGY = 1e-2 GeV becomes 1e-2 / E (E: the JEC-corrected jet energy), so the
+    smeared jet keeps its direction with E = 1e-2 GeV; pt and mass scale alike."""
+    for variation in ("nominal", "AK4PFPuppi_JERUp", "AK4PFPuppi_JERDown"):
+        jets = calibrated[variation].Jet
+        pt, pt_jec = file_order(jets), file_order(jets, "pt_jec")
+        mass, mass_jec = file_order(jets, "mass"), file_order(jets, "mass_jec")
+        eta = flat(tt_events.Jet.eta)
+        energy_jec = np.hypot(pt_jec * np.cosh(eta), mass_jec)
+        # (eta is float32 in NanoAOD: the calibrator's cosh(eta) rounds at 1e-7)
+        floored = np.isclose(pt / pt_jec, 1e-2 / energy_jec, rtol=1e-6, atol=0)
+        if variation == "nominal":
+            assert np.count_nonzero(floored) >= 6  # forward jets smeared below zero before
+        np.testing.assert_allclose(np.hypot(pt * np.cosh(eta), mass)[floored], 1e-2,
+                                   rtol=1e-6)
+        np.testing.assert_allclose(mass[floored], (mass_jec * pt / pt_jec)[floored],
+                                   rtol=1e-12)
+        assert np.all(pt > 0)
 
 
 def test_data_uses_era_tag_and_has_no_variations(tt_events):
@@ -130,23 +158,46 @@ def test_missing_branch_is_named(tt_events):
         CalibratorsManager([JetsCalibrator], stripped, defaults(), MC)
 
 
-def test_optional_sort_by_pt(tt_events):
+def test_jets_are_sorted_by_pt_in_every_variation_by_default(tt_events, calibrated):
+    """Nominal and every variation: decreasing pt, each jet keeping all its fields and its
+    ``original_index`` (the position in the input file), so gen matching stays traceable."""
+    unsorted = dict(CalibratorsManager([JetsCalibrator], tt_events, no_sort(), MC)
+                    .calibration_loop(tt_events, ["jet_calibration"]))
+    assert len(calibrated) > 20
+    for variation, events in calibrated.items():
+        for coll in ("Jet", "FatJet"):
+            jets = events[coll]
+            pt = jets.pt
+            assert ak.all(pt[:, 1:] <= pt[:, :-1]), (variation, coll)
+            index = jets.original_index
+            original = tt_events[coll]
+            assert ak.all(ak.sort(index, axis=1) == ak.local_index(original, axis=1))
+            for field in ("eta", "phi", "rawFactor", "area"):
+                assert ak.all(jets[field] == original[field][index]), (variation, field)
+            gen = "genJetIdx" if coll == "Jet" else "genJetAK8Idx"
+            assert ak.all(jets[gen] == original[gen][index])
+            # the same values as without sorting, moved with their jet
+            assert ak.all(pt == unsorted[variation][coll].pt[index]), (variation, coll)
+    # 79 of the 200 events have their jets out of pt order before sorting
+    before = unsorted["nominal"].Jet.pt
+    assert ak.sum(ak.any(before[:, 1:] > before[:, :-1], axis=1)) > 50
+
+
+def no_sort():
     from omegaconf import OmegaConf
 
     from pipeline.parameters import defaults
 
-    params = OmegaConf.merge(defaults(), {"jets_calibration": {"sort_by_pt": {
-        "2022_preEE": {"AK4PFPuppi": True}}}})
-    unsorted = dict(CalibratorsManager([JetsCalibrator], tt_events, defaults(), MC)
-                    .calibration_loop(tt_events, ["jet_calibration"]))
-    manager = CalibratorsManager([JetsCalibrator], tt_events, params, MC)
+    return OmegaConf.merge(defaults(), {"jets_calibration": {"sort_by_pt": {
+        "2022_preEE": {"AK4PFPuppi": False, "AK8PFPuppi": False}}}})
+
+
+def test_sorting_can_be_switched_off(tt_events):
+    manager = CalibratorsManager([JetsCalibrator], tt_events, no_sort(), MC)
+    assert manager.calibrator_sequence[0].reordered_collections() == set()
     for variation, events in manager.calibration_loop(tt_events, ["jet_calibration"]):
-        pt = events.Jet.pt
-        assert ak.all(pt[:, 1:] <= pt[:, :-1]), variation
-        # the same jets, reordered: every field moved with its jet
-        order = ak.argsort(unsorted[variation].Jet.pt, axis=1, ascending=False)
-        assert ak.all(events.Jet.eta == tt_events.Jet.eta[order])
-        assert ak.all(pt == unsorted[variation].Jet.pt[order])
+        assert ak.all(events.Jet.eta == tt_events.Jet.eta), variation
+        assert ak.all(events.Jet.original_index == ak.local_index(tt_events.Jet, axis=1))
 
 
 def test_jer_matches_a_plain_computation(tt_events):
@@ -193,10 +244,13 @@ def test_jer_matches_a_plain_computation(tt_events):
                         factor = 1 + (s - 1) * (pt - gen["pt"]) / pt
                     else:
                         factor = 1 + sigma * z * math.sqrt(max(s * s - 1, 0.0))
-                    expected[key].append(pt * max(factor, 0.0))
+                    # CMSSW's floor: the smeared energy is at least 1e-2 GeV
+                    energy = math.hypot(pt * math.cosh(jet["eta"]),
+                                        jet["mass"] * (1 - jet["rawFactor"]) * pt / raw)
+                    expected[key].append(pt * max(factor, 1e-2 / energy))
         assert len(expected["nominal"]) > 0
         for key, values in expected.items():
-            got = ak.to_numpy(ak.flatten(out[key][coll].pt))
+            got = file_order(out[key][coll])
             np.testing.assert_allclose(got, values, rtol=1e-6, err_msg=f"{coll} {key}")
 
 

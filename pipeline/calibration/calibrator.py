@@ -12,6 +12,7 @@ columns. Column projection itself is automatic (dask-awkward traces what is used
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -47,6 +48,12 @@ class Calibrator(ABC):
     calibrated_collections: ClassVar[list[str]] = []
     #: Input columns the calibrator reads (documentation; projection is traced).
     columns_read: ClassVar[list[str]] = []
+    #: The top-level parameters section the calibrator reads (``""``: none of its own).
+    #: A parameter file may hold a section only if the defaults have it or a calibrator
+    #: of the config's sequence declares it here (or in ``params_sections``).
+    params_section: ClassVar[str] = ""
+    #: Further top-level parameters sections the calibrator reads.
+    params_sections: ClassVar[list[str]] = []
 
     _variations: list[str]
 
@@ -62,6 +69,12 @@ class Calibrator(ABC):
                 f"{existing.__module__}.{existing.__qualname__}; choose another name for "
                 f"{cls.__module__}.{cls.__qualname__}"
             )
+        for section in cls.parameter_sections():
+            if not isinstance(section, str) or not section.isidentifier():
+                raise CalibrationError(
+                    f"calibrator {cls.name!r}: params_section(s) entry {section!r} must be "
+                    "a top-level parameters section name (an identifier)"
+                )
         for col in cls.calibrated_collections:
             if not isinstance(col, str) or col.count(".") > 1 or not col.strip("."):
                 raise CalibrationError(
@@ -83,6 +96,18 @@ class Calibrator(ABC):
         self.kwargs = kwargs
         self._variations = []
 
+    @classmethod
+    def parameter_sections(cls) -> list[str]:
+        """The top-level parameters sections this calibrator declares it reads.
+
+        Examples
+        --------
+        >>> get_calibrator("met_rescaling").parameter_sections()
+        ['met_rescaling']
+        """
+        first = [cls.params_section] if cls.params_section else []
+        return first + [s for s in cls.params_sections if s != cls.params_section]
+
     # Read-only conveniences used by calibrators (seed 000 uses ``self.isMC``).
     @property
     def isMC(self) -> bool:
@@ -102,8 +127,8 @@ class Calibrator(ABC):
     def reordered_collections(self) -> set[str]:
         """Collections whose objects this calibrator may put in another order (by variation).
 
-        Feature tables match object rows across variations by position, so they refuse
-        objects taken from such a collection. The default: none.
+        Feature tables follow objects taken from such a collection across variations by
+        their ``original_index`` field (not by position). The default: none.
         """
         return set()
 
@@ -130,8 +155,92 @@ class Calibrator(ABC):
         """
 
 
+class CalibratorImportError(CalibrationError):
+    """A calibrator named by import path (``"module:Class"``) cannot be loaded.
+
+    ``where`` is the config key path that names it, ``problem`` says why: the module is not
+    found, the module raised while importing (with its error and line), the module has no
+    such attribute, or the attribute is not a :class:`Calibrator`.
+    """
+
+    def __init__(self, name: str, problem: str, where: str = "") -> None:
+        self.name, self.problem, self.where = name, problem, where
+        super().__init__(f"{where + ': ' if where else ''}cannot load calibrator {name!r}: "
+                         f"{problem}")
+
+
+#: Said of every import path: the client and every worker import the module.
+IMPORTABLE_HINT = ("a module named by import path must be importable by the client and by "
+                   "every worker: put its folder on PYTHONPATH or install it as a package")
+
+
+def _import_location(err: BaseException) -> str:
+    """``" (at FILE, line N)"``: where in the user's code an import raised."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if not f.filename.startswith("<frozen importlib")
+              and f"{os.sep}importlib{os.sep}" not in f.filename and f.filename != __file__]
+    if not frames:
+        return ""
+    first, last = frames[0], frames[-1]
+    where = f" (at {first.filename}, line {first.lineno}"
+    if (last.filename, last.lineno) != (first.filename, first.lineno):
+        where += f"; raised at {last.filename}, line {last.lineno}"
+    return where + ")"
+
+
+def _import_calibrator(name: str, where: str) -> type[Calibrator]:
+    """Import ``"module:Class"``; any failure says which of the four ways it failed."""
+    import importlib
+
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr or ":" in attr:
+        raise CalibratorImportError(name, "an import path is written 'module:Class' (e.g. "
+                                    "'my_package.calibrators:ScaleJets')", where)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        missing = err.name or ""
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            raise CalibratorImportError(
+                name, f"module {module_name!r} not found"
+                + (f" (no module {missing!r})" if missing != module_name else "")
+                + f"; {IMPORTABLE_HINT}", where) from None
+        raise CalibratorImportError(
+            name, f"module {module_name!r} raised while importing: "
+            f"{type(err).__name__}: {err}{_import_location(err)}", where) from None
+    except SyntaxError as err:
+        raise CalibratorImportError(
+            name, f"module {module_name!r} raised while importing: "
+            f"{type(err).__name__}: {err.msg} ({err.filename}, line {err.lineno})",
+            where) from None
+    except Exception as err:  # anything the user's module raises at import time
+        raise CalibratorImportError(
+            name, f"module {module_name!r} raised while importing: "
+            f"{type(err).__name__}: {err}{_import_location(err)}", where) from None
+    origin = getattr(module, "__file__", None) or module_name
+    if not hasattr(module, attr):
+        found = sorted(k for k, v in vars(module).items()
+                       if isinstance(v, type) and issubclass(v, Calibrator)
+                       and v is not Calibrator and v.__module__ == module.__name__)
+        raise CalibratorImportError(
+            name, f"module {module_name!r} ({origin}) has no attribute {attr!r}; calibrators "
+            f"defined there: {', '.join(found) if found else '(none)'}", where)
+    cls = getattr(module, attr)
+    if not (isinstance(cls, type) and issubclass(cls, Calibrator)):
+        raise CalibratorImportError(
+            name, f"{attr!r} of module {module_name!r} ({origin}) is not a Calibrator "
+            "subclass", where)
+    return cls
+
+
 def get_calibrator(name: str, where: str = "") -> type[Calibrator]:
     """Look a calibrator class up by name, or by import path ``"module:Class"``.
+
+    An import path that cannot be loaded raises :class:`CalibratorImportError` saying
+    whether the module was not found, raised while importing (its error and line), or
+    lacks the attribute.
 
     Examples
     --------
@@ -139,18 +248,14 @@ def get_calibrator(name: str, where: str = "") -> type[Calibrator]:
     Traceback (most recent call last):
     ...
     pipeline.errors.UnknownNameError: unknown calibrator 'nope'; valid calibrators are: ...
+    >>> try:
+    ...     get_calibrator("calibrew_no_such_module:Cal")
+    ... except CalibratorImportError as err:
+    ...     print(err.problem.split(";")[0])
+    module 'calibrew_no_such_module' not found
     """
     if ":" in name:
-        import importlib
-
-        module_name, _, attr = name.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise UnknownNameError("calibrator", name, CALIBRATORS, where) from err
-        if not (isinstance(cls, type) and issubclass(cls, Calibrator)):
-            raise CalibrationError(f"{where + ': ' if where else ''}{name} is not a Calibrator")
-        return cls
+        return _import_calibrator(name, where)
     _load_builtins()
     if name not in CALIBRATORS:
         raise UnknownNameError("calibrator", name, CALIBRATORS, where)

@@ -34,8 +34,12 @@ def leaf_buffers(array: Any) -> list[Any] | None:
         return None
     layout = ak.to_layout(array)
     out = []
-    while isinstance(layout, ak.contents.ListOffsetArray):
-        out.append(layout.offsets.data)
+    while isinstance(layout, (ak.contents.ListOffsetArray, ak.contents.IndexedArray)):
+        # lists, and objects taken in another order (a collection re-sorted by pt)
+        if isinstance(layout, ak.contents.ListOffsetArray):
+            out.append(layout.offsets.data)
+        else:
+            out.append(layout.index.data)
         layout = layout.content
     if not isinstance(layout, ak.contents.NumpyArray) or not isinstance(layout.data, np.ndarray):
         return None
@@ -136,6 +140,25 @@ def _with_list_field(objects: Any, value: Any, field: str) -> Any:
                                          parameters=layout.parameters)
         return ak.Array(record, behavior=objects.behavior, attrs=objects.attrs)
     return ak.with_field(objects, value, where=field)
+
+
+def with_object_fields(objects: Any, fields: dict[str, Any]) -> Any:
+    """A collection with several fields set, lazily or eagerly alike.
+
+    Eager fields of the collection's own list lengths are swapped in without a broadcast.
+
+    Examples
+    --------
+    >>> jets = ak.Array([[{"pt": 1.0}], []])
+    >>> with_object_fields(jets, {"pt": jets.pt * 2, "ptx": jets.pt}).tolist()
+    [[{'pt': 2.0, 'ptx': 1.0}], []]
+    """
+    for field, value in fields.items():
+        if is_lazy(objects) or is_lazy(value):
+            objects = dak.with_field(objects, value, where=field)
+        else:
+            objects = _with_list_field(objects, value, field)
+    return objects
 
 
 def with_columns(events: Any, columns: dict[str, Any]) -> Any:

@@ -16,6 +16,7 @@ shape of seed 000), e.g. for AK4 Puppi jets in 2022::
       apply_jec_MC: {2022_preEE: {AK4PFPuppi: true}}
       apply_jec_Data: {2022_preEE: {AK4PFPuppi: true}}
       variations: {2022_preEE: {AK4PFPuppi: [JES_Total, JER]}}
+      sort_by_pt: {2022_preEE: {AK4PFPuppi: true}}   # the default
 
 Entries of ``variations`` are ``JES_<source>`` (any source of the payload: ``Total``,
 the full sources, ``Regrouped_*``) and ``JER``; each gives the variations
@@ -30,9 +31,20 @@ Method
 * JER (MC): the hybrid method. A jet is gen-matched when its ``genJetIdx`` jet lies
   within dR < R/2 and |pt - pt_gen| < 3 sigma_pt pt; then
   ``c = 1 + (s - 1)(pt - pt_gen)/pt``, else ``c = 1 + sigma_pt N(0,1) sqrt(max(s^2-1, 0))``
-  with N(0,1) from :mod:`pipeline.rng` keyed by (run, lumi, event, jet index); c >= 0.
+  with N(0,1) from :mod:`pipeline.rng` keyed by (run, lumi, event, jet index). As in
+  CMSSW's ``SmearedJetProducerT``, the smeared jet energy is floored at
+  ``MIN_JET_ENERGY = 1e-2`` GeV: ``c = max(c, 1e-2 / E)`` with E the JEC-corrected jet
+  energy, and pt and mass are scaled by the same c (no jet ends at zero or flips).
   The JES variations reuse the nominal smearing factor; ``JERUp/Down`` use the scale
   factor's up/down values. All of this is computed once per chunk in ``initialize``.
+* Output fields: ``pt`` and ``mass`` (JEC and JER), ``pt_jec`` and ``mass_jec`` (JEC only,
+  unsmeared; shifted by the JES variations, not by JER), ``pt_raw``, ``mass_raw`` and
+  ``original_index`` (the jet's position in the input collection).
+* Sorting: by default (``sort_by_pt``) the jets are re-sorted by decreasing calibrated pt
+  in the nominal and anew in every variation, as CMSSW's smeared-jet producer does, every
+  field moving with its jet. Indices that other collections hold into the jets
+  (``Muon.jetIdx``, ``Electron.jetIdx``...) refer to the input order: compare them with
+  ``original_index``. Indices the jets hold (``genJetIdx``) stay valid.
 """
 
 from __future__ import annotations
@@ -41,16 +53,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.calibration import ops
 from pipeline.calibration.calibrator import Calibrator
+from pipeline.calibration.columns import with_object_fields
 from pipeline.corrections import get_compound, get_correction
 from pipeline.errors import CalibrationError, ConfigError
-from pipeline.parameters import section
+from pipeline.parameters import KeyPathErrors, section
 from pipeline.rng import object_normal
 
 JET_RADIUS = {"AK4": 0.4, "AK8": 0.8}
+#: the smallest energy (GeV) a smeared jet may keep (CMSSW SmearedJetProducerT)
+MIN_JET_ENERGY = 1e-2
 
 
 class JetTypeSettings(BaseModel):
@@ -77,8 +92,73 @@ class JetsCalibrationParams(BaseModel):
     sort_by_pt: dict[str, dict[str, bool]] = Field(
         default_factory=dict,
         description="re-sort the calibrated jets by decreasing pt, per period and jet type "
-        "(indices into the jets held by other collections then no longer apply)",
+        "(default true; indices into the jets held by other collections then refer to "
+        "the field original_index)",
     )
+
+    @model_validator(mode="after")
+    def _known_jet_types(self) -> JetsCalibrationParams:
+        """Every jet type named per period (``<key>.<period>.<jet type>``) is in
+        ``jet_types``; a typo is refused with its key path and the valid names."""
+        problems = [
+            (f"{key}.{period}.{jet_type}", "unknown jet type; jet types are: "
+             f"{', '.join(self.jet_types)} (the keys of jets_calibration.jet_types)")
+            for key in ("collection", "apply_jec_MC", "apply_jec_Data", "apply_jer_MC",
+                        "variations", "sort_by_pt")
+            for period, by_type in getattr(self, key).items()
+            for jet_type in by_type if jet_type not in self.jet_types
+        ]
+        if problems:
+            raise KeyPathErrors(problems)
+        return self
+
+
+def jec_tag(settings: JetTypeSettings, jet_type: str, metadata: Mapping[str, Any]) -> str:
+    """The JEC tag of ``jet_type`` for these events: ``jec_mc`` on MC, the tag of the run
+    era (``metadata["era"]``) on data; an era without a tag is a :class:`ConfigError`
+    naming the key.
+
+    Examples
+    --------
+    >>> s = JetTypeSettings(json_path="x.json", jec_mc="MC_V1", jec_data={"C": "RunC_V1"})
+    >>> jec_tag(s, "AK4PFPuppi", {"isMC": False, "year": "2022", "era": "C"})
+    'RunC_V1'
+    >>> jec_tag(s, "AK4PFPuppi", {"isMC": False, "year": "2022", "era": "Z"})
+    Traceback (most recent call last):
+    ...
+    pipeline.errors.ConfigError: parameters: invalid configuration
+      - jets_calibration.jet_types.AK4PFPuppi.2022.jec_data: no JEC tag for data era 'Z'; ...
+    """
+    if metadata.get("isMC", False):
+        return settings.jec_mc
+    era = str(metadata.get("era", ""))
+    if era not in settings.jec_data:
+        raise ConfigError(
+            "parameters",
+            [(f"jets_calibration.jet_types.{jet_type}.{metadata.get('year', '')}.jec_data",
+              f"no JEC tag for data era {era!r}; eras configured: "
+              f"{sorted(settings.jec_data)}")],
+        )
+    return settings.jec_data[era]
+
+
+def smearing_factors(resolution: Any, scale: Any, eta: Any, pt: Any, energy: Any,
+                     gen_pt: Any, matched: Any, z: Any) -> dict[str, Any]:
+    """Hybrid JER factors ``{"nominal", "up", "down"}`` of JEC-corrected jets.
+
+    ``pt`` and ``energy`` are the corrected jets' pt and energy, ``resolution`` their
+    relative pt resolution, ``scale`` the scale-factor correction (eta, pt, systematic),
+    ``gen_pt`` and ``matched`` the matched generator jet, ``z`` a standard normal per jet.
+    Each factor is floored so that the smeared energy is at least :data:`MIN_JET_ENERGY`.
+    """
+    floor = MIN_JET_ENERGY / energy
+    out = {}
+    for key, systematic in (("nominal", "nom"), ("up", "up"), ("down", "down")):
+        sf = scale.evaluate(eta, pt, systematic)
+        scaled = 1 + (sf - 1) * (pt - gen_pt) / pt
+        smeared = 1 + resolution * z * np.sqrt(np.maximum(sf * sf - 1, 0.0))
+        out[key] = np.maximum(ops.where(matched, scaled, smeared), floor)
+    return out
 
 
 def rho_of(events: Any) -> Any:
@@ -97,7 +177,8 @@ class JetsCalibrator(Calibrator):
     calibrated_collections = [
         f"{coll}.{field}"
         for coll in ("Jet", "FatJet")
-        for field in ("pt", "mass", "pt_raw", "mass_raw")
+        for field in ("pt", "mass", "pt_raw", "mass_raw", "pt_jec", "mass_jec",
+                      "original_index")
     ] + ["Jet", "FatJet"]  # whole collections, when re-sorted by pt
     columns_read = [
         "Jet.pt", "Jet.mass", "Jet.eta", "Jet.phi", "Jet.rawFactor", "Jet.area",
@@ -125,6 +206,7 @@ class JetsCalibrator(Calibrator):
         self._nominal: dict[str, dict[str, Any]] = {}
         self._shifts: dict[str, tuple[str, str, Any]] = {}
         self._jes_uncertainty: dict[tuple[str, str], Any] = {}
+        self._outputs: dict[str, dict[str, Any]] = {}
 
     # -- configuration helpers ---------------------------------------------------------
     def _settings(self, jet_type: str) -> JetTypeSettings:
@@ -139,28 +221,21 @@ class JetsCalibrator(Calibrator):
 
     def reordered_collections(self) -> set[str]:
         """The jet collections re-sorted by pt (``sort_by_pt``), in every variation anew."""
-        return {coll for jet_type, coll in self.jet_types.items()
-                if self._flag(self.config.sort_by_pt, jet_type, False)}
+        return {coll for jet_type, coll in self.jet_types.items() if self._sorted(jet_type)}
+
+    def _sorted(self, jet_type: str) -> bool:
+        return self._flag(self.config.sort_by_pt, jet_type, True)
 
     def _flag(self, table: dict[str, dict[str, bool]], jet_type: str, default: bool) -> bool:
         return table.get(self.year, {}).get(jet_type, default)
 
-    def _jec_tag(self, jet_type: str, settings: JetTypeSettings) -> str:
-        if self.isMC:
-            return settings.jec_mc
-        era = str(self.metadata.get("era", ""))
-        if era not in settings.jec_data:
-            raise ConfigError(
-                "parameters",
-                [(f"{self.params_section}.jet_types.{jet_type}.{self.year}.jec_data",
-                  f"no JEC tag for data era {era!r}; eras configured: "
-                  f"{sorted(settings.jec_data)}")],
-            )
-        return settings.jec_data[era]
-
     # -- the calibrator API ------------------------------------------------------------
     def initialize(self, events: Any) -> None:
         self._variations = []
+        self._outputs = {}
+        self._with_fields: dict[str, Any] = {}
+        self._jes_uncertainty = {}
+        self._shifts = {}
         self.original_jets: dict[str, Any] = {}
         for jet_type, coll_name in self.jet_types.items():
             settings = self._settings(jet_type)
@@ -184,7 +259,7 @@ class JetsCalibrator(Calibrator):
                 jet_type, True,
             )
             if apply:
-                tag = self._jec_tag(jet_type, settings)
+                tag = jec_tag(settings, jet_type, self.metadata)
                 jec = get_compound(settings.json_path, f"{tag}_{settings.level}_{jet_type}")
                 factor = jec.evaluate(jets.area, jets.eta, pt_raw, rho_of(events))
                 pt, mass = pt_raw * factor, mass_raw * factor
@@ -196,9 +271,10 @@ class JetsCalibrator(Calibrator):
                 self.isMC and settings.jer
                 and self._flag(self.config.apply_jer_MC, jet_type, True)
             ):
-                jer = self._jer_factors(events, jets, jet_type, settings, pt)
+                jer = self._jer_factors(events, jets, jet_type, settings, pt, mass)
             nominal = {"pt": pt * jer["nominal"], "mass": mass * jer["nominal"],
-                       "pt_raw": pt_raw, "mass_raw": mass_raw, "pt_jec": pt, "mass_jec": mass}
+                       "pt_raw": pt_raw, "mass_raw": mass_raw, "pt_jec": pt, "mass_jec": mass,
+                       "original_index": ops.local_index(jets.pt, axis=1)}
             self._nominal[jet_type] = nominal
             if not (self.isMC and self.do_variations):
                 continue
@@ -233,7 +309,8 @@ class JetsCalibrator(Calibrator):
         self._variations = list(self._shifts)
 
     def _jer_factors(
-        self, events: Any, jets: Any, jet_type: str, settings: JetTypeSettings, pt: Any
+        self, events: Any, jets: Any, jet_type: str, settings: JetTypeSettings, pt: Any,
+        mass: Any,
     ) -> dict[str, Any]:
         """Hybrid JER smearing factors (nominal, up, down) for the JEC-corrected jets."""
         rho = rho_of(events)
@@ -251,13 +328,8 @@ class JetsCalibrator(Calibrator):
         delta_r = ops.fill_none(ops.delta_r(jets.eta, jets.phi, gen.eta, gen.phi), np.inf)
         matched = (delta_r < radius / 2) & (np.abs(pt - gen_pt) < 3 * resolution * pt)
         z = object_normal(events, jets, f"jer:{jet_type}")
-        out = {}
-        for key, systematic in (("nominal", "nom"), ("up", "up"), ("down", "down")):
-            sf = scale.evaluate(jets.eta, pt, systematic)
-            scaled = 1 + (sf - 1) * (pt - gen_pt) / pt
-            smeared = 1 + resolution * z * np.sqrt(np.maximum(sf * sf - 1, 0.0))
-            out[key] = np.maximum(ops.where(matched, scaled, smeared), 0.0)
-        return out
+        energy = np.hypot(pt * np.cosh(jets.eta), mass)
+        return smearing_factors(resolution, scale, jets.eta, pt, energy, gen_pt, matched, z)
 
     def _uncertainty(self, jet_type: str, coll_name: str, source: str, correction: Any) -> Any:
         """JES uncertainty of one source, evaluated once per chunk for Up and Down."""
@@ -279,25 +351,40 @@ class JetsCalibrator(Calibrator):
         out: dict[str, Any] = {}
         shift = self._shifts.get(variation)
         for jet_type, coll_name in self.jet_types.items():
-            nominal = self._nominal[jet_type]
-            pt, mass = nominal["pt"], nominal["mass"]
             if shift is not None and shift[0] == jet_type:
-                _, kind, payload = shift
-                if kind == "jes":
-                    source, correction, sign = payload
-                    scale = 1 + sign * self._uncertainty(jet_type, coll_name, source, correction)
-                    pt, mass = pt * scale, mass * scale
-                else:
-                    pt = nominal["pt_jec"] * payload
-                    mass = nominal["mass_jec"] * payload
-            fields = {"pt": pt, "mass": mass, "pt_raw": nominal["pt_raw"],
-                      "mass_raw": nominal["mass_raw"]}
-            if self._flag(self.config.sort_by_pt, jet_type, False):
-                jets = self.original_jets[coll_name]
-                for field, values in fields.items():
-                    jets = ops.with_field(jets, values, field)
-                out[coll_name] = jets[ops.argsort(pt, axis=1, ascending=False)]
-            else:
-                out.update({f"{coll_name}.{field}": v for field, v in fields.items()})
+                out.update(self._calibrated(jet_type, coll_name, shift))
+                continue
+            if jet_type not in self._outputs:
+                # once per chunk: a variation of another calibrator or jet type returns
+                # the very nominal arrays (the manager then sees nothing changed)
+                self._outputs[jet_type] = self._calibrated(jet_type, coll_name, None)
+            out.update(self._outputs[jet_type])
         return out
 
+    def _calibrated(self, jet_type: str, coll_name: str,
+                    shift: tuple[str, str, Any] | None) -> dict[str, Any]:
+        """The output columns of one jet type for one shift (None: the nominal)."""
+        nominal = self._nominal[jet_type]
+        fields = dict(nominal)
+        if shift is not None:
+            _, kind, payload = shift
+            if kind == "jes":
+                source, correction, sign = payload
+                scale = 1 + sign * self._uncertainty(jet_type, coll_name, source, correction)
+                for field in ("pt", "mass", "pt_jec", "mass_jec"):
+                    fields[field] = nominal[field] * scale
+            else:
+                fields["pt"] = nominal["pt_jec"] * payload
+                fields["mass"] = nominal["mass_jec"] * payload
+        if not self._sorted(jet_type):
+            return {f"{coll_name}.{field}": v for field, v in fields.items()}
+        if coll_name not in self._with_fields:
+            # once per chunk: the input jets with every output field at its nominal
+            self._with_fields[coll_name] = with_object_fields(
+                self.original_jets[coll_name], nominal)
+        jets = self._with_fields[coll_name]
+        if shift is not None:
+            jets = with_object_fields(jets, {f: fields[f] for f in
+                                             ("pt", "mass", "pt_jec", "mass_jec")})
+        order = ops.argsort(fields["pt"], axis=1, ascending=False)
+        return {coll_name: jets[order]}

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import re
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from pipeline.calibration.calibrator import Calibrator
 from pipeline.calibration.columns import check_structure, get_column, has_column, with_columns
-from pipeline.errors import CalibrationError, UnknownNameError
+from pipeline.errors import CalibrationError, CalibrewError, UnknownNameError, raised_by_reader
 
 NOMINAL = "nominal"
 
@@ -50,6 +55,86 @@ def validate_variation_names(calibrator: str, variations: Sequence[str]) -> None
                 f"calibrator {calibrator!r} declares variation {var!r}: variation names must "
                 "be '{source}Up' or '{source}Down'"
             )
+
+
+def describe_failure(err: BaseException, cls: type | None = None) -> str:
+    """What went wrong in a calibrator, in one line: a column the input lacks is named as
+    the NanoAOD branch (``FatJet_genJetAK8Idx``); any other error by its type and first
+    line, and the line of the calibrator's own source (``cls``) it was raised from.
+
+    Examples
+    --------
+    >>> import awkward as ak
+    >>> try:
+    ...     ak.Array([{"pt": [1.0]}]).eta
+    ... except AttributeError as err:
+    ...     describe_failure(err)
+    "the input has no column 'eta'"
+    """
+    text = str(err)
+    field = re.search(r"no field (?:named )?'([^']+)'", text)
+    if field is not None:
+        collection = _record_name(err)
+        if collection and collection != "NanoEvents":
+            return (f"the input has no column {collection}.{field.group(1)} (NanoAOD branch "
+                    f"{collection}_{field.group(1)})")
+        return f"the input has no column {field.group(1)!r}"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    where = ""
+    source = _source_file(cls)
+    if source is not None:
+        frames = [f for f in traceback.extract_tb(err.__traceback__)
+                  if Path(f.filename).resolve() == source]
+        if frames:
+            where = f" (raised at {source.name}:{frames[-1].lineno})"
+    return f"{type(err).__name__}: {first}".rstrip(": ") + where
+
+
+def _record_name(err: BaseException) -> str:
+    """The record (collection) name of the array a missing field was asked of: from
+    awkward's note on the error, or the array in the innermost frame that holds one."""
+    notes = " ".join(getattr(err, "__notes__", None) or [])
+    owner = re.search(r"<(\w+?)Array", notes)
+    if owner:
+        return owner.group(1)
+    for frame, _ in reversed(list(traceback.walk_tb(err.__traceback__))):
+        array = frame.f_locals.get("self")
+        layout = getattr(array, "layout", None)
+        if layout is not None and hasattr(layout, "purelist_parameter"):
+            try:
+                name = layout.purelist_parameter("__record__")
+            except Exception:  # not an awkward layout after all
+                continue
+            if isinstance(name, str):
+                return name
+    return ""
+
+
+def _source_file(cls: type | None) -> Path | None:
+    try:
+        name = inspect.getsourcefile(cls) if cls is not None else None
+    except TypeError:
+        return None
+    return Path(name).resolve() if name else None
+
+
+@contextlib.contextmanager
+def calibrator_call(cls: type, stage: str, variation: str | None = None) -> Iterator[None]:
+    """Run a call into calibrator ``cls`` (its constructor, ``initialize`` or ``calibrate``);
+    an error that is not calibrew's own is raised as :class:`CalibrationError` naming the
+    calibrator, the stage, the variation and the column or line at fault. An error raised
+    inside a file reader (the input cannot be read) passes unchanged."""
+    try:
+        yield
+    except CalibrewError:
+        raise
+    except Exception as err:
+        if raised_by_reader(err):
+            raise
+        name = getattr(cls, "name", cls.__name__)
+        during = f"{stage}()" + (f" of variation {variation!r}" if variation else "")
+        raise CalibrationError(f"calibrator {name!r} failed in {during}: "
+                               f"{describe_failure(err, cls)}") from err
 
 
 def calibrator_enabled(params: Any, name: str, period: str) -> bool:
@@ -146,8 +231,10 @@ class CalibratorsManager:
                 requested_calibrator_variations is None
                 or cls.name in requested_calibrator_variations
             )
-            calibrator = cls(params, self.metadata, do_variations=do_variations, **kwargs)
-            calibrator.initialize(events)
+            with calibrator_call(cls, "__init__"):
+                calibrator = cls(params, self.metadata, do_variations=do_variations, **kwargs)
+            with calibrator_call(cls, "initialize"):
+                calibrator.initialize(events)
             self.calibrator_sequence.append(calibrator)
             for col in cls.calibrated_collections:
                 self.calibrated_collections.setdefault(col, []).append(cls.name)
@@ -216,10 +303,11 @@ class CalibratorsManager:
         applied: list[str] = []
         changed: set[str] = set()
         for calibrator in self.calibrator_sequence:
-            columns = calibrator.calibrate(
-                events, self.original_collections, variation,
-                already_applied_calibrators=list(applied),
-            )
+            with calibrator_call(type(calibrator), "calibrate", variation):
+                columns = calibrator.calibrate(
+                    events, self.original_collections, variation,
+                    already_applied_calibrators=list(applied),
+                )
             if not isinstance(columns, Mapping):
                 raise CalibrationError(
                     f"calibrator {calibrator.name!r} returned {type(columns).__name__}; "

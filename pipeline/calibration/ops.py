@@ -71,3 +71,28 @@ def prod(array: Any, axis: int | None = None) -> Any:
 def with_field(array: Any, value: Any, where: str) -> Any:
     """A new record array with field ``where`` set (``ak.with_field`` / ``dak.with_field``)."""
     return _lib(array, value).with_field(array, value, where=where)
+
+
+def zip(arrays: dict[str, Any]) -> Any:
+    """Records from arrays of the same structure (``ak.zip`` / ``dak.zip``)."""
+    return _lib(*arrays.values()).zip(arrays)
+
+
+def cartesian(arrays: list[Any], axis: int = 1, nested: bool = False) -> Any:
+    """Every pair of objects per event (``ak.cartesian`` / ``dak.cartesian``)."""
+    return _lib(*arrays).cartesian(arrays, axis=axis, nested=nested)
+
+
+def unzip(array: Any) -> tuple[Any, ...]:
+    """The fields of a record or tuple array (``ak.unzip`` / ``dak.unzip``)."""
+    return tuple(_lib(array).unzip(array))
+
+
+def argmin(array: Any, axis: int = -1, keepdims: bool = False) -> Any:
+    """Position of the smallest value (``ak.argmin`` / ``dak.argmin``)."""
+    return _lib(array).argmin(array, axis=axis, keepdims=keepdims)
+
+
+def firsts(array: Any, axis: int = 1) -> Any:
+    """The first object of each list, or None (``ak.firsts`` / ``dak.firsts``)."""
+    return _lib(array).firsts(array, axis=axis)

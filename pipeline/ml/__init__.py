@@ -6,6 +6,11 @@
   buffer), independent of any framework;
 - :func:`torch_dataset`: the same as a PyTorch ``IterableDataset`` (PyTorch optional);
 - :func:`xgboost_iterator`: an ``xgboost.DataIter`` for ``QuantileDMatrix`` (xgboost optional).
+
+Negative event weights (NLO samples): every reader that passes weights takes
+``negative_weights="keep" | "abs" | "drop"`` (:mod:`pipeline.ml.weights`); the default is
+``"keep"`` for :class:`TableStream` and :func:`torch_dataset`, ``"abs"`` for
+:func:`xgboost_iterator` (xgboost refuses negative weights).
 """
 
 from pipeline.ml.stream import TableStream

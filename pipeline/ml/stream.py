@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import CalibrewError
+from pipeline.ml.weights import NegativeWeights, apply_choice, check_choice
 from pipeline.outputs.tables import NOMINAL, Table, open_table
 
 
@@ -35,6 +37,15 @@ class TableStream:
         Rows passing in this variation, in these folds (see :meth:`Table.to_numpy`).
     batch_size, buffer_rows, shuffle, seed, drop_last
         Batching; ``shuffle=False`` keeps the stored order.
+    negative_weights
+        What to do with negative event weights (NLO samples): ``"keep"`` (the default:
+        as stored, signs included; weighted losses then estimate the physical expectation
+        without bias), ``"abs"`` (absolute values of ``weight`` and of
+        ``weight_variations``, where read) or ``"drop"`` (events whose ``weight`` is
+        negative left out of every column, also when ``weight`` is not among
+        ``columns``). See :mod:`pipeline.ml.weights`.
+    weight
+        The nominal weight column that ``negative_weights`` looks at.
 
     Examples
     --------
@@ -56,8 +67,17 @@ class TableStream:
                  variation: str | None = NOMINAL, folds: Sequence[int] | None = None,
                  batch_size: int = 1024, buffer_rows: int = 65536, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = False,
-                 block_rows: int | None = None) -> None:
+                 block_rows: int | None = None, negative_weights: NegativeWeights = "keep",
+                 weight: str = "weight") -> None:
+        self.negative_weights = check_choice(negative_weights, "TableStream")
+        self.weight = weight
         self.table = table if isinstance(table, Table) else open_table(table)
+        if negative_weights == "drop" and weight not in self.table.event_columns():
+            raise CalibrewError(
+                f"TableStream: negative_weights='drop' needs the weight column {weight!r}, "
+                f"which table {self.table.path} does not have (its event columns: "
+                f"{', '.join(self.table.event_columns())})"
+            )
         self.columns = list(columns)
         self.padded = dict(padded or {})
         self.variation, self.folds = variation, None if folds is None else list(folds)
@@ -92,6 +112,13 @@ class TableStream:
             values, mask = self.table.padded_block(name, block, self.variation, self.folds,
                                                    length)
             data[name], data[f"{name}.mask"] = values, mask
+        if self.negative_weights == "drop":
+            weights = (data[self.weight] if self.weight in data else
+                       self.table.read_block(block, [self.weight], self.variation,
+                                             self.folds)[self.weight])
+            data = apply_choice(data, weights, "drop", self.weight)
+        elif self.negative_weights == "abs":
+            data = apply_choice(data, np.zeros(0), "abs", self.weight)
         return data
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:

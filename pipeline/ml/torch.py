@@ -13,9 +13,11 @@ def torch_dataset(*args: Any, **kwargs: Any) -> Any:
     """A ``torch.utils.data.IterableDataset`` yielding batches of tensors.
 
     Takes the arguments of :class:`~pipeline.ml.stream.TableStream` and yields its batches
-    as ``{name: torch.Tensor}``. Use it with ``DataLoader(dataset, batch_size=None,
-    num_workers=N)``: each loader worker reads its own share of the blocks. Call
-    ``dataset.set_epoch(e)`` to reshuffle between epochs.
+    as ``{name: torch.Tensor}``, including ``negative_weights`` (``"keep"`` by default:
+    weighted losses such as ``(loss * w).sum()`` accept negative NLO weights; ``"abs"``
+    or ``"drop"`` otherwise, see :mod:`pipeline.ml.weights`). Use it with
+    ``DataLoader(dataset, batch_size=None, num_workers=N)``: each loader worker reads its
+    own share of the blocks. Call ``dataset.set_epoch(e)`` to reshuffle between epochs.
 
     Examples
     --------

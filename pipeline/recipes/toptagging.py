@@ -165,6 +165,9 @@ def jet_constituents(events: Any, jets: str = "FatJet", candidates: str = "PFCan
     counts = ak.run_lengths(keys) - 1
     flat = ak.unflatten(ak.flatten(linked, axis=1), ak.flatten(counts, axis=1), axis=0)
     grouped = ak.unflatten(flat, ak.num(counts, axis=1), axis=0)
+    if "original_index" in events[jets].fields:
+        # jets re-sorted by a calibrator: jetIdx counts the jets in the file's order
+        grouped = grouped[events[jets].original_index]
 
     energy = np.sqrt((grouped["pt"] * np.cosh(grouped["eta"])) ** 2 + grouped["mass"] ** 2)
     out = ak.zip({"pt": grouped["pt"], "eta": grouped["eta"], "phi": grouped["phi"],
