@@ -48,17 +48,30 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_sites(args: argparse.Namespace, console: Console) -> int:
-    from pipeline.sites import available_sites, describe, load_site, sites_dir
+    from rich.markup import escape
 
-    console.print(f"site profiles in {sites_dir()}:")
-    for name in available_sites():
+    from pipeline.sites import BUILT_IN, find_profiles, load_site, site_folders
+
+    console.print("site profiles are looked for in, in this order (the first of a name wins):")
+    for folder in site_folders():
+        missing = "" if folder.path.is_dir() else " (no such folder)"
+        console.print(f"  {escape(folder.origin)}: {escape(str(folder.path))}{missing}",
+                      highlight=False, soft_wrap=True)  # paths whole, to copy
+    console.print("site profiles:")
+    for name, found in find_profiles().items():
         try:
             site = load_site(name)
-            line = f"{site.type}: {describe(site)}" + (f" ({site.description})"
-                                                       if site.description else "")
+            line = escape(f"{site.type}: {site.describe()}" + (f" ({site.description})"
+                                                               if site.description else ""))
         except CalibrewError as err:
-            line = f"[red]invalid[/]: {err}"
-        console.print(f"  [bold]{name}[/]  {line}", highlight=False)
+            line = f"[red]invalid[/]: {escape(str(err))}"
+        origin = found.origin if found.origin == BUILT_IN else str(found.path)
+        if found.hides:
+            origin += ", replacing " + ", ".join(
+                f"the {BUILT_IN} one" if hidden.origin == BUILT_IN else str(hidden.path)
+                for hidden in found.hides)
+        console.print(f"  [bold]{escape(name)}[/]  {line}  {escape(f'[{origin}]')}",
+                      highlight=False, soft_wrap=True)
     return 0
 
 
@@ -104,7 +117,7 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     import json
 
     from pipeline.outputs.inspect_table import describe, print_table
-    from pipeline.outputs.tables import open_table
+    from pipeline.outputs.table_reader import open_table
 
     table = open_table(args.table)
     if args.json:
@@ -149,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a job (jobs/*.yaml)")
     run.add_argument("job", help="job spec YAML")
     run.add_argument("--output", help="output directory (default: the job's 'output')")
-    run.add_argument("--site", help="site profile name in cluster/ (default: the job's 'site')")
+    run.add_argument("--site", help="site profile name (calibrew sites lists them) or a "
+                     "profile's YAML file (default: the job's 'site')")
     run.add_argument("--workers", type=int, help="worker processes (local site) or batch "
                      "jobs (slurm, htcondor)")
     _add_site_options(run)
@@ -167,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 
-    sites = sub.add_parser("sites", help="list the site profiles (cluster/*.yaml)")
+    sites = sub.add_parser("sites", help="list the site profiles: built-in, in cluster/ and "
+                           "in $CALIBREW_SITES")
     sites.set_defaults(func=_cmd_sites)
 
     script = sub.add_parser("job-script", help="print the batch submit script of a site")

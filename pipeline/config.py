@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError, UnknownNameError
+from pipeline.table_layout import RESERVED_COLUMNS
 
 if TYPE_CHECKING:
     from pipeline.calibration.calibrator import Calibrator
@@ -136,11 +137,6 @@ class HistogramSpec(Strict):
     variations: bool = Field(default=True, description="fill the shape variations too")
 
 
-#: Columns every table holds; a configured column cannot take these names.
-RESERVED_COLUMNS = frozenset({
-    "run", "luminosityBlock", "event", "fold", "weight", "weight_variations", "label",
-    "is_data", "pass", "object_index", "constituent_index", "variations",
-})
 FEATURE_DTYPES = ("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
                   "uint32", "uint64", "bool")
 

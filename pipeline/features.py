@@ -5,7 +5,8 @@ level), per object of an ``objects`` expression (``object``), or per constituent
 objects (``constituent``). For one chunk, :class:`TableRows` collects, variation by
 variation, which rows pass and the columns the variation may change; :meth:`TableRows.finish`
 keeps the rows that pass in any variation (so rows stay aligned across variations) and
-returns flat numpy columns for :class:`~pipeline.outputs.tables.TableWriter`.
+returns flat numpy columns for :class:`~pipeline.outputs.table_writer.TableWriter`, in the
+layout of :mod:`pipeline.table_layout`.
 
 A column is stored again for a shape variation when the expression reads a collection that
 the variation changed (the calibrators' outputs are compared with the nominal ones by the
@@ -29,14 +30,30 @@ import numpy as np
 from pipeline.calibration.manager import NOMINAL
 from pipeline.config import CollectionSpec, ColumnSpec, TableSpec
 from pipeline.errors import ConfigError, ExpressionError
-from pipeline.outputs.tables import Column, PaddedColumn, RaggedColumn
-from pipeline.parquet_input import IDENTITY_TYPES
 from pipeline.rng import hash_identity
 from pipeline.selection import Expression, cumulative_masks, make_cut
+from pipeline.table_layout import (
+    CONSTITUENT_INDEX,
+    FOLD,
+    FOLD_PURPOSE,
+    IDENTITY,
+    IDENTITY_DTYPES,
+    IS_DATA,
+    LABEL,
+    N_FOLDS,
+    OBJECT_INDEX,
+    PASS,
+    WEIGHT,
+    WEIGHT_VARIATIONS,
+    Column,
+    PaddedColumn,
+    RaggedColumn,
+    folds_attr,
+    json_float,
+    part_attrs,
+    variation_prefix,
+)
 
-N_FOLDS = 10
-IDENTITY = tuple(IDENTITY_TYPES)
-IDENTITY_DTYPES = {k: np.dtype(v) for k, v in IDENTITY_TYPES.items()}
 #: a column that reads one of these may change in every variation
 _ANY_COLLECTION = "events"
 
@@ -44,12 +61,16 @@ _ANY_COLLECTION = "events"
 def fold_of(run: Any, lumi: Any, event: Any) -> np.ndarray:
     """The train/test fold (0 to 9) of each event, hashed from its identity.
 
+    The rule is the table format's (:data:`~pipeline.table_layout.N_FOLDS`,
+    :data:`~pipeline.table_layout.FOLD_PURPOSE`); the hash is :mod:`pipeline.rng`'s, which
+    the format module does not import (it would load awkward into the ML readers).
+
     Examples
     --------
     >>> fold_of(np.array([1, 1]), np.array([2, 2]), np.array([3, 4])).tolist()
     [1, 4]
     """
-    h = hash_identity(np.asarray(run), np.asarray(lumi), np.asarray(event), 0, "fold")
+    h = hash_identity(np.asarray(run), np.asarray(lumi), np.asarray(event), 0, FOLD_PURPOSE)
     return (np.asarray(h, dtype=np.uint64) % np.uint64(N_FOLDS)).astype(np.uint8)
 
 
@@ -81,7 +102,7 @@ class TablePlan:
         columns = {}
         for name, _, spec in self.columns:
             columns[name] = {"expr": spec.expr, "dtype": spec.dtype, "unit": spec.unit,
-                             "sentinel": _json_float(self.sentinel(spec)),
+                             "sentinel": json_float(self.sentinel(spec)),
                              "description": spec.description}
         collections = {name: {"expr": spec.expr, "fields": spec.fields, "layout": spec.layout,
                               "length": spec.length, "sort_by": spec.sort_by,
@@ -100,16 +121,12 @@ class TablePlan:
             "weight_variations": list(self.weight_variations),
             "labels": {"classes": self.spec.class_names(), "by_sample": dict(self.spec.labels),
                        "label": self.label, "expr": self.spec.label},
-            "folds": {"n": N_FOLDS, "hash": "splitmix64(run, luminosityBlock, event, 'fold')"},
+            "folds": folds_attr(),
             "units": {"weight": "per event (generator weight x weights)"},
         }
 
     def sentinel(self, spec: ColumnSpec) -> float:
         return self.spec.sentinel if spec.sentinel is None else spec.sentinel
-
-
-def _json_float(value: float) -> float | str:
-    return "nan" if value != value else value
 
 
 def make_table_plan(name: str, spec: TableSpec, params: Any, metadata: Mapping[str, Any],
@@ -453,26 +470,26 @@ class TableRows:
         out: dict[str, Column] = {}
         for key in IDENTITY:
             out[key] = self._rows(self.identity[key], IDENTITY_DTYPES[key])[keep]
-        out["fold"] = fold_of(out["run"], out["luminosityBlock"], out["event"])
+        out[FOLD] = fold_of(*(out[key] for key in IDENTITY))
         if plan.level != "event":
             objects = ak.broadcast_arrays(ak.local_index(self.template, axis=1),
                                           self.template)[0]
-            out["object_index"] = self._rows(objects, np.int32)[keep]
+            out[OBJECT_INDEX] = self._rows(objects, np.int32)[keep]
         if plan.level == "constituent":
-            out["constituent_index"] = self._rows(self.template, np.int32)[keep]
+            out[CONSTITUENT_INDEX] = self._rows(self.template, np.int32)[keep]
         nominal = self.by_variation[NOMINAL]
-        out["weight"] = nominal.weight[keep]
+        out[WEIGHT] = nominal.weight[keep]
         names = list(self.weight_variations)
-        out["weight_variations"] = (
+        out[WEIGHT_VARIATIONS] = (
             np.stack([self._rows(self.weight_variations[n], np.float64)[keep] for n in names],
                      axis=1) if names else np.zeros((rows, 0), np.float64))
         if plan.label is not None:
-            out["label"] = np.full(rows, plan.label, dtype=np.int32)
+            out[LABEL] = np.full(rows, plan.label, dtype=np.int32)
         elif self.label_values is not None:
-            out["label"] = self._rows(ak.fill_none(self.label_values, -1, axis=None),
+            out[LABEL] = self._rows(ak.fill_none(self.label_values, -1, axis=None),
                                       np.int32)[keep]
-        out["is_data"] = np.full(rows, plan.is_data, dtype=bool)
-        out["pass"] = passed[NOMINAL][keep]
+        out[IS_DATA] = np.full(rows, plan.is_data, dtype=bool)
+        out[PASS] = passed[NOMINAL][keep]
         for name, values in nominal.columns.items():
             out[name] = values[keep]
         for name, column in nominal.collections.items():
@@ -480,19 +497,18 @@ class TableRows:
         changed: dict[str, list[str]] = {}
         for variation in plan.variations:
             record = self.by_variation[variation]
-            prefix = f"variations/{variation}/"
-            out[prefix + "pass"] = passed[variation][keep]
+            prefix = variation_prefix(variation)
+            out[prefix + PASS] = passed[variation][keep]
             for name, values in record.columns.items():
                 out[prefix + name] = values[keep]
             for name, column in record.collections.items():
                 out[prefix + name] = _select_rows(column, keep)
             if record.weight is not None:
-                out[prefix + "weight"] = record.weight[keep]
+                out[prefix + WEIGHT] = record.weight[keep]
             changed[variation] = sorted([*record.columns, *record.collections]
-                                        + (["weight"] if record.weight is not None else []))
-        attrs = {"events": self.n_events, "changed_columns": changed,
-                 "sentinels": {k: _json_float(v) for k, v in self.sentinels.items()},
-                 "selected": {v: int(p.sum()) for v, p in passed.items()}}
+                                        + ([WEIGHT] if record.weight is not None else []))
+        attrs = part_attrs(self.n_events, changed, self.sentinels,
+                           {v: int(p.sum()) for v, p in passed.items()})
         return out, attrs
 
     def _column(self, name: str, value: Any, spec: ColumnSpec) -> tuple[np.ndarray, Any]:
@@ -604,4 +620,4 @@ def _shape_signature(template: Any) -> np.ndarray:
     return np.concatenate(parts)
 
 
-__all__ = ["N_FOLDS", "TablePlan", "TableRows", "fold_of", "make_table_plan"]
+__all__ = ["TablePlan", "TableRows", "fold_of", "make_table_plan"]

@@ -28,7 +28,7 @@ from pipeline.datasets import Dataset
 from pipeline.errors import CalibrewError, ChunkFault, is_deterministic
 from pipeline.nanoevents import read_lazy
 from pipeline.outputs.provenance import code_digest
-from pipeline.outputs.tables import TableWriter
+from pipeline.outputs.table_writer import TableWriter
 from pipeline.parquet_input import read_parquet_lazy
 from pipeline.processor import ChunkProcessor, ProcessingPlan, make_plan
 from pipeline.weights import weight_variation_names

@@ -22,10 +22,9 @@ import numpy as np
 from dask_awkward.lib.io.columnar import ColumnProjectionMixin
 
 from pipeline.errors import InputFileError, UnreadableInputError
+from pipeline.table_layout import IDENTITY_TYPES
 
 SUFFIXES = (".parquet", ".parq", ".pq")
-#: the NanoAOD event identity and its types
-IDENTITY_TYPES = {"run": "uint32", "luminosityBlock": "uint32", "event": "uint64"}
 
 
 def is_parquet(file: str) -> bool:

@@ -36,7 +36,7 @@ from pipeline.outputs.histograms import (
     to_vector,
     weighted_view,
 )
-from pipeline.outputs.tables import Column, TableWriter
+from pipeline.outputs.table_writer import TableWriter
 from pipeline.selection import (
     Expression,
     ExpressionCache,
@@ -45,6 +45,7 @@ from pipeline.selection import (
     forget_subexpressions,
     make_cut,
 )
+from pipeline.table_layout import Column
 from pipeline.weights import compute_weights, generator_weight
 
 ALL_EVENTS = "all events"

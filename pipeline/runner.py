@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -47,11 +46,11 @@ from pipeline.outputs.histograms import CUTFLOW, write_pickle, write_root
 from pipeline.outputs.lock import OutputLock
 from pipeline.outputs.provenance import provenance
 from pipeline.outputs.report import write_json
-from pipeline.outputs.tables import TableError
 from pipeline.parameters import load_parameters
 from pipeline.processor import ALL_EVENTS
 from pipeline.progress import ProgressBoard
 from pipeline.sites import describe
+from pipeline.table_layout import TableError, merge_part_attrs
 
 CHECKPOINTS = ".chunks"
 
@@ -127,27 +126,18 @@ def finalize_tables(graph: DatasetGraph, summary: dict[str, Any], cfg: AnalysisC
                         dataset.files, dataset.entries)
     written = []
     for table, (_, writer) in zip(graph.plan.tables, graph.plan.writers):
-        parts = writer.part_attrs(skipped)
-        changed = {json.dumps(p.get("changed_columns"), sort_keys=True) for p in parts}
-        if len(changed) > 1:
-            raise TableError(f"{writer.path}: parts store different columns per variation "
-                             f"({len(changed)} layouts); calibrators must change the same "
-                             "collections in every chunk")
-        selected: dict[str, int] = {}
-        for p in parts:
-            for variation, count in p.get("selected", {}).items():
-                selected[variation] = selected.get(variation, 0) + int(count)
+        merged = merge_part_attrs(writer.part_attrs(skipped), writer.path)
         attrs = table.attrs()
-        for name, fill in (parts[0].get("sentinels", {}) if parts else {}).items():
+        for name, fill in merged.sentinels.items():
             attrs["columns"][name]["sentinel"] = fill  # the value missing entries took
         writer.finalize({
             **attrs,
             "dataset": dataset.name,
             "metadata": dict(dataset.metadata),
-            "changed_columns": parts[0].get("changed_columns", {}) if parts else {},
+            "changed_columns": merged.changed_columns,
             "events_total": summary["events"],
             "sum_genweights": summary["sum_genweights"],
-            "rows_selected": selected,
+            "rows_selected": merged.rows_selected,
             "provenance": origin,
         }, skipped=skipped)
         written.append(writer.path)

@@ -1,11 +1,25 @@
-"""Compute sites: turn a ``cluster/<name>.yaml`` profile into a Dask cluster and client.
+"""Compute sites: turn a site profile (YAML) into a Dask cluster and client.
 
-A profile's ``type`` picks the kind of site:
+A profile's ``type`` picks its site class, one per kind of site, each knowing its Dask
+cluster class, that class's arguments, how to describe, check and start itself:
 
-- ``local``: a Dask ``LocalCluster`` on this machine;
-- ``slurm`` / ``htcondor``: batch jobs, each running Dask workers, submitted through
-  ``dask_jobqueue.SLURMCluster`` / ``HTCondorCluster``; the scheduler runs in the client;
-- ``scheduler``: connect to a Dask scheduler that is already running (``address``).
+- ``local`` (:class:`LocalSite`): a Dask ``LocalCluster`` on this machine;
+- ``slurm`` / ``htcondor`` (:class:`SlurmSite` / :class:`HTCondorSite`): batch jobs, each
+  running Dask workers, submitted through ``dask_jobqueue.SLURMCluster`` /
+  ``HTCondorCluster``; the scheduler runs in the client;
+- ``scheduler`` (:class:`SchedulerSite`): connect to a Dask scheduler that is already running
+  (``address``).
+
+The classes register themselves in :data:`SITE_TYPES` by their ``type`` when they are
+defined (a new kind of site is one more subclass of :class:`Site`, or of :class:`BatchSite`
+for another batch system); two classes of the same ``type`` are an error naming both.
+
+Profiles are found by name (:func:`find_profiles`), the first found winning: in the folders
+of ``$CALIBREW_SITES`` (one folder, or several separated by ``os.pathsep``), in ``cluster/``
+of the working directory, in ``cluster/`` of the checkout the package runs from (an editable
+install), and last among the built-in profiles, package data in ``pipeline/defaults/sites/``
+(``local``, ``slurm``, ``slurm-hpc``, ``htcondor``, ``lxplus-htcondor``, ``scheduler``). A
+user's profile of a built-in's name replaces it.
 
 Every key of a profile can be overridden on the command line
 (``calibrew run JOB --site slurm -o jobs=8 -o adapt.maximum_jobs=20``); a key a profile's
@@ -27,10 +41,15 @@ Examples
 ('local', 2)
 >>> load_site("slurm", {"lifetime": "20m"}).worker_args()[:2]
 ['--lifetime', '20m']
+>>> find_profiles()["local"].origin
+'built-in'
 """
 
 from __future__ import annotations
 
+import abc
+import dataclasses
+import importlib
 import logging
 import os
 import re
@@ -41,8 +60,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -54,9 +74,9 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.config import read_yaml
 from pipeline.errors import ConfigError, SiteError, UnknownNameError
 from pipeline.parameters import format_validation_error
-from pipeline.samples import PROJECT_ROOT
 
 #: glibc's ``M_MMAP_THRESHOLD`` for the workers (bytes). distributed's nanny sets
 #: ``MALLOC_TRIM_THRESHOLD_``, which also freezes glibc's mmap threshold at 128 KiB: every
@@ -67,6 +87,11 @@ MMAP_THRESHOLD = 256 * 2**20
 _MMAP_DESCRIPTION = ("glibc's mmap threshold for the workers (MALLOC_MMAP_THRESHOLD_, bytes): "
                      "large arrays come from the heap instead of fresh page-faulted mappings; "
                      "null leaves the workers' allocator as distributed sets it")
+
+#: seconds :meth:`Session.close` waits for the client, then for the cluster, to close
+CLOSE_TIMEOUT = 60.0
+
+logger = logging.getLogger(__name__)
 
 
 def allocator_config(threshold: int | None) -> dict[str, Any]:
@@ -82,17 +107,76 @@ def allocator_config(threshold: int | None) -> dict[str, Any]:
     return {"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": threshold}
 
 
-logger = logging.getLogger(__name__)
+def _import_object(path: str) -> Any:
+    """The object at ``module:name``, imported now (a cluster class: distributed and
+    dask-jobqueue are imported only by the site that starts).
+
+    Examples
+    --------
+    >>> _import_object("os.path:join")("a", "b")
+    'a/b'
+    """
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-class Profile(BaseModel):
-    """What every profile has: a one-line description shown by ``calibrew sites``."""
+# --- the site types -------------------------------------------------------------------------
+
+#: the site classes by profile ``type``, filled as each class is defined
+SITE_TYPES: dict[str, type[Site]] = {}
+
+
+class Site(BaseModel, abc.ABC):
+    """A compute site: what every profile has, and what every kind of site does.
+
+    A concrete subclass declares ``type: Literal["name"] = "name"`` and registers itself in
+    :data:`SITE_TYPES` under that name when defined; a second class of the same name is a
+    ``TypeError`` naming both. It says which Dask cluster class it starts
+    (:attr:`cluster_class`, ``module:Name``) and with which arguments
+    (:meth:`cluster_kwargs`), and implements :meth:`describe`, :meth:`start` and
+    :meth:`workers_override` (:meth:`check` when something can be known wrong before
+    starting).
+
+    Another batch system of dask-jobqueue is a class of a few lines (PBS here), defined in
+    a module imported before the profile is loaded::
+
+        class PbsSite(BatchSite):
+            type: Literal["pbs"] = "pbs"
+            cluster_class = "dask_jobqueue:PBSCluster"
+            queue: str | None = None
+
+            def cluster_kwargs(self) -> dict[str, Any]:
+                return {**super().cluster_kwargs(), "queue": self.queue}
+
+    Examples
+    --------
+    >>> SITE_TYPES["local"] is LocalSite, SITE_TYPES["slurm"].cluster_class
+    (True, 'dask_jobqueue:SLURMCluster')
+    """
 
     model_config = ConfigDict(extra="forbid")
-    description: str = ""
+    type: str
+    description: str = Field(default="", description="one line shown by calibrew sites")
+    #: the Dask cluster class this kind of site starts (``module:Name``, imported when it
+    #: starts); None when it connects to a cluster that runs already
+    cluster_class: ClassVar[str | None] = None
     #: the profile's name and file, set by :func:`load_site` (for messages)
     _name: str | None = PrivateAttr(default=None)
     _path: str | None = PrivateAttr(default=None)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        kind = cls.model_fields["type"].default
+        if not isinstance(kind, str):
+            return  # a family of sites (BatchSite), not a site type of its own
+        known = SITE_TYPES.get(kind)
+        if known is not None and known is not cls:
+            raise TypeError(f"site type {kind!r} is defined twice: by "
+                            f"{known.__module__}.{known.__qualname__} and by "
+                            f"{cls.__module__}.{cls.__qualname__} (give the new class its "
+                            "own type: Literal['name'] = 'name')")
+        SITE_TYPES[kind] = cls
 
     def label(self) -> str:
         """How messages name this site: its profile name and file, or its type.
@@ -103,7 +187,7 @@ class Profile(BaseModel):
         "the 'local' site"
         """
         if self._name is None:
-            return f"the {getattr(self, 'type', 'unknown')!r} site"
+            return f"the {self.type!r} site"
         if self._name == self._path:
             return f"site {self._path}"
         return f"site {self._name!r} ({self._path})"
@@ -119,11 +203,39 @@ class Profile(BaseModel):
         where = f" in {self._path}" if self._path else ""
         return f"{key!r}{where} (-o {key}={example})"
 
+    def cluster_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :attr:`cluster_class` (none without one)."""
+        return {}
 
-class LocalSite(Profile):
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """What this site starts, in one line (its type and description apart)."""
+
+    def check(self) -> None:
+        """Raise :class:`SiteError` for what can be known wrong before starting (the
+        default: nothing)."""
+
+    @abc.abstractmethod
+    def start(self, warn: Callable[[str], None]) -> Session:
+        """Start (or connect to) the cluster and return the session; ``warn`` shows a
+        warning to the user."""
+
+    @classmethod
+    @abc.abstractmethod
+    def workers_override(cls, workers: int) -> dict[str, Any]:
+        """``--workers N`` as overrides of this kind of profile."""
+
+    def job_script(self) -> str:
+        """The submit script of each batch job; a site without batch jobs raises
+        :class:`SiteError`."""
+        raise SiteError(f"a {self.type!r} site submits no batch jobs: no job script")
+
+
+class LocalSite(Site):
     """A Dask ``LocalCluster``: worker processes on this machine."""
 
     type: Literal["local"] = "local"
+    cluster_class = "distributed:LocalCluster"
     n_workers: int | None = Field(default=None, gt=0, description="default: one per core")
     threads_per_worker: int = Field(default=1, gt=0)
     memory_limit: str | int | None = "auto"
@@ -200,8 +312,51 @@ class LocalSite(Profile):
                             f"{format_bytes(memory)}")
         return problems
 
+    def cluster_kwargs(self) -> dict[str, Any]:
+        """The ``LocalCluster`` arguments: its workers are added once it runs (``scale``),
+        so that their start is bounded by ``start_timeout``.
 
-class SchedulerSite(Profile):
+        Examples
+        --------
+        >>> LocalSite(n_workers=1, memory_limit=None).cluster_kwargs()["n_workers"]
+        0
+        """
+        return {"n_workers": 0, "threads_per_worker": self.threads_per_worker,
+                "processes": True, "memory_limit": self.memory_per_worker(),
+                "dashboard_address": self.dashboard_address, "silence_logs": 40}
+
+    def describe(self) -> str:
+        """What this site starts.
+
+        Examples
+        --------
+        >>> LocalSite(n_workers=2).describe()
+        '2 worker process(es) on this machine'
+        """
+        return f"{self.workers()} worker process(es) on this machine"
+
+    def check(self) -> None:
+        """Refuse workers beyond this machine's cores or memory (unless ``oversubscribe``)."""
+        problem = self.overload()
+        if problem is not None and not self.oversubscribe:
+            raise SiteError(problem)
+
+    def start(self, warn: Callable[[str], None]) -> Session:
+        return _start_local(self, warn)
+
+    @classmethod
+    def workers_override(cls, workers: int) -> dict[str, Any]:
+        """Worker processes on this machine.
+
+        Examples
+        --------
+        >>> LocalSite.workers_override(4)
+        {'n_workers': 4}
+        """
+        return {"n_workers": workers}
+
+
+class SchedulerSite(Site):
     """An existing Dask scheduler (started by hand, by a facility, by ``dask-gateway``...)."""
 
     type: Literal["scheduler"] = "scheduler"
@@ -209,6 +364,24 @@ class SchedulerSite(Profile):
     connect_timeout: float = Field(default=10.0, gt=0, description="seconds")
     wait_for_workers: int = Field(default=1, ge=0, description="workers needed to start")
     worker_timeout: float = Field(default=300.0, gt=0, description="seconds")
+
+    def describe(self) -> str:
+        """What this site connects to.
+
+        Examples
+        --------
+        >>> SchedulerSite(address="tcp://10.0.0.5:8786").describe()
+        'the scheduler at tcp://10.0.0.5:8786'
+        """
+        return f"the scheduler at {self.address}"
+
+    def start(self, warn: Callable[[str], None]) -> Session:
+        return _start_scheduler(self)
+
+    @classmethod
+    def workers_override(cls, workers: int) -> dict[str, Any]:
+        """The workers to wait for before the run starts."""
+        return {"wait_for_workers": workers}
 
 
 class Adapt(BaseModel):
@@ -226,9 +399,16 @@ class Adapt(BaseModel):
         return self
 
 
-class BatchSite(Profile):
-    """What SLURM and HTCondor profiles share (dask-jobqueue's job options)."""
+class BatchSite(Site):
+    """What the batch sites share: jobs submitted through a dask-jobqueue cluster class
+    (:attr:`cluster_class`, whose ``job_cls`` names the submit command), each running Dask
+    workers that connect back to the scheduler in the client.
 
+    A batch system dask-jobqueue supports is one subclass: its ``type``, its
+    ``cluster_class`` and the options of its own (:meth:`cluster_kwargs`).
+    """
+
+    cluster_class: ClassVar[str]
     cores: int = Field(default=1, gt=0, description="cores per job")
     malloc_mmap_threshold: int | None = Field(default=MMAP_THRESHOLD, gt=0,
                                               description=_MMAP_DESCRIPTION)
@@ -275,8 +455,9 @@ class BatchSite(Profile):
             args += ["--worker-port", self.worker_ports, "--nanny-port", self.worker_ports]
         return args + list(self.worker_extra_args)
 
-    def jobqueue_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of the dask-jobqueue cluster class."""
+    def cluster_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the dask-jobqueue cluster class (those all batch
+        systems share; a subclass adds its own)."""
         scheduler: dict[str, Any] = {"dashboard_address": self.dashboard_address,
                                      "port": self.scheduler_port}
         if self.host:
@@ -294,11 +475,85 @@ class BatchSite(Profile):
             "job_name": "calibrew",
         }
 
+    def make_cluster(self, record: Submissions | None = None) -> Any:
+        """The dask-jobqueue cluster of this site (its scheduler starts; no job is
+        submitted).
+
+        With ``record``, every job submission (its id, or the submit command's refusal) is
+        written there.
+        """
+        cluster = _import_object(self.cluster_class)
+        kwargs = self.cluster_kwargs()
+        if record is not None:
+            kwargs["job_cls"] = _recording_job_class(cluster.job_cls, record)
+        return cluster(**kwargs)
+
+    def submit_command(self) -> str:
+        """The program this site submits its jobs with (``sbatch``, ``condor_submit``).
+
+        Examples
+        --------
+        >>> SlurmSite().submit_command(), HTCondorSite().submit_command()
+        ('sbatch', 'condor_submit')
+        """
+        job = _import_object(self.cluster_class).job_cls
+        return shlex.split(str(job.submit_command))[0]
+
+    def job_script(self) -> str:
+        cluster = self.make_cluster()
+        try:
+            return str(cluster.job_script())
+        finally:
+            cluster.close()
+
+    def describe(self) -> str:
+        """The jobs, their size, and the lifetime of their workers.
+
+        Examples
+        --------
+        >>> SlurmSite(jobs=3, memory="3GiB", queue="short").describe()
+        '3 job(s) of 1 core(s), 3GiB, partition short, walltime 01:00:00'
+        """
+        scale = (f"{self.adapt.minimum_jobs}-{self.adapt.maximum_jobs} jobs (adaptive)"
+                 if self.adapt else f"{self.jobs} job(s)")
+        what = f"{scale} of {self.cores} core(s), {self.memory}{self._describe_queue()}"
+        if self.lifetime:
+            what += f", lifetime {self.lifetime}"
+        return what
+
+    def _describe_queue(self) -> str:
+        """What :meth:`describe` says of the batch system's queue (none by default)."""
+        return ""
+
+    def check(self) -> None:
+        """Refuse a site whose submit command is not on PATH."""
+        command = self.submit_command()
+        if shutil.which(command) is None:
+            raise SiteError(f"{self.label()} submits its jobs with {command!r}, which is "
+                            "not found on PATH: run calibrew where the batch system's "
+                            "commands are (a login or submit node, after loading their "
+                            "module), or choose another site (--site)")
+
+    def start(self, warn: Callable[[str], None]) -> Session:
+        return _start_batch(self)
+
+    @classmethod
+    def workers_override(cls, workers: int) -> dict[str, Any]:
+        """A fixed number of jobs (adaptive scaling off).
+
+        Examples
+        --------
+        >>> SlurmSite.workers_override(5)
+        {'jobs': 5, 'adapt': None}
+        """
+        return {"jobs": workers, "adapt": None}
+
 
 class SlurmSite(BatchSite):
     """Workers in SLURM jobs (``dask_jobqueue.SLURMCluster``)."""
 
     type: Literal["slurm"] = "slurm"
+    cluster_class = "dask_jobqueue:SLURMCluster"
     queue: str | None = Field(default=None, description="partition")
     account: str | None = None
     walltime: str = Field(default="01:00:00", description="SLURM time: minutes, MM:SS, "
@@ -322,30 +577,29 @@ class SlurmSite(BatchSite):
                                  f"{self.walltime}, or the batch system kills working workers")
         return self
 
-    def jobqueue_kwargs(self) -> dict[str, Any]:
-        return {**super().jobqueue_kwargs(), "queue": self.queue, "account": self.account,
+    def cluster_kwargs(self) -> dict[str, Any]:
+        return {**super().cluster_kwargs(), "queue": self.queue, "account": self.account,
                 "walltime": self.walltime, "job_extra_directives": self.job_extra_directives}
+
+    def _describe_queue(self) -> str:
+        return f", partition {self.queue or '(default)'}, walltime {self.walltime}"
 
 
 class HTCondorSite(BatchSite):
     """Workers in HTCondor jobs (``dask_jobqueue.HTCondorCluster``)."""
 
     type: Literal["htcondor"] = "htcondor"
+    cluster_class = "dask_jobqueue:HTCondorCluster"
     disk: str = "4GiB"
     spool: bool = Field(default=False, description="condor_submit -spool (no shared "
                         "filesystem between the submit host and the workers' log files)")
     job_extra_directives: dict[str, str] = Field(default_factory=dict, description="extra "
                                                  "submit-description lines, e.g. +JobFlavour")
 
-    def jobqueue_kwargs(self) -> dict[str, Any]:
-        return {**super().jobqueue_kwargs(), "disk": self.disk,
+    def cluster_kwargs(self) -> dict[str, Any]:
+        return {**super().cluster_kwargs(), "disk": self.disk,
                 "job_extra_directives": self.job_extra_directives,
                 "submit_command_extra": ["-spool"] if self.spool else []}
-
-
-Site = LocalSite | SchedulerSite | SlurmSite | HTCondorSite
-SITE_TYPES: dict[str, type[Profile]] = {"local": LocalSite, "scheduler": SchedulerSite,
-                                        "slurm": SlurmSite, "htcondor": HTCondorSite}
 
 
 def slurm_time_s(text: str) -> float:
@@ -390,13 +644,112 @@ def duration_s(text: str) -> float:
         raise ValueError(f"cannot read {text!r} as a duration (e.g. 55m, 2h, 90s)") from None
 
 
-def sites_dir() -> Path:
-    """The folder of site profiles (``$CALIBREW_SITES`` or ``cluster/`` of the project)."""
-    return Path(os.environ.get("CALIBREW_SITES", PROJECT_ROOT / "cluster"))
+# --- where profiles are found ---------------------------------------------------------------
+
+#: origin of a profile folder, as ``calibrew sites`` shows it
+BUILT_IN = "built-in"
+
+
+@dataclass(frozen=True)
+class ProfileFolder:
+    """A folder searched for site profiles, and where it comes from (``origin``)."""
+
+    path: Path
+    origin: str
+
+
+@dataclass(frozen=True)
+class ProfileFile:
+    """A site profile found by name: its file, the origin of its folder, and the files of
+    the same name it hides (in folders searched after its own)."""
+
+    name: str
+    path: Path
+    origin: str
+    hides: tuple[ProfileFile, ...] = ()
+
+
+def builtin_sites_dir() -> Path:
+    """The built-in profiles: package data (``pipeline/defaults/sites``), installed with
+    the package.
+
+    Examples
+    --------
+    >>> sorted(p.stem for p in builtin_sites_dir().glob("*.yaml"))[:2]
+    ['htcondor', 'local']
+    """
+    return Path(str(resources.files("pipeline") / "defaults" / "sites"))
+
+
+def _checkout_cluster_dir() -> Path | None:
+    """``cluster/`` of the checkout the package runs from (an editable install): the
+    package's parent folder when it holds a ``pyproject.toml`` and a ``cluster/``."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "cluster").is_dir():
+        return root / "cluster"
+    return None
+
+
+def site_folders() -> list[ProfileFolder]:
+    """The folders searched for profiles, first found first: the folders of
+    ``$CALIBREW_SITES`` (``os.pathsep``-separated) in their order, ``cluster/`` of the
+    working directory, ``cluster/`` of the checkout (an editable install), the built-in
+    profiles. A folder is listed once (at its first place), whether it exists or not.
+
+    Examples
+    --------
+    >>> site_folders()[-1].origin
+    'built-in'
+    """
+    folders = [ProfileFolder(Path(p), "$CALIBREW_SITES")
+               for p in os.environ.get("CALIBREW_SITES", "").split(os.pathsep) if p]
+    try:
+        folders.append(ProfileFolder(Path.cwd() / "cluster",
+                                     "cluster/ of the working directory"))
+    except FileNotFoundError:  # a working directory removed under this process
+        pass
+    checkout = _checkout_cluster_dir()
+    if checkout is not None:
+        folders.append(ProfileFolder(checkout, "cluster/ of the checkout"))
+    folders.append(ProfileFolder(builtin_sites_dir(), BUILT_IN))
+    unique: dict[Path, ProfileFolder] = {}
+    for folder in folders:
+        unique.setdefault(folder.path.resolve(), folder)
+    return list(unique.values())
+
+
+def find_profiles() -> dict[str, ProfileFile]:
+    """Every profile (``NAME.yaml``) of :func:`site_folders`, by name, in name order; of
+    two profiles of the same name the one in the folder searched first wins (a user's
+    profile replaces a built-in one).
+
+    Examples
+    --------
+    >>> found = find_profiles()["slurm"]
+    >>> found.path.name, found.origin
+    ('slurm.yaml', 'built-in')
+    """
+    found: dict[str, ProfileFile] = {}
+    for folder in site_folders():
+        if not folder.path.is_dir():
+            continue
+        for path in sorted(folder.path.glob("*.yaml")):
+            profile = ProfileFile(path.stem, path, folder.origin)
+            first = found.get(path.stem)
+            found[path.stem] = profile if first is None else dataclasses.replace(
+                first, hides=(*first.hides, profile))
+    return dict(sorted(found.items()))
 
 
 def available_sites() -> list[str]:
-    return sorted(p.stem for p in sites_dir().glob("*.yaml"))
+    """The names of every profile found (:func:`find_profiles`).
+
+    Examples
+    --------
+    >>> {"local", "slurm", "scheduler"} <= set(available_sites())
+    True
+    """
+    return list(find_profiles())
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -415,7 +768,13 @@ def load_site(name: str, overrides: dict[str, Any] | None = None) -> Site:
 
     ``overrides`` maps keys (dotted for nested ones, ``adapt.maximum_jobs``) to values
     (``None`` sets a key to null: ``adapt=None`` turns adaptive scaling off). Raises
+    :class:`UnknownNameError` for a name no folder holds, with the names found, and
     :class:`ConfigError` naming the profile file and the key at fault.
+
+    Examples
+    --------
+    >>> load_site("slurm-hpc", {"adapt": None, "jobs": 5}).describe()
+    '5 job(s) of 1 core(s), 4GiB, partition standard, walltime 04:00:00, lifetime 220m'
     """
     path, data = _read_profile(name)
     for key, value in (overrides or {}).items():
@@ -429,17 +788,24 @@ def load_site(name: str, overrides: dict[str, Any] | None = None) -> Site:
         site = model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(str(path), format_validation_error(err)) from None
-    assert isinstance(site, LocalSite | SchedulerSite | SlurmSite | HTCondorSite)
-    site._name, site._path = (path.stem if path.parent == sites_dir() else name), str(path)
+    site._name, site._path = name, str(path)
     return site
 
 
-def _read_profile(name: str) -> tuple[Path, dict[str, Any]]:
-    from pipeline.config import read_yaml
+def _profile_path(name: str) -> Path:
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+        if path.exists():
+            return path
+    else:
+        found = find_profiles().get(name)
+        if found is not None:
+            return found.path
+    raise UnknownNameError("site", name, available_sites(), where="site")
 
-    path = Path(name) if name.endswith((".yaml", ".yml")) else sites_dir() / f"{name}.yaml"
-    if not path.exists():
-        raise UnknownNameError("site", name, available_sites(), where="site")
+
+def _read_profile(name: str) -> tuple[Path, dict[str, Any]]:
+    path = _profile_path(name)
     data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(str(path), [("", "expected a mapping at the top level")])
@@ -461,13 +827,19 @@ def machine_memory() -> int:
 
 
 def workers_override(site_name: str, workers: int | None) -> dict[str, Any]:
-    """``--workers N`` as a profile override: worker processes locally, the workers to wait
-    for on a scheduler, a fixed number of jobs on batch (adaptive scaling off)."""
+    """``--workers N`` as a profile override (:meth:`Site.workers_override` of the
+    profile's type): worker processes locally, the workers to wait for on a scheduler, a
+    fixed number of jobs on batch (adaptive scaling off).
+
+    Examples
+    --------
+    >>> workers_override("local", 3), workers_override("slurm", None)
+    ({'n_workers': 3}, {})
+    """
     if workers is None:
         return {}
-    kind = _read_profile(site_name)[1].get("type", "local")
-    return {"local": {"n_workers": workers}, "scheduler": {"wait_for_workers": workers}}.get(
-        kind, {"jobs": workers, "adapt": None})
+    model = SITE_TYPES.get(_read_profile(site_name)[1].get("type", "local"))
+    return {} if model is None else model.workers_override(workers)  # load_site says why
 
 
 def describe(site: Site) -> str:
@@ -478,24 +850,10 @@ def describe(site: Site) -> str:
     >>> describe(load_site("slurm", {"jobs": 3}))
     '3 job(s) of 1 core(s), 3GiB, partition local, walltime 00:30:00'
     """
-    if isinstance(site, LocalSite):
-        what = f"{site.workers()} worker process(es) on this machine"
-    elif isinstance(site, SchedulerSite):
-        what = f"the scheduler at {site.address}"
-    else:
-        scale = (f"{site.adapt.minimum_jobs}-{site.adapt.maximum_jobs} jobs (adaptive)"
-                 if site.adapt else f"{site.jobs} job(s)")
-        what = f"{scale} of {site.cores} core(s), {site.memory}"
-        if isinstance(site, SlurmSite):
-            what += f", partition {site.queue or '(default)'}, walltime {site.walltime}"
-        if site.lifetime:
-            what += f", lifetime {site.lifetime}"
-    return what
+    return site.describe()
 
 
-#: seconds :meth:`Session.close` waits for the client, then for the cluster, to close
-CLOSE_TIMEOUT = 60.0
-
+# --- batch jobs -----------------------------------------------------------------------------
 
 @dataclass
 class Submissions:
@@ -560,44 +918,22 @@ def _recording_job_class(base: type, record: Submissions) -> type:
     return RecordingJob
 
 
-def make_jobqueue_cluster(site: SlurmSite | HTCondorSite,
-                          record: Submissions | None = None) -> Any:
-    """The dask-jobqueue cluster of ``site`` (its scheduler starts; no job is submitted).
-
-    With ``record``, every job submission (its id, or the submit command's refusal) is
-    written there.
-    """
-    if isinstance(site, SlurmSite):
-        from dask_jobqueue import SLURMCluster as Cluster
-        from dask_jobqueue.slurm import SLURMJob as Job
-    else:
-        from dask_jobqueue import HTCondorCluster as Cluster  # type: ignore[assignment]
-        from dask_jobqueue.htcondor import HTCondorJob as Job  # type: ignore[assignment]
-    kwargs = site.jobqueue_kwargs()
-    if record is not None:
-        kwargs["job_cls"] = _recording_job_class(Job, record)
-    return Cluster(**kwargs)
+def make_jobqueue_cluster(site: BatchSite, record: Submissions | None = None) -> Any:
+    """The dask-jobqueue cluster of ``site`` (:meth:`BatchSite.make_cluster`)."""
+    return site.make_cluster(record)
 
 
-def submit_command(site: SlurmSite | HTCondorSite) -> str:
-    """The program a batch site submits its jobs with (``sbatch``, ``condor_submit``)."""
-    from dask_jobqueue.htcondor import HTCondorJob
-    from dask_jobqueue.slurm import SLURMJob
-
-    job = SLURMJob if isinstance(site, SlurmSite) else HTCondorJob
-    return shlex.split(str(job.submit_command))[0]
+def submit_command(site: BatchSite) -> str:
+    """The program a batch site submits its jobs with (:meth:`BatchSite.submit_command`)."""
+    return site.submit_command()
 
 
 def job_script(site: Site) -> str:
-    """The submit script a batch site sends for each job."""
-    if not isinstance(site, SlurmSite | HTCondorSite):
-        raise SiteError(f"a {site.type!r} site submits no batch jobs: no job script")
-    cluster = make_jobqueue_cluster(site)
-    try:
-        return str(cluster.job_script())
-    finally:
-        cluster.close()
+    """The submit script a batch site sends for each job (:meth:`Site.job_script`)."""
+    return site.job_script()
 
+
+# --- sessions -------------------------------------------------------------------------------
 
 @dataclass
 class Session:
@@ -681,27 +1017,18 @@ def _print_warning(message: str) -> None:
 
 
 def check_site(site: Site) -> None:
-    """What can be known wrong before starting ``site``, at once: raises
-    :class:`SiteError` for local workers beyond this machine's cores or memory (unless
-    ``oversubscribe``) and for a batch site whose submit command is not on PATH.
+    """What can be known wrong before starting ``site``, at once (:meth:`Site.check`):
+    raises :class:`SiteError` for local workers beyond this machine's cores or memory
+    (unless ``oversubscribe``) and for a batch site whose submit command is not on PATH.
 
     :func:`start_site` checks the same; a runner calls this first to fail before planning.
     """
-    if isinstance(site, LocalSite):
-        problem = site.overload()
-        if problem is not None and not site.oversubscribe:
-            raise SiteError(problem)
-    elif isinstance(site, SlurmSite | HTCondorSite):
-        command = submit_command(site)
-        if shutil.which(command) is None:
-            raise SiteError(f"{site.label()} submits its jobs with {command!r}, which is "
-                            "not found on PATH: run calibrew where the batch system's "
-                            "commands are (a login or submit node, after loading their "
-                            "module), or choose another site (--site)")
+    site.check()
 
 
 def start_site(site: Site, warn: Callable[[str], None] | None = None) -> Session:
-    """Start (or connect to) the cluster of ``site`` and return the session.
+    """Start (or connect to) the cluster of ``site`` and return the session
+    (:meth:`Site.start`).
 
     Raises :class:`SiteError` naming the site, and the setting that changes the outcome,
     when it cannot start: local workers beyond this machine's cores or memory (unless
@@ -710,18 +1037,14 @@ def start_site(site: Site, warn: Callable[[str], None] | None = None) -> Session
     unreachable scheduler, a batch submit command that is missing or refuses the jobs (with
     its own error), batch workers that do not join within ``worker_start_timeout``.
     """
-    if isinstance(site, LocalSite):
-        return _start_local(site, warn or _print_warning)
-    if isinstance(site, SchedulerSite):
-        return _start_scheduler(site)
-    return _start_batch(site)
+    return site.start(warn or _print_warning)
 
 
 def _start_local(site: LocalSite, warn: Callable[[str], None]) -> Session:
     import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    check_site(site)
+    site.check()
     if site.overload() is not None:  # oversubscribe is set
         warn(f"{site.label()} asks for more than this machine has: "
              f"{' and '.join(site._overload_problems())}; starting them since "
@@ -731,10 +1054,7 @@ def _start_local(site: LocalSite, warn: Callable[[str], None]) -> Session:
     # (start_timeout) and a cluster that fails to start is closed, not left behind
     with dask.config.set(allocator_config(site.malloc_mmap_threshold)):
         try:
-            cluster = LocalCluster(
-                n_workers=0, threads_per_worker=site.threads_per_worker, processes=True,
-                memory_limit=site.memory_per_worker(),
-                dashboard_address=site.dashboard_address, silence_logs=40)
+            cluster = _import_object(site.cluster_class)(**site.cluster_kwargs())
         except (OSError, TimeoutError, RuntimeError) as err:
             raise SiteError(f"{site.label()}: the Dask scheduler did not start: "
                             f"{_error_text(err)}") from None
@@ -802,12 +1122,12 @@ def _start_scheduler(site: SchedulerSite) -> Session:
     return Session(client, label=site.label())
 
 
-def _start_batch(site: SlurmSite | HTCondorSite) -> Session:
+def _start_batch(site: BatchSite) -> Session:
     from distributed import Client
 
-    check_site(site)
-    record = Submissions(submit_command(site), site.label(), watched=True)
-    cluster = make_jobqueue_cluster(site, record)
+    site.check()
+    record = Submissions(site.submit_command(), site.label(), watched=True)
+    cluster = site.make_cluster(record)
     session = Session(None, cluster, site.label(), record)
     try:
         # adaptive even for a fixed number of jobs (minimum = maximum): a job that ends
@@ -826,8 +1146,8 @@ def _start_batch(site: SlurmSite | HTCondorSite) -> Session:
     return session
 
 
-def _wait_for_batch_start(session: Session, site: SlurmSite | HTCondorSite,
-                          record: Submissions, jobs: int) -> None:
+def _wait_for_batch_start(session: Session, site: BatchSite, record: Submissions,
+                          jobs: int) -> None:
     """Wait until a worker joins, or, without ``worker_start_timeout``, until the first
     ``jobs`` submissions are done; a refused submission raises at once, with its words."""
     timeout = site.worker_start_timeout

@@ -20,7 +20,7 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, ExpressionError
 from pipeline.ml import TableStream, open_table, torch_dataset, xgboost_iterator
-from pipeline.outputs.tables import SCHEMA_VERSION, PaddedColumn, RaggedColumn, TableError
+from pipeline.table_layout import SCHEMA_VERSION, PaddedColumn, RaggedColumn, TableError
 
 CONFIG = """
 parameters: [{params}]

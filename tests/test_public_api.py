@@ -42,3 +42,74 @@ def test_ml_reader_api():
     ])
     for name in pipeline.ml.__all__:
         assert hasattr(pipeline.ml, name)
+
+
+# The names of ``pipeline``: what a user imports. Adding one is a decision, removing or
+# renaming one is a breaking change; both show here.
+PUBLIC = [
+    "__version__",
+    "run_job", "RunOptions", "RunResult",
+    "load_job", "load_config", "AnalysisConfig", "JobSpec", "load_parameters",
+    "NOMINAL", "Calibrator", "CalibratorsManager", "get_calibrator", "Weight",
+    "open_table", "Table", "TableStream", "torch_dataset", "xgboost_iterator",
+    "CalibrewError", "ConfigError", "UnknownNameError", "CalibrationError", "InputFileError",
+    "UnreadableInputError", "ExpressionError", "SiteError", "ChunkError", "OutputError",
+    "OutputLockedError", "OutputConflictError", "TableError",
+]
+
+
+def test_package_api_is_pinned():
+    assert sorted(pipeline.__all__) == sorted(PUBLIC)
+    assert len(set(pipeline.__all__)) == len(pipeline.__all__)
+    # each name but the version is imported on first use, from the module named for it
+    assert set(pipeline._LAZY) == set(pipeline.__all__) - {"__version__"}
+
+
+def test_package_names_resolve_to_their_definitions():
+    import pipeline.calibration
+    import pipeline.config
+    import pipeline.errors
+    import pipeline.ml
+    import pipeline.runner
+
+    for name in pipeline.__all__:
+        assert getattr(pipeline, name) is not None, name
+        assert name in dir(pipeline)
+    # the same objects as the modules' (not copies): isinstance and except clauses work
+    assert pipeline.run_job is pipeline.runner.run_job
+    assert pipeline.Calibrator is pipeline.calibration.Calibrator
+    assert pipeline.open_table is pipeline.ml.open_table
+    assert pipeline.TableError is pipeline.ml.TableError
+    assert pipeline.ConfigError is pipeline.errors.ConfigError
+    assert pipeline.load_job is pipeline.config.load_job
+    for name in pipeline.__all__:
+        if isinstance(getattr(pipeline, name), type) and name.endswith("Error"):
+            assert issubclass(getattr(pipeline, name), pipeline.CalibrewError), name
+    namespace: dict[str, object] = {}
+    exec("from pipeline import *", namespace)
+    assert set(PUBLIC) <= set(namespace)
+
+
+def test_unknown_package_name_is_an_attribute_error():
+    import pytest
+
+    with pytest.raises(AttributeError, match="no attribute 'run_jobs'"):
+        pipeline.run_jobs  # noqa: B018
+    with pytest.raises(ImportError):
+        exec("from pipeline import run_jobs", {})
+
+
+def test_import_pipeline_is_cheap():
+    """``import pipeline`` (CLI start-up, worker unpickling) imports neither Dask nor coffea."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline; "
+            "print(' '.join(sorted(m for m in ('dask', 'distributed', 'coffea', 'awkward', "
+            "'dask_awkward', 'numba', 'zarr', 'pydantic', 'numpy') if m in sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, timeout=120).stdout.split()
+    assert loaded == []
+    code = "import sys, pipeline; pipeline.ConfigError; print('dask' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120).stdout.strip() == "False"

@@ -1,4 +1,5 @@
-"""Site profiles in cluster/: loaded, validated, overridden."""
+"""Site profiles (built-in, in cluster/, in $CALIBREW_SITES): found, loaded, validated,
+overridden; the site classes, one per type."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def test_profile_with_unknown_key_is_rejected(tmp_path):
         load_site(str(profile))
 
 
-def test_every_profile_in_cluster_is_valid_and_listed(capsys):
+def test_every_profile_is_valid_and_listed(capsys):
     from pipeline.cli import main
 
     names = available_sites()
@@ -170,7 +171,7 @@ def test_batch_site_starts_adaptive_when_workers_have_a_lifetime():
 
     site = load_site("slurm", {"lifetime": "20m", "jobs": 3})
     assert isinstance(site, SlurmSite) and site.adapt is None
-    assert site.jobqueue_kwargs()["worker_extra_args"][:4] == [
+    assert site.cluster_kwargs()["worker_extra_args"][:4] == [
         "--lifetime", "20m", "--lifetime-stagger", "5m"]
 
 
@@ -193,3 +194,141 @@ def test_local_workers_get_the_allocator_setting(monkeypatch):
             assert set(session.client.run(_allocator_setting).values()) == {expected}
         finally:
             session.close()
+
+
+BUILT_INS = {"local", "slurm", "slurm-hpc", "htcondor", "lxplus-htcondor", "scheduler"}
+
+
+def test_builtin_profiles_are_package_data():
+    """The built-in profiles live in the package (found from an installed wheel too), not
+    in the checkout's cluster/."""
+    from pathlib import Path
+
+    import pipeline
+    from pipeline.sites import builtin_sites_dir, find_profiles
+
+    folder = builtin_sites_dir()
+    assert folder == Path(pipeline.__file__).parent / "defaults" / "sites"
+    assert {p.stem for p in folder.glob("*.yaml")} == BUILT_INS
+    found = find_profiles()
+    assert {name: found[name].origin for name in BUILT_INS} == dict.fromkeys(BUILT_INS,
+                                                                             "built-in")
+    assert load_site("local")._path == str(folder / "local.yaml")
+
+
+def test_user_profiles_add_to_and_replace_the_builtin_ones(tmp_path, monkeypatch, capsys):
+    """$CALIBREW_SITES (folders in order) wins over cluster/ of the working directory,
+    which wins over the built-in profiles; `calibrew sites` says where each comes from."""
+    import os
+
+    from pipeline.cli import main
+    from pipeline.sites import builtin_sites_dir, find_profiles, workers_override
+
+    first, second, project = tmp_path / "first", tmp_path / "second", tmp_path / "project"
+    for folder in (first, second, project / "cluster"):
+        folder.mkdir(parents=True)
+    (first / "slurm.yaml").write_text("type: slurm\nqueue: mine\ndescription: first\n")
+    (second / "slurm.yaml").write_text("type: slurm\nqueue: other\n")
+    (second / "big.yaml").write_text("type: local\nn_workers: 1\ndescription: second\n")
+    (project / "cluster" / "big.yaml").write_text("type: local\nn_workers: 7\n")
+    (project / "cluster" / "lab.yaml").write_text("type: scheduler\naddress: tcp://lab:8786\n")
+    (project / "cluster" / "local.yaml").write_text("type: local\nthreads_per_worker: 2\n")
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("CALIBREW_SITES", f"{first}{os.pathsep}{second}")
+
+    found = find_profiles()
+    assert BUILT_INS | {"big", "lab"} == set(found)
+    assert found["slurm"].path == first / "slurm.yaml"
+    assert [(h.path, h.origin) for h in found["slurm"].hides] == [
+        (second / "slurm.yaml", "$CALIBREW_SITES"),
+        (builtin_sites_dir() / "slurm.yaml", "built-in")]
+    assert found["big"].path == second / "big.yaml"
+    assert found["local"].origin == "cluster/ of the working directory"
+    assert found["htcondor"].origin == "built-in"
+    site = load_site("slurm")
+    assert site.queue == "mine" and site.description == "first"
+    assert site.label() == f"site 'slurm' ({first / 'slurm.yaml'})"
+    assert load_site("local").threads_per_worker == 2
+    assert load_site("lab").address == "tcp://lab:8786"
+    assert workers_override("lab", 3) == {"wait_for_workers": 3}
+
+    assert main(["sites"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"$CALIBREW_SITES: {first} $CALIBREW_SITES: {second}" in out
+    assert f"cluster/ of the working directory: {project / 'cluster'}" in out
+    assert "slurm slurm: 1 job(s) of 1 core(s), 4GiB, partition mine" in out
+    assert f"[{first / 'slurm.yaml'}, replacing {second / 'slurm.yaml'}, the built-in one]" in out
+    assert "big local: 1 worker process(es) on this machine (second)" in out
+    assert "htcondor htcondor: 4 job(s)" in out and "[built-in]" in out
+
+
+def test_site_types_register_themselves_and_refuse_a_clash(tmp_path):
+    """One class per site type, registered by its `type` when defined; a second class of a
+    known type is an error naming both; a profile of a new type loads as its class."""
+    from typing import Literal
+
+    from pipeline.errors import SiteError
+    from pipeline.sites import (
+        SITE_TYPES,
+        HTCondorSite,
+        LocalSite,
+        SchedulerSite,
+        Site,
+        SlurmSite,
+        job_script,
+        workers_override,
+    )
+
+    assert SITE_TYPES == {"local": LocalSite, "scheduler": SchedulerSite,
+                          "slurm": SlurmSite, "htcondor": HTCondorSite}
+    with pytest.raises(TypeError, match=r"site type 'slurm' is defined twice: by "
+                                        r"pipeline\.sites\.SlurmSite and by "
+                                        r".*test_site_types_register.*\.MySlurm"):
+        class MySlurm(SlurmSite):
+            queue: str | None = "mine"
+    assert SITE_TYPES["slurm"] is SlurmSite
+
+    class EchoSite(Site):
+        """A site type of a test: describes itself, starts nothing."""
+
+        type: Literal["test-echo"] = "test-echo"
+        nodes: int = 1
+
+        def describe(self) -> str:
+            return f"{self.nodes} echo node(s)"
+
+        def start(self, warn):
+            raise SiteError(f"{self.label()} starts nothing")
+
+        @classmethod
+        def workers_override(cls, workers: int) -> dict:
+            return {"nodes": workers}
+
+    try:
+        assert SITE_TYPES["test-echo"] is EchoSite
+        profile = tmp_path / "echo.yaml"
+        profile.write_text("type: test-echo\n")
+        site = load_site(str(profile), workers_override(str(profile), 4))
+        assert isinstance(site, EchoSite) and site.describe() == "4 echo node(s)"
+        with pytest.raises(SiteError, match="a 'test-echo' site submits no batch jobs"):
+            job_script(site)
+    finally:
+        del SITE_TYPES["test-echo"]
+
+
+def test_each_site_type_names_its_cluster_class():
+    """The cluster class of each type is importable; a batch type's job class names the
+    submit command checked on PATH."""
+    from pipeline.sites import SITE_TYPES, BatchSite, _import_object
+
+    classes = {kind: cls.cluster_class for kind, cls in SITE_TYPES.items()}
+    assert classes == {"local": "distributed:LocalCluster", "scheduler": None,
+                       "slurm": "dask_jobqueue:SLURMCluster",
+                       "htcondor": "dask_jobqueue:HTCondorCluster"}
+    commands = {}
+    for kind, cls in SITE_TYPES.items():
+        if cls.cluster_class is not None:
+            assert isinstance(_import_object(cls.cluster_class), type)
+        if issubclass(cls, BatchSite):
+            commands[kind] = cls.model_validate({}).submit_command()
+    assert commands == {"slurm": "sbatch", "htcondor": "condor_submit"}

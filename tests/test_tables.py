@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.outputs.tables import (
-    MIN_CHUNK_BYTES,
-    SCHEMA_VERSION,
-    PaddedColumn,
-    RaggedColumn,
-    TableError,
-    TableWriter,
-    open_table,
-)
+from pipeline.outputs.table_reader import open_table
+from pipeline.outputs.table_writer import MIN_CHUNK_BYTES, TableWriter
+from pipeline.table_layout import SCHEMA_VERSION, PaddedColumn, RaggedColumn, TableError
 
 IDENTITY = {"config": "0123abcd", "dataset": "tt"}
 

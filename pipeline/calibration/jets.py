@@ -142,6 +142,14 @@ def jec_tag(settings: JetTypeSettings, jet_type: str, metadata: Mapping[str, Any
     return settings.jec_data[era]
 
 
+def jer_corrections(settings: JetTypeSettings, jet_type: str) -> tuple[Any, Any]:
+    """The relative pt resolution (eta, pt, rho) and the JER scale factor (eta, pt,
+    systematic) corrections of ``jet_type``."""
+    name = f"{settings.jer}_{{}}_{jet_type}"
+    return (get_correction(settings.json_path, name.format("PtResolution")),
+            get_correction(settings.json_path, name.format("ScaleFactor")))
+
+
 def smearing_factors(resolution: Any, scale: Any, eta: Any, pt: Any, energy: Any,
                      gen_pt: Any, matched: Any, z: Any) -> dict[str, Any]:
     """Hybrid JER factors ``{"nominal", "up", "down"}`` of JEC-corrected jets.
@@ -313,11 +321,8 @@ class JetsCalibrator(Calibrator):
         mass: Any,
     ) -> dict[str, Any]:
         """Hybrid JER smearing factors (nominal, up, down) for the JEC-corrected jets."""
-        rho = rho_of(events)
-        resolution = get_correction(
-            settings.json_path, f"{settings.jer}_PtResolution_{jet_type}"
-        ).evaluate(jets.eta, pt, rho)
-        scale = get_correction(settings.json_path, f"{settings.jer}_ScaleFactor_{jet_type}")
+        resolution, scale = jer_corrections(settings, jet_type)
+        resolution = resolution.evaluate(jets.eta, pt, rho_of(events))
         radius = JET_RADIUS.get(jet_type[:3], 0.4)
         gen_name, index_field = self.GEN_MATCH.get(jet_type[:3], self.GEN_MATCH["AK4"])
         gen_jets = events[gen_name]

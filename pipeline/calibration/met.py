@@ -57,6 +57,7 @@ from pipeline.calibration.jets import (
     JetsCalibrationParams,
     JetTypeSettings,
     jec_tag,
+    jer_corrections,
     rho_of,
     smearing_factors,
 )
@@ -243,11 +244,8 @@ class METCalibrator(Calibrator):
             raise CalibrationError(
                 f"calibrator {self.name!r}: the events have no 'GenJet' collection, needed "
                 f"to smear the low-pt jets {self.settings.low_pt_jets!r} (JER of {jet_type})")
-        rho = rho_of(events)
-        resolution = get_correction(
-            settings.json_path, f"{settings.jer}_PtResolution_{jet_type}"
-        ).evaluate(low.eta, pt, rho)
-        scale = get_correction(settings.json_path, f"{settings.jer}_ScaleFactor_{jet_type}")
+        resolution, scale = jer_corrections(settings, jet_type)
+        resolution = resolution.evaluate(low.eta, pt, rho_of(events))
         radius = JET_RADIUS.get(jet_type[:3], 0.4)
         gen = events.GenJet
         jets = ops.zip({"eta": low.eta, "phi": low.phi, "pt": pt, "res": resolution})

@@ -16,7 +16,8 @@ Negative event weights (NLO samples): every reader that passes weights takes
 from pipeline.ml.stream import TableStream
 from pipeline.ml.torch import torch_dataset
 from pipeline.ml.xgboost import xgboost_iterator
-from pipeline.outputs.tables import Table, TableError, open_table
+from pipeline.outputs.table_reader import Table, open_table
+from pipeline.table_layout import TableError
 
 __all__ = ["Table", "TableError", "TableStream", "open_table", "torch_dataset",
            "xgboost_iterator"]

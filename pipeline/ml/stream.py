@@ -10,7 +10,8 @@ import numpy as np
 
 from pipeline.errors import CalibrewError
 from pipeline.ml.weights import NegativeWeights, apply_choice, check_choice
-from pipeline.outputs.tables import NOMINAL, Table, open_table
+from pipeline.outputs.table_reader import Table, open_table
+from pipeline.table_layout import NOMINAL, WEIGHT
 
 
 class TableStream:
@@ -26,7 +27,7 @@ class TableStream:
     Parameters
     ----------
     table
-        A :class:`~pipeline.outputs.tables.Table` or its path.
+        A :class:`~pipeline.outputs.table_reader.Table` or its path.
     columns
         Event-level columns to read (``weight_variations`` gives a 2-D array).
     padded
@@ -50,7 +51,7 @@ class TableStream:
     Examples
     --------
     >>> import tempfile, numpy as np
-    >>> from pipeline.outputs.tables import TableWriter
+    >>> from pipeline.outputs.table_writer import TableWriter
     >>> path = tempfile.mkdtemp() + "/t.zarr"
     >>> w = TableWriter(path, 1, {}); w.prepare()
     >>> w.write_part(0, {"event": np.arange(10, dtype=np.uint64),
@@ -68,7 +69,7 @@ class TableStream:
                  batch_size: int = 1024, buffer_rows: int = 65536, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = False,
                  block_rows: int | None = None, negative_weights: NegativeWeights = "keep",
-                 weight: str = "weight") -> None:
+                 weight: str = WEIGHT) -> None:
         self.negative_weights = check_choice(negative_weights, "TableStream")
         self.weight = weight
         self.table = table if isinstance(table, Table) else open_table(table)

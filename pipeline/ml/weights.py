@@ -29,12 +29,11 @@ from typing import Literal
 import numpy as np
 
 from pipeline.errors import CalibrewError
+from pipeline.table_layout import WEIGHT_VARIATIONS
 
 NegativeWeights = Literal["keep", "abs", "drop"]
 #: The choices for ``negative_weights``.
 CHOICES: tuple[str, ...] = ("keep", "abs", "drop")
-#: The table column of the weight variations (one row per event, one column per variation).
-WEIGHT_VARIATIONS = "weight_variations"
 
 
 def check_choice(choice: str, reader: str) -> str:

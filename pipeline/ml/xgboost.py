@@ -14,11 +14,12 @@ import numpy as np
 
 from pipeline.errors import CalibrewError
 from pipeline.ml.weights import NegativeWeights, apply_choice, check_choice
-from pipeline.outputs.tables import NOMINAL, Table, open_table
+from pipeline.outputs.table_reader import Table, open_table
+from pipeline.table_layout import LABEL, NOMINAL, WEIGHT
 
 
 def xgboost_iterator(table: Table | str | os.PathLike[str], features: Sequence[str],
-                     label: str = "label", weight: str | None = "weight",
+                     label: str = LABEL, weight: str | None = WEIGHT,
                      variation: str | None = NOMINAL, folds: Sequence[int] | None = None,
                      negative_weights: NegativeWeights = "abs") -> Any:
     """An ``xgboost.DataIter`` giving the table block by block (bounded memory).
@@ -26,7 +27,7 @@ def xgboost_iterator(table: Table | str | os.PathLike[str], features: Sequence[s
     Parameters
     ----------
     table
-        A :class:`~pipeline.outputs.tables.Table` or its path.
+        A :class:`~pipeline.outputs.table_reader.Table` or its path.
     features
         Event-level columns, in this order, as the feature matrix (float32).
     label
@@ -35,7 +36,7 @@ def xgboost_iterator(table: Table | str | os.PathLike[str], features: Sequence[s
         The weight column passed to xgboost, or None for no weights.
     variation, folds
         Rows passing in this variation, in these folds (see
-        :meth:`~pipeline.outputs.tables.Table.to_numpy`).
+        :meth:`~pipeline.outputs.table_reader.Table.to_numpy`).
     negative_weights
         What to do with negative weights (NLO samples): ``"abs"`` (the default: their
         absolute value, every event kept), ``"drop"`` (those events left out) or

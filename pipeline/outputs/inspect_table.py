@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from pipeline.outputs.tables import Table
+from pipeline.outputs.table_reader import Table
 
 
 def describe(table: Table) -> dict[str, Any]:

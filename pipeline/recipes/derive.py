@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import CalibrewError
-from pipeline.outputs.tables import open_table
+from pipeline.outputs.table_reader import open_table
 from pipeline.recipes.egamma import (
     DEFAULT_CORRECTION,
     fit_linear_correction,

@@ -43,7 +43,7 @@ def demo_table(workdir: Path) -> Path:
 
 def tiled_columns(table_path: Path, rows: int) -> tuple[dict, dict]:
     """Event-level columns and the padded jets of the demo table, tiled to ``rows``."""
-    from pipeline.outputs.tables import open_table
+    from pipeline.outputs.table_reader import open_table
 
     table = open_table(table_path)
     events = table.to_numpy(variation=None)
@@ -66,7 +66,7 @@ def split(n: int, parts: int) -> list[tuple[int, int]]:
 
 def write_zarr(path: Path, columns: dict, padded: dict, parts: int, layout: str,
                chunk_mib: float | None = None) -> float:
-    import pipeline.outputs.tables as tables
+    import pipeline.outputs.table_writer as tables
 
     default = tables.MIN_CHUNK_BYTES
     tables.MIN_CHUNK_BYTES = int(chunk_mib * 2**20) if chunk_mib else default
@@ -77,7 +77,8 @@ def write_zarr(path: Path, columns: dict, padded: dict, parts: int, layout: str,
 
 
 def _write_zarr(path: Path, columns: dict, padded: dict, parts: int, layout: str) -> float:
-    from pipeline.outputs.tables import PaddedColumn, RaggedColumn, TableWriter
+    from pipeline.outputs.table_writer import TableWriter
+    from pipeline.table_layout import PaddedColumn, RaggedColumn
 
     rows = len(padded["mask"])
     writer = TableWriter(path, parts, {"bench": layout})
@@ -134,7 +135,7 @@ def write_parquet(path: Path, columns: dict, padded: dict, parts: int,
 
 
 def read_zarr_numpy(path: Path) -> float:
-    from pipeline.outputs.tables import open_table
+    from pipeline.outputs.table_reader import open_table
 
     start = time.perf_counter()
     open_table(path).to_numpy(variation=None)
@@ -142,7 +143,7 @@ def read_zarr_numpy(path: Path) -> float:
 
 
 def read_zarr_padded(path: Path, length: int) -> float:
-    from pipeline.outputs.tables import open_table
+    from pipeline.outputs.table_reader import open_table
 
     start = time.perf_counter()
     table = open_table(path)
