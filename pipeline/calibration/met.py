@@ -347,7 +347,7 @@ class METCalibrator(Calibrator):
             dx, dy = type1_shift(jets, jets[field], pt_raw, s.threshold, s.max_em_fraction)
         out = self._met(events, dx, dy, variation, low_key)
         if variation == NOMINAL:
-            if corrected:
+            if corrected and self.isMC and self.do_variations:  # for JER variations only
                 self._smeared_nominal = type1_shift(jets, jets.pt, pt_raw, s.threshold,
                                                     s.max_em_fraction)
             if all(i is not None for i in inputs):
