@@ -200,7 +200,12 @@ class Site(BaseModel, abc.ABC):
         >>> LocalSite().setting("start_timeout", 600)
         "'start_timeout' (-o start_timeout=600)"
         """
-        where = f" in {self._path}" if self._path else ""
+        where = ""
+        if self._path:
+            path = Path(self._path)
+            # a built-in profile is package data: the user edits a copy of it, not it
+            where = (f" in a copy of {path.name} in cluster/"
+                     if path.parent == builtin_sites_dir() else f" in {path}")
         return f"{key!r}{where} (-o {key}={example})"
 
     def cluster_kwargs(self) -> dict[str, Any]:
