@@ -347,7 +347,8 @@ class METCalibrator(Calibrator):
             dx, dy = type1_shift(jets, jets[field], pt_raw, s.threshold, s.max_em_fraction)
         out = self._met(events, dx, dy, variation, low_key)
         if variation == NOMINAL:
-            if corrected and self.isMC and self.do_variations:  # for JER variations only
+            # for the jet calibrator's JER variations (they need no variation of this one)
+            if corrected and self.isMC:
                 self._smeared_nominal = type1_shift(jets, jets.pt, pt_raw, s.threshold,
                                                     s.max_em_fraction)
             if all(i is not None for i in inputs):
