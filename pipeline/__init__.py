@@ -41,15 +41,15 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 # package changes here only; tests/test_public_api.py pins the names.
 _LAZY: dict[str, str] = {
     # running a job
-    "run_job": "pipeline.runner",
-    "RunOptions": "pipeline.runner",
-    "RunResult": "pipeline.runner",
+    "run_job": "pipeline.run.runner",
+    "RunOptions": "pipeline.run.runner",
+    "RunResult": "pipeline.run.runner",
     # what users write
-    "load_job": "pipeline.config",
-    "load_config": "pipeline.config",
-    "AnalysisConfig": "pipeline.config",
-    "JobSpec": "pipeline.config",
-    "load_parameters": "pipeline.parameters",
+    "load_job": "pipeline.analysis.loading",
+    "load_config": "pipeline.analysis.loading",
+    "AnalysisConfig": "pipeline.config.models",
+    "JobSpec": "pipeline.config.models",
+    "load_parameters": "pipeline.analysis.loading",
     # the calibration API (seed 000) and the weights
     "NOMINAL": "pipeline.calibration",
     "Calibrator": "pipeline.calibration",
@@ -114,8 +114,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from pipeline.analysis.loading import load_config, load_job, load_parameters
     from pipeline.calibration import NOMINAL, Calibrator, CalibratorsManager, get_calibrator
-    from pipeline.config import AnalysisConfig, JobSpec, load_config, load_job
+    from pipeline.config.models import AnalysisConfig, JobSpec
     from pipeline.errors import (
         CalibrationError,
         CalibrewError,
@@ -138,8 +139,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
         torch_dataset,
         xgboost_iterator,
     )
-    from pipeline.parameters import load_parameters
-    from pipeline.runner import RunOptions, RunResult, run_job
+    from pipeline.run.runner import RunOptions, RunResult, run_job
     from pipeline.weights import Weight
 
 

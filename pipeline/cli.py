@@ -36,7 +36,7 @@ def _site_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from pipeline.runner import RunOptions, run_job
+    from pipeline.run.runner import RunOptions, run_job
 
     run_job(args.job, RunOptions(
         output=args.output, site=args.site, workers=args.workers,
@@ -84,8 +84,8 @@ def _cmd_job_script(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_preprocess(args: argparse.Namespace, console: Console) -> int:
-    from pipeline.config import load_job
-    from pipeline.runner import make_datasets
+    from pipeline.analysis.loading import load_job
+    from pipeline.run.runner import make_datasets
 
     job, cfg = load_job(args.job)
     config_dir = (Path(args.job).parent / job.config).resolve().parent
@@ -105,7 +105,7 @@ def _cmd_plot(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_make_sample(args: argparse.Namespace, console: Console) -> int:
-    from pipeline.make_sample import make_sample
+    from pipeline.inputs.make_sample import make_sample
 
     path = make_sample(args.source, args.out, args.events, seed=args.seed, keep=args.keep,
                        console=console)

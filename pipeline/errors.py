@@ -9,7 +9,7 @@ from typing import Any
 
 #: modules whose errors mean that an input file cannot be opened or read
 READER_MODULES = ("uproot", "pyarrow", "fsspec", "awkward._connect.pyarrow", "zlib", "lz4",
-                  "zstandard", "cramjam", "xxhash", "pipeline.nanoevents")
+                  "zstandard", "cramjam", "xxhash", "pipeline.inputs.nanoevents")
 
 
 class CalibrewError(Exception):

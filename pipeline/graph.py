@@ -2,7 +2,7 @@
 
 Lazy only: nothing here computes, starts a cluster or writes. The graph is
 ``from-uproot`` (only the columns used) -> one fused ``calibrew-chunk`` task per chunk
-(:class:`~pipeline.processor.ChunkProcessor`, every variation inside) -> a tree sum of the
+(:class:`~pipeline.analysis.processor.ChunkProcessor`, every variation inside) -> a tree sum of the
 per-chunk histogram vectors. Its size does not grow with the number of variations.
 """
 
@@ -22,15 +22,16 @@ import numpy as np
 from dask.delayed import Delayed
 
 from pipeline import __version__
+from pipeline.analysis.loading import calibrator_classes
+from pipeline.analysis.processor import ChunkProcessor, ProcessingPlan, make_plan
 from pipeline.calibration.manager import CalibratorsManager
-from pipeline.config import AnalysisConfig
-from pipeline.datasets import Dataset
+from pipeline.config.models import AnalysisConfig
 from pipeline.errors import CalibrewError, ChunkFault, is_deterministic
-from pipeline.nanoevents import read_lazy
+from pipeline.inputs.datasets import Dataset
+from pipeline.inputs.nanoevents import read_lazy
+from pipeline.inputs.parquet import read_parquet_lazy
 from pipeline.outputs.provenance import code_digest
 from pipeline.outputs.table_writer import TableWriter
-from pipeline.parquet_input import read_parquet_lazy
-from pipeline.processor import ChunkProcessor, ProcessingPlan, make_plan
 from pipeline.weights import weight_variation_names
 
 CHUNK_LABEL = "calibrew-chunk"
@@ -52,7 +53,7 @@ def plan_variations(cfg: AnalysisConfig, params: Any, metadata: dict[str, Any],
     sample = str(metadata["sample"])
     variation_calibrators = cfg.variations_for_sample(sample)
     manager = CalibratorsManager(
-        cfg.calibrator_classes(), events_meta, params, metadata,
+        calibrator_classes(cfg), events_meta, params, metadata,
         requested_calibrator_variations=variation_calibrators,
     )
     shape = manager.variations_to_run(variation_calibrators)
@@ -167,7 +168,7 @@ def table_identity(dataset: Dataset, cfg: AnalysisConfig, params: Any) -> dict[s
     calibrew version and code (its sources and the calibrators'), and chunks. A rerun
     resumes a table or the checkpointed chunks only when all are the same."""
     return {"config": cfg.digest(), "parameters": parameters_digest(params),
-            "calibrew": __version__, "code": code_digest(cfg.calibrator_classes()),
+            "calibrew": __version__, "code": code_digest(calibrator_classes(cfg)),
             "dataset": dataset.name,
             "chunks": [[c.file, c.start, c.stop] for c in dataset.chunks]}
 

@@ -335,8 +335,8 @@ class BuiltinCut:
             CUTS[cls.name] = cls
 
     def __init__(self, params: Any, metadata: Mapping[str, Any], where: str) -> None:
+        from pipeline.config.parameters import section
         from pipeline.errors import ConfigError
-        from pipeline.parameters import section
 
         period = str(metadata.get("year", ""))
         settings = section(params, "selections", period, self.name)

@@ -74,9 +74,9 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.config import read_yaml
+from pipeline.config.models import read_yaml
+from pipeline.config.parameters import format_validation_error
 from pipeline.errors import ConfigError, SiteError, UnknownNameError
-from pipeline.parameters import format_validation_error
 
 #: glibc's ``M_MMAP_THRESHOLD`` for the workers (bytes). distributed's nanny sets
 #: ``MALLOC_TRIM_THRESHOLD_``, which also freezes glibc's mmap threshold at 128 KiB: every

@@ -1,7 +1,7 @@
 """The feature-table format in one place: schema version, names, column types, part merge.
 
 Everything that both writes and reads a feature table agrees through this module: the row
-builder (:mod:`pipeline.features`), the Zarr writer
+builder (:mod:`pipeline.analysis.table_rows`), the Zarr writer
 (:mod:`pipeline.outputs.table_writer`), the reader (:mod:`pipeline.outputs.table_reader`)
 and the ML readers (:mod:`pipeline.ml`). It is a leaf: it imports numpy and
 :mod:`pipeline.errors` only, so that the ML readers load neither awkward nor dask.
@@ -88,8 +88,8 @@ RESERVED_COLUMNS = frozenset({
 # -- folds -------------------------------------------------------------------------------
 #: How many train/test folds; an event's fold is ``hash % N_FOLDS``, with the hash of
 #: :func:`pipeline.rng.hash_identity` of ``(run, luminosityBlock, event, 0, FOLD_PURPOSE)``
-#: (computed by the row builder, :func:`pipeline.features.fold_of`, as :mod:`pipeline.rng`
-#: needs awkward).
+#: (computed by the row builder, :func:`pipeline.analysis.table_rows.fold_of`, as
+#: :mod:`pipeline.rng` needs awkward).
 N_FOLDS = 10
 FOLD_PURPOSE = "fold"
 #: The fold rule as stored in the table's ``folds`` attribute.

@@ -23,9 +23,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.calibration import ops
+from pipeline.config.parameters import section
 from pipeline.corrections import get_correction
 from pipeline.errors import ConfigError, InputFileError, UnknownNameError
-from pipeline.parameters import section
 
 #: Weight classes by name; users may add their own (subclass :class:`Weight`).
 WEIGHTS: dict[str, type[Weight]] = {}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.samples import find_data_file
+from pipeline.inputs.datafiles import find_data_file
 
 TT = "nano_tt_v12.root"
 DATA = "nano_dimuon.root"
@@ -24,13 +24,13 @@ def data_file() -> str:
 
 
 def _eager(path: str):
-    from pipeline.nanoevents import read_eager
+    from pipeline.inputs.nanoevents import read_eager
 
     return read_eager(path)
 
 
 def _lazy(path: str, steps=None):
-    from pipeline.nanoevents import read_lazy
+    from pipeline.inputs.nanoevents import read_lazy
 
     return read_lazy({path: {"object_path": "Events", "steps": steps or [[0, 200]]}})
 
@@ -52,7 +52,7 @@ def data_events(data_file):
 
 @pytest.fixture()
 def params():
-    from pipeline.parameters import defaults
+    from pipeline.config.parameters import defaults
 
     return defaults()
 

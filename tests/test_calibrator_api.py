@@ -321,7 +321,7 @@ def test_calibrator_names_must_be_unique():
 
 def test_declared_parameter_sections():
     assert MyCustomCalibrator.parameter_sections() == ["my_calibrator_config"]
-    from pipeline.parameters import valid_sections
+    from pipeline.config.parameters import valid_sections
 
     assert "my_calibrator_config" in valid_sections([MyCustomCalibrator])
     assert "my_calibrator_config" not in valid_sections([])

@@ -21,10 +21,10 @@ from pipeline.calibration import (
     PhotonsScaleCalibrator,
     default_calibrators_sequence,
 )
+from pipeline.config.parameters import defaults
 from pipeline.errors import InputFileError
-from pipeline.parameters import defaults
+from pipeline.inputs.datafiles import find_data_file
 from pipeline.rng import normal
-from pipeline.samples import find_data_file
 
 MC = {"isMC": True, "year": "2022_preEE", "sample": "TTbar", "dataset": "tt"}
 DATA = {"isMC": False, "year": "2022_preEE", "era": "C", "sample": "Muon", "dataset": "mu"}
@@ -91,7 +91,7 @@ def test_electron_scale_on_data(data_events):
 
 
 def test_photon_twin(tt_file):
-    from pipeline.nanoevents import read_eager
+    from pipeline.inputs.nanoevents import read_eager
 
     events = read_eager(str(find_data_file("nano_tt_v15.root")))
     manager = CalibratorsManager([PhotonsScaleCalibrator], events, defaults(), MC)

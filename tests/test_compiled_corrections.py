@@ -28,7 +28,7 @@ from pipeline.corrections import get_compound, get_correction
 from pipeline.corrections.compiled import NotCompiled, RefusedValue, compile_correction
 from pipeline.corrections.formula import UnsupportedFormula, compile_formula
 from pipeline.corrections.loader import COMPILED_ENV
-from pipeline.samples import find_data_file
+from pipeline.inputs.datafiles import find_data_file
 
 PAYLOADS = [
     "jet_jerc_Summer22_V3.json.gz",

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config, load_job
+from pipeline.analysis.loading import calibrator_classes, load_config, load_job, load_parameters
+from pipeline.calibration import Calibrator
 from pipeline.errors import ConfigError
-from pipeline.parameters import load_parameters
 
 GOOD_CONFIG = """
 datasets:
@@ -36,7 +36,7 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 def test_good_config_loads(tmp_path):
     cfg = load_config(write(tmp_path, "a.yaml", GOOD_CONFIG))
     assert cfg.variations_for_sample("TTbar") == ["jet_calibration"]
-    assert [c.name for c in cfg.calibrator_classes()] == ["jet_calibration"]
+    assert [c.name for c in calibrator_classes(cfg)] == ["jet_calibration"]
 
 
 @pytest.mark.parametrize(
@@ -140,8 +140,12 @@ def test_enabled_table_unknown_calibrator(tmp_path):
 
 
 def test_user_sections_merge_over_defaults(tmp_path):
+    class Reads(Calibrator):  # abstract: never run, it only declares its section
+        name = "test_reads_my_calibrator_config"
+        params_section = "my_calibrator_config"
+
     path = write(tmp_path, "p.yaml", "my_calibrator_config: {scale: 1.5}\n")
-    params = load_parameters([path], sections=["my_calibrator_config"])
+    params = load_parameters([path], [Reads])
     assert params.my_calibrator_config.scale == 1.5
     assert params.jets_calibration.collection["2022_preEE"].AK4PFPuppi == "Jet"
 
@@ -338,4 +342,4 @@ def test_user_module_loads(tmp_path, user_modules):
     (user_modules / "calibrew_user_good.py").write_text(
         USER_CALIBRATOR.format(cls="GoodCal", name="user_good_cal"))
     cfg = load_config(_config_with_calibrator(tmp_path, "calibrew_user_good:GoodCal"))
-    assert [c.name for c in cfg.calibrator_classes()] == ["jet_calibration", "user_good_cal"]
+    assert [c.name for c in calibrator_classes(cfg)] == ["jet_calibration", "user_good_cal"]

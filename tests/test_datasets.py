@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from pipeline.datasets import Dataset, count_entries, preprocess, split_entries
 from pipeline.errors import InputFileError
-from pipeline.samples import find_data_file
+from pipeline.inputs.datafiles import find_data_file
+from pipeline.inputs.datasets import Dataset, count_entries, preprocess, split_entries
 
 
 def test_split_entries_covers_everything_once():
@@ -26,7 +26,7 @@ def test_preprocess_and_cache(tt_file, tmp_path, monkeypatch):
     assert ds.entries == 200 and len(ds.chunks) == 7
     assert ds.steps_by_file()[str(local)]["steps"][0] == [0, 29]
     # the second call is answered by the cache: uproot is not asked again
-    import pipeline.datasets as module
+    import pipeline.inputs.datasets as module
 
     def fail(*args, **kwargs):
         raise AssertionError("file was opened again")
@@ -62,7 +62,7 @@ def test_find_data_file_order_and_error(tmp_path, monkeypatch):
 
 def _no_download(monkeypatch) -> list[str]:
     """Record (and refuse) every download attempt; the list must stay empty."""
-    import pipeline.samples as samples
+    import pipeline.inputs.datafiles as samples
 
     attempts: list[str] = []
 
@@ -95,7 +95,7 @@ def test_typo_data_file_fails_at_once_without_download(tmp_path, monkeypatch, na
 
 
 def test_dataset_file_lookup_lists_the_config_folder(tmp_path, monkeypatch):
-    from pipeline.datasets import resolve_files
+    from pipeline.inputs.datasets import resolve_files
 
     attempts = _no_download(monkeypatch)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -120,7 +120,7 @@ def test_dataset_file_lookup_lists_the_config_folder(tmp_path, monkeypatch):
 
 
 def test_known_public_names_are_downloaded(tmp_path, monkeypatch):
-    import pipeline.samples as samples
+    import pipeline.inputs.datafiles as samples
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("CALIBREW_DATA", str(tmp_path / "empty"))

@@ -8,9 +8,9 @@ import pytest
 from distributed import Client, LocalCluster
 
 from pipeline.calibration import CalibratorsManager, ElectronsScaleCalibrator, JetsCalibrator
-from pipeline.datasets import split_entries
-from pipeline.nanoevents import read_lazy
-from pipeline.parameters import defaults
+from pipeline.config.parameters import defaults
+from pipeline.inputs.datasets import split_entries
+from pipeline.inputs.nanoevents import read_lazy
 
 MC = {"isMC": True, "year": "2022_preEE", "sample": "TTbar", "dataset": "tt"}
 

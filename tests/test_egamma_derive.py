@@ -19,9 +19,10 @@ import pytest
 
 from pipeline.calibration import Calibrator, CalibratorsManager, ElectronsScaleCalibrator
 from pipeline.calibration.calibrator import CALIBRATORS
+from pipeline.config.parameters import defaults
 from pipeline.errors import ConfigError
-from pipeline.nanoevents import read_eager
-from pipeline.parameters import defaults
+from pipeline.inputs.datafiles import find_data_file
+from pipeline.inputs.nanoevents import read_eager
 from pipeline.recipes.egamma import (
     DEFAULT_CORRECTION,
     DerivedEnergyCorrection,
@@ -33,7 +34,6 @@ from pipeline.recipes.egamma import (
     match_table,
     write_correction_payload,
 )
-from pipeline.samples import find_data_file
 
 MC = {"isMC": True, "year": "2022_preEE", "sample": "TTbar", "dataset": "tt"}
 MAX_DR = 0.1

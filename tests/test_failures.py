@@ -28,8 +28,8 @@ import uproot
 import yaml
 
 from pipeline.cli import main
+from pipeline.inputs.datafiles import find_data_file
 from pipeline.ml import open_table
-from pipeline.samples import find_data_file
 
 CHUNKSIZE = 20  # the 200-event demo file in 10 chunks
 

@@ -16,8 +16,8 @@ import awkward as ak
 import numpy as np
 import pytest
 
+from pipeline.analysis.loading import load_config
 from pipeline.cli import main
-from pipeline.config import load_config
 from pipeline.errors import ConfigError, ExpressionError
 from pipeline.ml import TableStream, open_table, torch_dataset, xgboost_iterator
 from pipeline.table_layout import SCHEMA_VERSION, PaddedColumn, RaggedColumn, TableError
@@ -64,7 +64,7 @@ tables:
 def write_job(tmp_path, chunksize: int, output: str, extra: str = "", workers: int = 2):
     cfg = tmp_path / "analysis.yaml"
     if not cfg.exists():
-        from pipeline.samples import find_data_file
+        from pipeline.inputs.datafiles import find_data_file
 
         params = os.path.abspath("configs/params/2022_preEE.yaml")
         cfg.write_text(CONFIG.format(params=params, tt=find_data_file("nano_tt_v12.root"))
@@ -176,9 +176,9 @@ def _padded_all_rows(table, collection, variation):
 
 def test_lazy_table_equals_eager(runs, tt_events):
     """The run's tables equal the chunk processor run eagerly on the whole file."""
+    from pipeline.analysis.loading import load_parameters
+    from pipeline.analysis.processor import ChunkProcessor, make_plan
     from pipeline.graph import plan_variations
-    from pipeline.parameters import load_parameters
-    from pipeline.processor import ChunkProcessor, make_plan
 
     cfg = load_config(runs / "analysis.yaml")
     params = load_parameters(cfg.parameters)
@@ -214,7 +214,7 @@ def test_object_level_rows(runs, tt_events):
     table = open_table(runs / "one" / "tt" / "jets.zarr")
     data = table.to_numpy(variation=None)
     from pipeline.calibration import CalibratorsManager, JetsCalibrator
-    from pipeline.parameters import defaults
+    from pipeline.config.parameters import defaults
 
     # every stored row is a jet of its event at its position among the nominal's jets,
     # which the jet calibrator sorts by pt (eta: unchanged by calibration)
@@ -286,7 +286,7 @@ def test_table_of_another_schema_or_config_is_refused_untouched(runs, tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(f"config: {runs / 'analysis.yaml'}\noutput: {out}\nchunksize: 1000\n")
     with pytest.raises(TableError, match=f"schema version {SCHEMA_VERSION + 1}"):
-        from pipeline.runner import run_job
+        from pipeline.run.runner import run_job
 
         run_job(job, show_progress=False)
     assert {p: p.stat().st_mtime_ns for p in dst.rglob("*")} == before
@@ -311,7 +311,7 @@ BAD_TABLES = [
 
 @pytest.mark.parametrize(("table", "error", "message"), BAD_TABLES)
 def test_bad_table_config_is_named(tmp_path, table, error, message):
-    from pipeline.samples import find_data_file
+    from pipeline.inputs.datafiles import find_data_file
 
     cfg = tmp_path / "a.yaml"
     cfg.write_text(textwrap.dedent(f"""\
@@ -327,7 +327,7 @@ def test_bad_table_config_is_named(tmp_path, table, error, message):
     job = tmp_path / "job.yaml"
     job.write_text(f"config: a.yaml\noutput: {tmp_path / 'out'}\n")
     with pytest.raises(error, match=message):
-        from pipeline.runner import run_job
+        from pipeline.run.runner import run_job
 
         run_job(job, show_progress=False)
     assert not (tmp_path / "out").exists()  # found before anything is written
@@ -421,15 +421,15 @@ def _run_config(tmp_path, text: str, params: str | None = None):
     job = tmp_path / "job.yaml"
     extra = f"parameters: [{params}]\n" if params else ""
     job.write_text(f"config: a.yaml\noutput: {tmp_path / 'out'}\nchunksize: 4\n{extra}")
-    from pipeline.runner import run_job
+    from pipeline.run.runner import run_job
 
     return run_job(job, show_progress=False)
 
 
 def test_constituent_level_rows(tmp_path):
-    from pipeline.nanoevents import read_eager
+    from pipeline.inputs.datafiles import find_data_file
+    from pipeline.inputs.nanoevents import read_eager
     from pipeline.recipes.toptagging import jet_constituents
-    from pipeline.samples import find_data_file
 
     path = find_data_file("pfnano.root")
     _run_config(tmp_path, f"""\
@@ -459,7 +459,7 @@ def test_constituent_level_rows(tmp_path):
 
 
 def test_object_collection_must_follow_the_objects(tmp_path):
-    from pipeline.samples import find_data_file
+    from pipeline.inputs.datafiles import find_data_file
 
     with pytest.raises(ExpressionError, match=r"tables\.t\.collections\.c\.expr: .* one list "
                                               r"per object"):
@@ -479,7 +479,7 @@ def test_object_collection_must_follow_the_objects(tmp_path):
 def test_resorted_objects_without_identity_cannot_carry_variations(tmp_path):
     # re-sorted jets are followed across variations by Jet.original_index (see
     # test_sorted_tables.py); objects that lost it cannot be
-    from pipeline.samples import find_data_file
+    from pipeline.inputs.datafiles import find_data_file
 
     params = tmp_path / "sort.yaml"
     params.write_text("jets_calibration:\n  sort_by_pt:\n    2022_preEE: {AK4PFPuppi: true}\n")

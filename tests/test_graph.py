@@ -8,12 +8,12 @@ import hist
 import numpy as np
 import pytest
 
+from pipeline.analysis.loading import calibrator_classes, load_parameters
+from pipeline.analysis.processor import ChunkProcessor
 from pipeline.calibration import Calibrator, CalibratorsManager
-from pipeline.config import AnalysisConfig
-from pipeline.datasets import Dataset, preprocess
+from pipeline.config.models import AnalysisConfig
 from pipeline.graph import build_dataset_graph
-from pipeline.parameters import load_parameters
-from pipeline.processor import ChunkProcessor
+from pipeline.inputs.datasets import Dataset, preprocess
 
 METADATA = {"sample": "TTbar", "year": "2022_preEE", "isMC": True}
 CUT = "(Jet.pt > 30) & (abs(Jet.eta) < 2.4)"
@@ -85,7 +85,7 @@ def test_histograms_match_an_independent_eager_computation(tt_file, tt_events):
     cfg = make_config()
     params = load_parameters()
     lazy = compute(build_dataset_graph(dataset(tt_file, 60), cfg, params))["jet_pt"]
-    manager = CalibratorsManager(cfg.calibrator_classes(), tt_events, params,
+    manager = CalibratorsManager(calibrator_classes(cfg), tt_events, params,
                                  {**METADATA, "dataset": "tt"})
     weight = tt_events.genWeight
     for variation, ev in manager.calibration_loop(tt_events, ["jet_calibration"]):

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.inputs.datafiles import find_data_file
 from pipeline.recipes.higgsml import (
     DER_FEATURES,
     PRI_FEATURES,
@@ -22,7 +23,6 @@ from pipeline.recipes.higgsml import (
     derived_features,
     post_selection_mask,
 )
-from pipeline.samples import find_data_file
 
 FILE = "FAIR_Universe_HiggsML_data.parquet"
 
@@ -763,7 +763,7 @@ def _higgsml_params(tes: float, jes: float, postprocess: bool | None,
 
 @pytest.fixture(scope="module")
 def file_events():
-    from pipeline.parquet_input import read_parquet_eager
+    from pipeline.inputs.parquet import read_parquet_eager
 
     return read_parquet_eager(str(find_data_file(FILE)))
 
@@ -800,7 +800,7 @@ def test_calibrator_chain_equals_the_challenge_bit_for_bit(frame, file_events, t
 
     from pipeline.calibration.calibrator import get_calibrator
     from pipeline.calibration.manager import CalibratorsManager
-    from pipeline.parameters import defaults
+    from pipeline.config.parameters import defaults
 
     params = OmegaConf.merge(defaults(), _higgsml_params(tes, jes, postprocess))
     names = ["higgsml_tes", "higgsml_jes", "higgsml_soft_met", "higgsml_postprocess"]
@@ -836,8 +836,8 @@ def test_postprocess_parameter_is_validated(file_events):
     from omegaconf import OmegaConf
 
     from pipeline.calibration.calibrator import get_calibrator
+    from pipeline.config.parameters import defaults
     from pipeline.errors import ConfigError
-    from pipeline.parameters import defaults
 
     params = OmegaConf.merge(defaults(), {"higgsml_systematics": {"HiggsML": {
         "postprocess": "maybe", "tess": {"nominal": 1.0, "up": 1.0, "down": 1.0}}}})

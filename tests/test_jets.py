@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.calibration import CalibratorsManager, JetsCalibrator
 from pipeline.errors import ConfigError, UnknownNameError
-from pipeline.samples import find_data_file
+from pipeline.inputs.datafiles import find_data_file
 
 MC = {"isMC": True, "year": "2022_preEE", "sample": "TTbar", "dataset": "tt"}
 TAG = "Summer22_22Sep2023_V3_MC"
@@ -32,7 +32,7 @@ def payload():
 
 @pytest.fixture(scope="module")
 def calibrated(tt_events):
-    from pipeline.parameters import defaults
+    from pipeline.config.parameters import defaults
 
     manager = CalibratorsManager([JetsCalibrator], tt_events, defaults(), MC)
     return dict(manager.calibration_loop(tt_events, ["jet_calibration"]))
@@ -53,7 +53,7 @@ def test_jec_matches_correctionlib(tt_events, calibrated, payload):
     # JER off: compare the JEC-only pt
     from omegaconf import OmegaConf
 
-    from pipeline.parameters import defaults
+    from pipeline.config.parameters import defaults
 
     params = OmegaConf.merge(defaults(), {"jets_calibration": {"apply_jer_MC": {
         "2022_preEE": {"AK4PFPuppi": False, "AK8PFPuppi": False}}}})
@@ -81,7 +81,7 @@ def test_jes_variations_match_correctionlib(tt_events, calibrated, payload):
 
 
 def test_jer_is_independent_of_chunking(tt_events):
-    from pipeline.parameters import defaults
+    from pipeline.config.parameters import defaults
 
     def jer_pt(events):
         manager = CalibratorsManager([JetsCalibrator], events, defaults(), MC)
@@ -126,7 +126,7 @@ def test_jer_smearing_floors_the_jet_energy(tt_events, calibrated, payload):
 
 
 def test_data_uses_era_tag_and_has_no_variations(tt_events):
-    from pipeline.parameters import defaults
+    from pipeline.config.parameters import defaults
 
     data = {"isMC": False, "year": "2022_preEE", "era": "C", "sample": "Muon", "dataset": "d"}
     manager = CalibratorsManager([JetsCalibrator], tt_events, defaults(), data)
@@ -138,7 +138,7 @@ def test_data_uses_era_tag_and_has_no_variations(tt_events):
 def test_unknown_period_and_correction_are_named(tt_events):
     from omegaconf import OmegaConf
 
-    from pipeline.parameters import defaults
+    from pipeline.config.parameters import defaults
 
     with pytest.raises(ConfigError, match="no jet collections for period '2031'"):
         CalibratorsManager([JetsCalibrator], tt_events, defaults(), {**MC, "year": "2031"})
@@ -150,8 +150,8 @@ def test_unknown_period_and_correction_are_named(tt_events):
 
 
 def test_missing_branch_is_named(tt_events):
+    from pipeline.config.parameters import defaults
     from pipeline.errors import CalibrationError
-    from pipeline.parameters import defaults
 
     stripped = ak.with_field(tt_events, tt_events.Jet[["pt", "eta", "phi", "mass", "area"]], "Jet")
     with pytest.raises(CalibrationError, match="Jet_rawFactor is missing"):
@@ -186,7 +186,7 @@ def test_jets_are_sorted_by_pt_in_every_variation_by_default(tt_events, calibrat
 def no_sort():
     from omegaconf import OmegaConf
 
-    from pipeline.parameters import defaults
+    from pipeline.config.parameters import defaults
 
     return OmegaConf.merge(defaults(), {"jets_calibration": {"sort_by_pt": {
         "2022_preEE": {"AK4PFPuppi": False, "AK8PFPuppi": False}}}})
@@ -204,7 +204,7 @@ def test_jer_matches_a_plain_computation(tt_events):
     """Hybrid JER for AK4 and AK8 jets, jet by jet, with direct correctionlib calls."""
     import math
 
-    from pipeline.parameters import defaults
+    from pipeline.config.parameters import defaults
     from pipeline.rng import normal
 
     manager = CalibratorsManager([JetsCalibrator], tt_events, defaults(), MC)
@@ -255,8 +255,8 @@ def test_jer_matches_a_plain_computation(tt_events):
 
 
 def test_payloads_are_loaded_once_per_process(tt_events):
+    from pipeline.config.parameters import defaults
     from pipeline.corrections.loader import _load
-    from pipeline.parameters import defaults
 
     _load.cache_clear()
     for a, b in ((0, 100), (100, 200)):

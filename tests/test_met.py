@@ -18,10 +18,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.calibration import CalibratorsManager, JetsCalibrator, METCalibrator
+from pipeline.config.parameters import defaults
 from pipeline.errors import ConfigError
-from pipeline.parameters import defaults
+from pipeline.inputs.datafiles import find_data_file
 from pipeline.rng import normal
-from pipeline.samples import find_data_file
 
 MC = {"isMC": True, "year": "2022_preEE", "sample": "TTbar", "dataset": "tt"}
 DATA = {"isMC": False, "year": "2022_preEE", "era": "C", "sample": "Muon", "dataset": "d"}

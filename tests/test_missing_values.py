@@ -12,11 +12,11 @@ import dask
 import numpy as np
 import pytest
 
-from pipeline.config import AnalysisConfig
-from pipeline.datasets import Dataset, preprocess
+from pipeline.analysis.loading import load_parameters
+from pipeline.analysis.processor import ChunkProcessor, make_plan
+from pipeline.config.models import AnalysisConfig
 from pipeline.graph import build_dataset_graph
-from pipeline.parameters import load_parameters
-from pipeline.processor import ChunkProcessor, make_plan
+from pipeline.inputs.datasets import Dataset, preprocess
 
 METADATA = {"sample": "TTbar", "year": "2022_preEE", "isMC": True}
 HARD = "ak.firsts(Jet.pt[Jet.pt > 200])"

@@ -15,8 +15,8 @@ import uproot
 
 from pipeline.cli import main
 from pipeline.errors import CalibrewError
+from pipeline.inputs.datafiles import find_data_file
 from pipeline.ml import TableStream, open_table, xgboost_iterator
-from pipeline.samples import find_data_file
 
 CONFIG = """
 datasets:

@@ -20,8 +20,8 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.errors import OutputLockedError
+from pipeline.inputs.datafiles import find_data_file
 from pipeline.outputs.lock import LOCK_FILE, OutputLock
-from pipeline.samples import find_data_file
 
 HOLD = """
 import os, sys

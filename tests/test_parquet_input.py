@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.datasets import Dataset, preprocess
 from pipeline.errors import InputFileError
 from pipeline.graph import read_events
-from pipeline.parquet_input import file_key, read_parquet_eager
-from pipeline.samples import find_data_file
+from pipeline.inputs.datafiles import find_data_file
+from pipeline.inputs.datasets import Dataset, preprocess
+from pipeline.inputs.parquet import file_key, read_parquet_eager
 
 PARQUET = "FAIR_Universe_HiggsML_data.parquet"
 

@@ -29,7 +29,7 @@ def test_calibrator_class_contract():
 
 def test_version_and_entry_points():
     assert pipeline.__version__
-    from pipeline.parameters import defaults
+    from pipeline.config.parameters import defaults
 
     assert "jets_calibration" in defaults()
 
@@ -67,21 +67,21 @@ def test_package_api_is_pinned():
 
 def test_package_names_resolve_to_their_definitions():
     import pipeline.calibration
-    import pipeline.config
+    import pipeline.config.models
     import pipeline.errors
     import pipeline.ml
-    import pipeline.runner
+    import pipeline.run.runner
 
     for name in pipeline.__all__:
         assert getattr(pipeline, name) is not None, name
         assert name in dir(pipeline)
     # the same objects as the modules' (not copies): isinstance and except clauses work
-    assert pipeline.run_job is pipeline.runner.run_job
+    assert pipeline.run_job is pipeline.run.runner.run_job
     assert pipeline.Calibrator is pipeline.calibration.Calibrator
     assert pipeline.open_table is pipeline.ml.open_table
     assert pipeline.TableError is pipeline.ml.TableError
     assert pipeline.ConfigError is pipeline.errors.ConfigError
-    assert pipeline.load_job is pipeline.config.load_job
+    assert pipeline.load_job is pipeline.analysis.loading.load_job
     for name in pipeline.__all__:
         if isinstance(getattr(pipeline, name), type) and name.endswith("Error"):
             assert issubclass(getattr(pipeline, name), pipeline.CalibrewError), name

@@ -7,8 +7,8 @@ import numpy as np
 import uproot
 
 from pipeline.cli import main
+from pipeline.inputs.datafiles import find_data_file
 from pipeline.ml import open_table
-from pipeline.samples import find_data_file
 
 
 def run_recipe(project_root, tmp_path, job: str, output: str, extra: str = ""):

@@ -117,7 +117,7 @@ def test_cli_errors_are_clear(tmp_path, capsys, project_root, monkeypatch):
 
 
 def test_make_sample(tmp_path):
-    from pipeline.nanoevents import read_eager
+    from pipeline.inputs.nanoevents import read_eager
 
     out = tmp_path / "big.root"
     assert main(["make-sample", "nano_tt_v12.root", str(out), "--events", "1234",

@@ -9,7 +9,7 @@ import hist
 import numpy as np
 import pytest
 
-from pipeline.config import HistogramSpec
+from pipeline.config.models import HistogramSpec
 from pipeline.corrections import get_correction
 from pipeline.outputs.histograms import HistogramLayout
 from pipeline.selection import Expression, ExpressionCache, forget_subexpressions

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import load_config, load_job
-from pipeline.parameters import load_parameters, valid_sections
+from pipeline.analysis.loading import calibrator_classes, load_config, load_job, load_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
@@ -23,8 +22,7 @@ def test_something_is_shipped():
 @pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
 def test_job_loads_with_its_parameters(path):
     job, cfg = load_job(path)
-    sections = valid_sections(cfg.calibrator_classes())
-    params = load_parameters([*cfg.parameters, *job.parameters], sections=sections)
+    params = load_parameters([*cfg.parameters, *job.parameters], calibrator_classes(cfg))
     for file in [*cfg.parameters, *job.parameters]:
         assert set(yaml.safe_load(Path(file).read_text())) <= set(params)
 
@@ -32,7 +30,7 @@ def test_job_loads_with_its_parameters(path):
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_loads(path):
     cfg = load_config(path)
-    assert cfg.calibrator_classes() is not None
+    assert calibrator_classes(cfg) is not None
 
 
 @pytest.mark.parametrize("path", PARAMS, ids=lambda p: p.name)

@@ -12,11 +12,11 @@ import awkward as ak
 import numpy as np
 import pytest
 
+from pipeline.analysis.loading import calibrator_classes, load_parameters
+from pipeline.analysis.processor import ChunkProcessor, make_plan
 from pipeline.calibration import CalibratorsManager
-from pipeline.config import AnalysisConfig
+from pipeline.config.models import AnalysisConfig
 from pipeline.errors import ExpressionError
-from pipeline.parameters import load_parameters
-from pipeline.processor import ChunkProcessor, make_plan
 
 FILE_METADATA = {"sample": "TTbar", "year": "2022_preEE", "isMC": True}
 METADATA = {**FILE_METADATA, "dataset": "tt"}
@@ -33,7 +33,7 @@ def config(tables: dict) -> AnalysisConfig:
 
 def tables_of(events, tables: dict):
     cfg, params = config(tables), load_parameters()
-    manager = CalibratorsManager(cfg.calibrator_classes(), events, params, METADATA)
+    manager = CalibratorsManager(calibrator_classes(cfg), events, params, METADATA)
     variations = manager.variations_to_run(["jet_calibration"])
     plan = make_plan(cfg, params, METADATA, variations)
     calibrated = dict(manager.calibration_loop(events, ["jet_calibration"]))

@@ -67,12 +67,12 @@ def test_reader_and_writer_apart():
 
 
 def test_format_names_have_one_definition():
-    import pipeline.config
-    import pipeline.features
-    import pipeline.parquet_input
+    import pipeline.analysis.table_rows
+    import pipeline.config.models
+    import pipeline.inputs.parquet
 
-    assert pipeline.config.RESERVED_COLUMNS is layout.RESERVED_COLUMNS
-    assert pipeline.parquet_input.IDENTITY_TYPES is layout.IDENTITY_TYPES
+    assert pipeline.config.models.RESERVED_COLUMNS is layout.RESERVED_COLUMNS
+    assert pipeline.inputs.parquet.IDENTITY_TYPES is layout.IDENTITY_TYPES
     # no module of the package but the format assigns the format's names
     names = {"SCHEMA_VERSION", "RESERVED_COLUMNS", "IDENTITY_TYPES", "IDENTITY_DTYPES",
              "N_FOLDS", "RaggedColumn", "PaddedColumn", "TableError", "Column"}
@@ -99,7 +99,7 @@ def test_reserved_columns_are_what_a_table_holds():
 def test_fold_follows_the_format():
     """An event's fold is part of the format: the folds of tables already written (their
     train/test split) stay the same."""
-    from pipeline.features import fold_of
+    from pipeline.analysis.table_rows import fold_of
     from pipeline.rng import hash_identity
 
     run = np.array([1, 1, 7, 355100], dtype=np.uint32)

@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import uproot
 
-from pipeline.nanoevents import read_eager
+from pipeline.inputs.datafiles import find_data_file
+from pipeline.inputs.nanoevents import read_eager
 from pipeline.recipes.toptagging import (
     CONSTITUENT_FEATURES,
     jet_constituents,
     link_table,
     preprocess_constituents,
 )
-from pipeline.samples import find_data_file
 
 PFNANO = "pfnano.root"
 COLLECTIONS = [("FatJet", "FatJetPFCands"), ("Jet", "JetPFCands")]
@@ -377,7 +377,7 @@ def test_columns_read(pfnano_file):
     """What dask-awkward finds the two functions read: the branches of the docstring."""
     import dask_awkward as dak
 
-    from pipeline.nanoevents import read_lazy
+    from pipeline.inputs.nanoevents import read_lazy
 
     lazy = read_lazy({pfnano_file: {"object_path": "Events", "steps": [[0, 10]]}})
     graph = dak.map_partitions(

@@ -54,6 +54,9 @@ class Calibrator(ABC):
     params_section: ClassVar[str] = ""
     #: Further top-level parameters sections the calibrator reads.
     params_sections: ClassVar[list[str]] = []
+    #: A pydantic model of the ``params_section``, validated when parameters are loaded
+    #: (``None``: the section is free-form until the calibrator reads it).
+    params_schema: ClassVar[type[Any] | None] = None
 
     _variations: list[str]
 
@@ -256,13 +259,13 @@ def get_calibrator(name: str, where: str = "") -> type[Calibrator]:
     """
     if ":" in name:
         return _import_calibrator(name, where)
-    _load_builtins()
+    load_builtin_calibrators()
     if name not in CALIBRATORS:
         raise UnknownNameError("calibrator", name, CALIBRATORS, where)
     return CALIBRATORS[name]
 
 
-def _load_builtins() -> None:
+def load_builtin_calibrators() -> None:
     import pipeline.calibration.builtin
     import pipeline.recipes.egamma
     import pipeline.recipes.higgsml_calibrators  # noqa: F401

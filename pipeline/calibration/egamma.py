@@ -22,13 +22,13 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, RootModel
 
 from pipeline.calibration import ops
 from pipeline.calibration.calibrator import Calibrator
+from pipeline.config.parameters import section
 from pipeline.corrections import get_correction
 from pipeline.errors import CalibrationError
-from pipeline.parameters import section
 from pipeline.rng import object_normal
 
 
@@ -41,12 +41,17 @@ class EgammaSettings(BaseModel):
     smearing: str = "Smearing"
 
 
+class EgammaSection(RootModel[dict[str, EgammaSettings]]):
+    """An electron or photon parameters section: :class:`EgammaSettings` per period."""
+
+
 class _EgammaScaleCalibrator(Calibrator):
     """Shared implementation of the electron and photon calibrators."""
 
     collection: ClassVar[str] = ""
     variation_prefix: ClassVar[str] = ""
     params_section: ClassVar[str] = ""
+    params_schema = EgammaSection
 
     def __init__(self, params: Any, metadata: Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(params, metadata, **kwargs)

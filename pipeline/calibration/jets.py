@@ -58,9 +58,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipeline.calibration import ops
 from pipeline.calibration.calibrator import Calibrator
 from pipeline.calibration.columns import with_object_fields
+from pipeline.config.parameters import KeyPathErrors, section
 from pipeline.corrections import get_compound, get_correction
 from pipeline.errors import CalibrationError, ConfigError
-from pipeline.parameters import KeyPathErrors, section
 from pipeline.rng import object_normal
 
 JET_RADIUS = {"AK4": 0.4, "AK8": 0.8}
@@ -193,6 +193,7 @@ class JetsCalibrator(Calibrator):
         "Jet.genJetIdx", "GenJet.pt", "GenJet.eta", "GenJet.phi", "Rho.fixedGridRhoFastjetAll",
     ]
     params_section = "jets_calibration"
+    params_schema = JetsCalibrationParams
     #: generator-jet collection and the jets' index field into it, per jet size
     GEN_MATCH = {"AK4": ("GenJet", "genJetIdx"), "AK8": ("GenJetAK8", "genJetAK8Idx")}
 

@@ -168,7 +168,7 @@ class CalibratorsManager:
         The events of the chunk (eager awkward or lazy dask-awkward NanoEvents). Each
         calibrator's ``initialize`` sees these, before any calibration.
     params
-        Parameters (``pipeline.parameters.defaults()`` merged with the user's YAML).
+        Parameters (``pipeline.config.parameters.defaults()`` merged with the user's YAML).
     metadata
         Dataset metadata: ``isMC``, ``year`` (period label), ``era``, ``sample``, ``dataset``.
     requested_calibrator_variations

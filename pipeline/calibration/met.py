@@ -47,7 +47,7 @@ from typing import Any, Literal
 
 import awkward as ak
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from pipeline.calibration import ops
 from pipeline.calibration.calibrator import Calibrator
@@ -61,9 +61,9 @@ from pipeline.calibration.jets import (
     rho_of,
     smearing_factors,
 )
+from pipeline.config.parameters import format_validation_error, section
 from pipeline.corrections import get_compound, get_correction
 from pipeline.errors import CalibrationError, ConfigError
-from pipeline.parameters import format_validation_error, section
 from pipeline.rng import object_normal
 
 NOMINAL = "nominal"
@@ -152,6 +152,10 @@ def type1_shift(jets: Any, pt_corr: Any, pt_raw: Any, threshold: float,
     return _sum_xy(corr - raw, jets.phi, selected)
 
 
+class METSection(RootModel[dict[str, METSettings]]):
+    """The ``met_rescaling`` parameters section: :class:`METSettings` per period."""
+
+
 class METCalibrator(Calibrator):
     """Type-1 propagation of the calibrated jets to the MET (run it after the jets)."""
 
@@ -163,6 +167,7 @@ class METCalibrator(Calibrator):
                     "CorrT1METJet.phi", "CorrT1METJet.area", "CorrT1METJet.muonSubtrFactor",
                     "GenJet.pt", "GenJet.eta", "GenJet.phi"]
     params_section = "met_rescaling"
+    params_schema = METSection
 
     def __init__(self, params: Any, metadata: Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(params, metadata, **kwargs)

@@ -34,7 +34,7 @@ from pipeline.corrections.compiled import (
     compile_correction,
 )
 from pipeline.errors import InputFileError, UnknownNameError
-from pipeline.samples import find_data_file
+from pipeline.inputs.datafiles import find_data_file
 
 
 @functools.lru_cache(maxsize=64)
@@ -48,7 +48,7 @@ def _load(path: str, mtime_ns: int, size: int) -> correctionlib.highlevel.Correc
 def load_correction_set(path: str | os.PathLike[str]) -> correctionlib.highlevel.CorrectionSet:
     """Return the :class:`correctionlib.CorrectionSet` in ``path``, cached per process.
 
-    ``path`` may be a data-file name (resolved by :func:`pipeline.samples.find_data_file`).
+    ``path`` may be a data-file name (resolved by :func:`pipeline.inputs.datafiles.find_data_file`).
     The cache key includes the file's size and modification time, so a payload replaced on
     disk is read again; an unchanged payload is parsed once per worker process.
 

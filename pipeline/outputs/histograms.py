@@ -19,7 +19,7 @@ from typing import Any
 import hist
 import numpy as np
 
-from pipeline.config import AxisSpec, HistogramSpec
+from pipeline.config.models import AxisSpec, HistogramSpec
 from pipeline.outputs.atomic import atomic_path
 
 CUTFLOW = "cutflow"
@@ -82,7 +82,7 @@ class HistogramLayout:
 
         Examples
         --------
-        >>> from pipeline.config import HistogramSpec
+        >>> from pipeline.config.models import HistogramSpec
         >>> spec = HistogramSpec(axes=[{"expr": "x", "bins": 2, "start": 0, "stop": 2}])
         >>> layout = HistogramLayout("h", spec, ("all",), ("nominal",))
         >>> layout.flow_bins([np.array([-1.0, 0.5, 1.5, 7.0])]).tolist()

@@ -49,10 +49,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.calibration.calibrator import CALIBRATORS, Calibrator
+from pipeline.config.parameters import format_validation_error, section
 from pipeline.corrections import get_correction
 from pipeline.errors import CalibrationError, ConfigError
 from pipeline.outputs.atomic import atomic_path
-from pipeline.parameters import format_validation_error, section
 
 #: Name of the correction in the payloads written by default.
 DEFAULT_CORRECTION = "egamma_eta_linear"

@@ -44,8 +44,8 @@ import awkward as ak
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.calibration.calibrator import Calibrator
+from pipeline.config.parameters import format_validation_error, section
 from pipeline.errors import ConfigError
-from pipeline.parameters import format_validation_error, section
 from pipeline.recipes.higgsml import (
     DER_FEATURES,
     PRI_FEATURES,

@@ -34,12 +34,12 @@ import uproot
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.analysis.loading import load_config, load_parameters  # noqa: E402
 from pipeline.calibration import Calibrator  # noqa: E402
-from pipeline.config import AnalysisConfig, load_config  # noqa: E402
-from pipeline.datasets import Dataset, preprocess  # noqa: E402
+from pipeline.config.models import AnalysisConfig  # noqa: E402
 from pipeline.graph import build_dataset_graph  # noqa: E402
-from pipeline.parameters import load_parameters  # noqa: E402
-from pipeline.samples import cache_dir  # noqa: E402
+from pipeline.inputs.datafiles import cache_dir  # noqa: E402
+from pipeline.inputs.datasets import Dataset, preprocess  # noqa: E402
 
 KEEP = ["Jet_*", "FatJet_*", "GenJet*", "Rho_*", "genWeight", "PuppiMET_*", "RawPuppiMET_*",
         "CorrT1METJet_*", "Electron_*", "Photon_*", "Muon_*", "Pileup_*"]
@@ -66,7 +66,7 @@ class BenchVariations(Calibrator):
 def sample_file(events: int) -> Path:
     import hashlib
 
-    from pipeline.make_sample import make_sample
+    from pipeline.inputs.make_sample import make_sample
 
     tag = hashlib.sha256(" ".join(KEEP).encode()).hexdigest()[:8]
     path = cache_dir() / "bench" / f"tt_resampled_{events}_{tag}.root"
@@ -204,7 +204,7 @@ def bench_jet_chain(path: Path, sources: list[str], chunksize: int, max_events: 
     process; the graph is built and optimised before the clock starts."""
     import dask
 
-    from pipeline.datasets import Chunk
+    from pipeline.inputs.datasets import Chunk
 
     cfg = jet_chain_config(path)
     params = jet_params(sources)
@@ -226,7 +226,7 @@ def plain_eager_script(path: Path, sources: list[str], chunksize: int, max_event
     import correctionlib
     import hist
 
-    from pipeline.samples import find_data_file
+    from pipeline.inputs.datafiles import find_data_file
 
     cset = correctionlib.CorrectionSet.from_file(str(find_data_file(JET_PAYLOAD)))
     jec = cset.compound[f"{JET_TAG}_L1L2L3Res_AK4PFPuppi"]

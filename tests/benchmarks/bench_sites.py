@@ -7,7 +7,7 @@ the same run, side by side.
 
     python tests/benchmarks/bench_sites.py --events 200000 --chunksize 25000 --write
 
-Measures, with ``calibrew run`` itself (``pipeline.runner.run_job``) on a ``make-sample``
+Measures, with ``calibrew run`` itself (``pipeline.run.runner.run_job``) on a ``make-sample``
 file, the demo analysis (57 variations, its histograms and feature table):
 
 - events/s of the computation (chunks submitted to last chunk checkpointed; on SLURM this
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from bench import sample_file  # noqa: E402
 from results_doc import publish  # noqa: E402
 
-from pipeline.runner import RunOptions, run_job  # noqa: E402
+from pipeline.run.runner import RunOptions, run_job  # noqa: E402
 from pipeline.sites import load_site, start_site, workers_override  # noqa: E402
 
 

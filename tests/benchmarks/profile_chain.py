@@ -36,9 +36,9 @@ STAGES = [
      "calibration_loop"),
     ("event weights (pileup, b-tag shape, lepton SFs)", "pipeline/weights.py",
      "compute_weights"),
-    ("preselection and categories", "pipeline/processor.py", "_selection"),
-    ("histogram fills (and cutflow)", "pipeline/processor.py", "_fill"),
-    ("feature-table rows", "pipeline/features.py", "add"),
+    ("preselection and categories", "pipeline/analysis/processor.py", "_selection"),
+    ("histogram fills (and cutflow)", "pipeline/analysis/processor.py", "_fill"),
+    ("feature-table rows", "pipeline/analysis/table_rows.py", "add"),
 ]
 
 
@@ -61,11 +61,10 @@ def profile(root: Path, events: int, label: str) -> dict:
     import numpy as np
 
     np.seterr(all="ignore")
-    from pipeline.config import load_config
+    from pipeline.analysis.loading import load_config, load_parameters
+    from pipeline.analysis.processor import ChunkProcessor, make_plan
     from pipeline.graph import plan_variations
-    from pipeline.nanoevents import read_eager
-    from pipeline.parameters import load_parameters
-    from pipeline.processor import ChunkProcessor, make_plan
+    from pipeline.inputs.nanoevents import read_eager
 
     sys.path.insert(0, str(HERE))
     from bench import sample_file
@@ -88,10 +87,10 @@ def profile(root: Path, events: int, label: str) -> dict:
     processor._compute(chunk, tables)
     profiler.disable()
     stats = pstats.Stats(profiler)
-    total = _cumulative(stats, "pipeline/processor.py", "_compute")
+    total = _cumulative(stats, "pipeline/analysis/processor.py", "_compute")
     stages = {name: _cumulative(stats, suffix, fn) for name, suffix, fn in STAGES}
     stages["histogram fills (and cutflow)"] += _cumulative(
-        stats, "pipeline/processor.py", "_fill_cutflow")
+        stats, "pipeline/analysis/processor.py", "_fill_cutflow")
     stages["histogram observables and the rest"] = total - sum(stages.values())
     corrections = (_cumulative(stats, "corrections/loader.py", "evaluate")
                    or _cumulative(stats, "correctionlib/highlevel.py", "evaluate"))

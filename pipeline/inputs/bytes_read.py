@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pipeline.datasets import Chunk
+from pipeline.inputs.datasets import Chunk
 
 
 def _root_bytes(file: str, tree: str, columns: set[str], chunks: list[Chunk]) -> list[int]:
@@ -54,8 +54,8 @@ def chunk_bytes(dataset: Any, columns: Iterable[str], skip: Iterable[int] = ()) 
 
     Examples
     --------
-    >>> from pipeline.datasets import Dataset, preprocess
-    >>> from pipeline.samples import find_data_file
+    >>> from pipeline.inputs.datasets import Dataset, preprocess
+    >>> from pipeline.inputs.datafiles import find_data_file
     >>> ds = preprocess(Dataset("tt", [str(find_data_file("nano_tt_v12.root"))], {}), 100)
     >>> sizes = chunk_bytes(ds, ["Jet_pt", "nJet"])
     >>> len(sizes), all(s > 0 for s in sizes)

@@ -40,27 +40,13 @@ def _enabled_model() -> type[BaseModel]:
     return CalibratorsEnabled
 
 
-def section_schemas() -> dict[str, type[BaseModel]]:
-    """Parameter sections validated on load, by name."""
-    from pydantic import RootModel
-
-    from pipeline.calibration.egamma import EgammaSettings
-    from pipeline.calibration.jets import JetsCalibrationParams
-    from pipeline.calibration.met import METSettings
-
-    class Egamma(RootModel[dict[str, EgammaSettings]]):
-        pass
-
-    class Met(RootModel[dict[str, METSettings]]):
-        pass
-
-    return {
-        "jets_calibration": JetsCalibrationParams,
-        "electron_scale_and_smearing": Egamma,
-        "photon_scale_and_smearing": Egamma,
-        "met_rescaling": Met,
-        "calibrators_enabled": _enabled_model(),
-    }
+def section_schemas(calibrators: Iterable[type[Any]]) -> dict[str, type[BaseModel]]:
+    """Parameter sections validated on load, by name: those ``calibrators`` give a schema
+    for (``params_schema`` of their ``params_section``), and ``calibrators_enabled``."""
+    out = {c.params_section: c.params_schema for c in calibrators
+           if c.params_section and getattr(c, "params_schema", None) is not None}
+    out["calibrators_enabled"] = _enabled_model()
+    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -153,14 +139,9 @@ def default_sections() -> tuple[str, ...]:
     return tuple(sorted(str(key) for key in defaults()))
 
 
-def declared_sections(calibrators: Iterable[type[Any]] | None = None) -> dict[str, list[str]]:
+def declared_sections(calibrators: Iterable[type[Any]]) -> dict[str, list[str]]:
     """``{section: [calibrator names]}`` for the sections ``calibrators`` declare they read
-    (``params_section``, ``params_sections``); ``None``: every registered calibrator."""
-    if calibrators is None:
-        from pipeline.calibration.calibrator import CALIBRATORS, _load_builtins
-
-        _load_builtins()
-        calibrators = list(CALIBRATORS.values())
+    (``params_section``, ``params_sections``)."""
     out: dict[str, list[str]] = {}
     for cls in calibrators:
         for name in cls.parameter_sections():
@@ -168,9 +149,9 @@ def declared_sections(calibrators: Iterable[type[Any]] | None = None) -> dict[st
     return out
 
 
-def valid_sections(calibrators: Iterable[type[Any]] | None = None) -> list[str]:
+def valid_sections(calibrators: Iterable[type[Any]]) -> list[str]:
     """The top-level sections a parameter file may hold: the defaults' and those declared
-    by ``calibrators`` (the config's sequence; ``None``: every registered calibrator).
+    by ``calibrators`` (the config's sequence).
 
     Examples
     --------
@@ -181,19 +162,19 @@ def valid_sections(calibrators: Iterable[type[Any]] | None = None) -> list[str]:
     return sorted({*default_sections(), *declared_sections(calibrators)})
 
 
-def check_sections(data: Mapping[str, Any], valid: Iterable[str]) -> list[tuple[str, str]]:
-    """Problems for the top-level keys of ``data`` that are not ``valid`` sections."""
+def check_sections(data: Mapping[str, Any], valid: Iterable[str],
+                   declared: Mapping[str, list[str]]) -> list[tuple[str, str]]:
+    """Problems for the top-level keys of ``data`` that are not ``valid`` sections;
+    ``declared`` (:func:`declared_sections` of every known calibrator) names the calibrators
+    that declare a section not valid here."""
     valid = sorted(set(valid))
     problems = []
-    declared: dict[str, list[str]] | None = None
     for key in data:
         if key in valid:
             continue
         msg = (f"unknown parameter section; valid sections are: {', '.join(valid)} (the "
                "defaults' and those the calibrators of the sequence declare with "
                "params_section)")
-        if declared is None:
-            declared = declared_sections()
         if str(key) in declared:
             names = ", ".join(repr(n) for n in declared[str(key)])
             msg += (f"; it is declared by calibrator {names}, which is not in the sequence "
@@ -205,12 +186,15 @@ def check_sections(data: Mapping[str, Any], valid: Iterable[str]) -> list[tuple[
     return problems
 
 
-def validate_parameters(params: DictConfig | dict[str, Any], source: str = "parameters") -> None:
-    """Check the known sections of ``params``; raise :class:`ConfigError` naming the key."""
+def validate_parameters(params: DictConfig | dict[str, Any], known: Mapping[str, type[Any]],
+                        source: str = "parameters") -> None:
+    """Check the sections of ``params`` that ``known`` (every calibrator, by name) give a
+    schema for, and the names of ``calibrators_enabled``; raise :class:`ConfigError`
+    naming the key."""
     container = params if isinstance(params, dict) else OmegaConf.to_container(params)
     assert isinstance(container, dict)
     problems: list[tuple[str, str]] = []
-    for name, model in section_schemas().items():
+    for name, model in section_schemas(known.values()).items():
         if name in container and container[name] is not None:
             try:
                 model.model_validate(container[name])
@@ -218,16 +202,12 @@ def validate_parameters(params: DictConfig | dict[str, Any], source: str = "para
                 problems += format_validation_error(err, name)
     enabled = container.get("calibrators_enabled") or {}
     problems += _met_jet_types(container)
-    if enabled:
-        from pipeline.calibration.calibrator import CALIBRATORS, _load_builtins
-
-        _load_builtins()
-        for name in enabled:
-            if name not in CALIBRATORS:
-                problems.append((
-                    f"calibrators_enabled.{name}",
-                    f"unknown calibrator; valid calibrators are: {', '.join(sorted(CALIBRATORS))}",
-                ))
+    for name in enabled:
+        if name not in known:
+            problems.append((
+                f"calibrators_enabled.{name}",
+                f"unknown calibrator; valid calibrators are: {', '.join(sorted(known))}",
+            ))
     if problems:
         raise ConfigError(source, problems)
 
@@ -252,8 +232,8 @@ def _met_jet_types(container: Mapping[Any, Any]) -> list[tuple[str, str]]:
 
 
 def load_parameters(
-    files: Iterable[str | os.PathLike[str]] = (), base: DictConfig | None = None,
-    sections: Iterable[str] | None = None,
+    files: Iterable[str | os.PathLike[str]], known: Mapping[str, type[Any]],
+    base: DictConfig | None = None, sections: Iterable[str] | None = None,
 ) -> DictConfig:
     """Merge YAML parameter files, in order, over ``base`` (the defaults) and validate.
 
@@ -261,12 +241,15 @@ def load_parameters(
     ----------
     files
         Parameter YAML files, merged in order.
+    known
+        Every calibrator class by name (the registry): their schemas validate their
+        sections, and their names are those ``calibrators_enabled`` may use.
     base
         The parameters merged over (default: :func:`defaults`).
     sections
         The sections, besides the defaults', the files may hold: those the calibrators of
         the config's sequence declare (:func:`valid_sections`). ``None``: the sections of
-        every registered calibrator.
+        every calibrator of ``known``.
 
     Raises
     ------
@@ -276,10 +259,11 @@ def load_parameters(
 
     Examples
     --------
-    >>> load_parameters([]).jets_calibration.jet_types.AK4PFPuppi["2022_preEE"].level
+    >>> load_parameters([], {}).jets_calibration.jet_types.AK4PFPuppi["2022_preEE"].level
     'L1L2L3Res'
     """
-    valid = {*default_sections(), *(declared_sections() if sections is None else sections)}
+    declared = declared_sections(known.values())
+    valid = {*default_sections(), *(declared if sections is None else sections)}
     params = base if base is not None else defaults()
     for file in files:
         path = Path(file)
@@ -293,12 +277,12 @@ def load_parameters(
             continue
         if not isinstance(loaded, dict):
             raise ConfigError(str(path), [("", "a parameter file must be a mapping")])
-        unknown = check_sections(loaded, valid)
+        unknown = check_sections(loaded, valid, declared)
         if unknown:
             raise ConfigError(str(path), unknown)
         merged = OmegaConf.merge(params, OmegaConf.create(loaded))
         assert isinstance(merged, DictConfig)
-        validate_parameters(merged, source=str(path))
+        validate_parameters(merged, known, source=str(path))
         params = merged
-    validate_parameters(params)
+    validate_parameters(params, known)
     return params

@@ -15,15 +15,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from pipeline import __version__
-from pipeline.bytes_read import chunk_bytes
-from pipeline.checkpoints import (
-    ChunkCheckpoints,
-    different_outputs,
-    outputs_identity,
-    record_outputs_identity,
-)
-from pipeline.config import AnalysisConfig, JobSpec, load_job
-from pipeline.datasets import Dataset, preprocess, resolve_files
+from pipeline.analysis.loading import load_job, load_parameters
+from pipeline.analysis.processor import ALL_EVENTS
+from pipeline.config.models import AnalysisConfig, JobSpec
 from pipeline.errors import (
     CalibrationError,
     CalibrewError,
@@ -33,7 +27,6 @@ from pipeline.errors import (
     OutputError,
     with_context,
 )
-from pipeline.execution import DatasetRun, OnBadFile, compute_chunks
 from pipeline.graph import (
     DatasetGraph,
     build_dataset_graph,
@@ -41,14 +34,21 @@ from pipeline.graph import (
     table_identity,
     tree_sum,
 )
+from pipeline.inputs.bytes_read import chunk_bytes
+from pipeline.inputs.datasets import Dataset, preprocess, resolve_files
 from pipeline.outputs.atomic import describe_os_error
 from pipeline.outputs.histograms import CUTFLOW, write_pickle, write_root
 from pipeline.outputs.lock import OutputLock
 from pipeline.outputs.provenance import provenance
 from pipeline.outputs.report import write_json
-from pipeline.parameters import load_parameters
-from pipeline.processor import ALL_EVENTS
-from pipeline.progress import ProgressBoard
+from pipeline.run.checkpoints import (
+    ChunkCheckpoints,
+    different_outputs,
+    outputs_identity,
+    record_outputs_identity,
+)
+from pipeline.run.execution import DatasetRun, OnBadFile, compute_chunks
+from pipeline.run.progress import ProgressBoard
 from pipeline.sites import describe
 from pipeline.table_layout import TableError, merge_part_attrs
 

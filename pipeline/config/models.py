@@ -19,17 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import ConfigError, UnknownNameError
+from pipeline.config.parameters import format_validation_error
+from pipeline.errors import ConfigError
 from pipeline.table_layout import RESERVED_COLUMNS
-
-if TYPE_CHECKING:
-    from pipeline.calibration.calibrator import Calibrator
-from pipeline.parameters import format_validation_error
 
 
 class Strict(BaseModel):
@@ -84,7 +81,7 @@ class VariationsSpec(Strict):
     weights: NamesBySample = Field(default_factory=NamesBySample)
 
 
-def _unknown_names(prefix: str, spec: NamesBySample, valid: list[str], kind: str,
+def unknown_names(prefix: str, spec: NamesBySample, valid: list[str], kind: str,
                    valid_label: str) -> list[tuple[str, str]]:
     """Problems for the names of ``spec`` (common and by sample) that are not ``valid``."""
     lists = [(f"{prefix}.common.inclusive", spec.common.inclusive)]
@@ -93,7 +90,7 @@ def _unknown_names(prefix: str, spec: NamesBySample, valid: list[str], kind: str
             for path, listed in lists for i, name in enumerate(listed) if name not in valid]
 
 
-def _by_sample(spec: NamesBySample, sample: str) -> list[str]:
+def by_sample(spec: NamesBySample, sample: str) -> list[str]:
     out = list(spec.common.inclusive)
     extra = spec.bysample.get(sample)
     if extra is not None:
@@ -288,93 +285,17 @@ class AnalysisConfig(Strict):
             raise ValueError("at least one category is needed")
         return value
 
-    # -- resolution helpers ------------------------------------------------------------
-    def calibrator_classes(self) -> list[type[Calibrator]]:
-        """The calibrator sequence as classes (names resolved through the registry)."""
-        from pipeline.calibration.builtin import default_calibrators_sequence
-        from pipeline.calibration.calibrator import Calibrator, get_calibrator
-
-        out: list[type[Calibrator]] = []
-        for i, entry in enumerate(self.calibrators):
-            if entry == "default":
-                out += default_calibrators_sequence
-            elif isinstance(entry, type) and issubclass(entry, Calibrator):
-                out.append(entry)
-            elif isinstance(entry, str):
-                out.append(get_calibrator(entry, where=f"calibrators[{i}]"))
-            else:
-                raise ConfigError("analysis config", [(f"calibrators[{i}]",
-                                  f"{entry!r} is neither a calibrator name nor a class")])
-        return out
-
     def variations_for_sample(self, sample: str) -> list[str]:
         """Calibrators whose variations run for ``sample``: common ones, then by sample."""
-        return _by_sample(self.variations.shape, sample)
+        return by_sample(self.variations.shape, sample)
 
     def weights_for_sample(self, sample: str) -> list[str]:
         """Weights applied to ``sample`` (besides the generator weight)."""
-        return _by_sample(self.weights, sample)
+        return by_sample(self.weights, sample)
 
     def weight_variations_for_sample(self, sample: str) -> list[str]:
         """Weights whose variations run for ``sample``."""
-        return _by_sample(self.variations.weights, sample)
-
-    def check_names(self, source: str) -> None:
-        """Check calibrator, sample and category names; raise naming the key path."""
-        problems: list[tuple[str, str]] = []
-        from pipeline.calibration.calibrator import CalibratorImportError
-
-        try:
-            classes = self.calibrator_classes()
-        except UnknownNameError as err:
-            hint = (" (a calibrator of your own is named by import path, 'module:Class')"
-                    if "." in err.name else "")
-            raise ConfigError(source, [(err.where, f"unknown calibrator {err.name!r}; valid "
-                                        f"calibrators are: {', '.join(err.valid)}{hint}")]
-                              ) from None
-        except CalibratorImportError as err:
-            raise ConfigError(source, [(err.where, f"cannot load calibrator {err.name!r}: "
-                                        f"{err.problem}")]) from None
-        names = [c.name for c in classes]
-        shape = self.variations.shape
-        problems += _unknown_names("variations.shape", shape, names, "calibrator",
-                                   "calibrators in the sequence are")
-        samples = sorted({d.metadata.sample for d in self.datasets.values()})
-        by_sample = [("variations.shape", shape), ("weights", self.weights),
-                     ("variations.weights", self.variations.weights)]
-        for prefix, spec in by_sample:
-            for sample in spec.bysample:
-                if sample not in samples:
-                    problems.append((f"{prefix}.bysample.{sample}",
-                                     f"unknown sample; samples are: {', '.join(samples)}"))
-        from pipeline.weights import WEIGHTS
-
-        for prefix, spec in by_sample[1:]:
-            problems += _unknown_names(prefix, spec, sorted(WEIGHTS), "weight",
-                                       "valid weights are")
-        for sample in samples:
-            applied = self.weights_for_sample(sample)
-            for name in self.weight_variations_for_sample(sample):
-                if name in WEIGHTS and name not in applied:
-                    problems.append(("variations.weights", f"variations of weight {name!r} "
-                                     f"asked for sample {sample!r}, which does not apply it"))
-        for hname, hist in self.histograms.items():
-            for i, cat in enumerate(hist.categories or []):
-                if cat not in self.categories:
-                    problems.append((f"histograms.{hname}.categories[{i}]",
-                                     f"unknown category {cat!r}; categories are: "
-                                     f"{', '.join(self.categories)}"))
-        for tname, table in self.tables.items():
-            for sample in table.labels:
-                if sample not in samples:
-                    problems.append((f"tables.{tname}.labels.{sample}",
-                                     f"unknown sample; samples are: {', '.join(samples)}"))
-            unlabelled = [s for s in samples if s not in table.labels]
-            if table.labels and unlabelled:
-                problems.append((f"tables.{tname}.labels", "no label for sample(s) "
-                                 f"{', '.join(unlabelled)}; give every sample a class"))
-        if problems:
-            raise ConfigError(source, problems)
+        return by_sample(self.variations.weights, sample)
 
     def digest(self) -> str:
         """A short hash of the configuration (for provenance and caches)."""
@@ -417,49 +338,11 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(str(path), [("", f"not valid YAML: {err}")]) from None
 
 
-def _validate(model: type[Strict], data: Any, source: str) -> Any:
+def validate(model: type[Strict], data: Any, source: str) -> Any:
+    """``data`` as a ``model``; a wrong key or value raises a ConfigError naming it."""
     if not isinstance(data, dict):
         raise ConfigError(source, [("", "expected a mapping at the top level")])
     try:
         return model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(source, format_validation_error(err)) from None
-
-
-def load_config(path: str | Path) -> AnalysisConfig:
-    """Load and validate an analysis config; parameter paths become absolute."""
-    path = Path(path)
-    cfg = _validate(AnalysisConfig, read_yaml(path), str(path))
-    cfg.parameters = [str((path.parent / p).resolve()) for p in cfg.parameters]
-    cfg.check_names(str(path))
-    if cfg.parameters:
-        check_parameters(cfg, cfg.parameters)
-    return cfg
-
-
-def check_parameters(cfg: AnalysisConfig, files: list[str]) -> None:
-    """Load ``files`` over the defaults as a run does; sections must be the defaults' or
-    those the calibrators of ``cfg``'s sequence declare. Raises :class:`ConfigError`
-    naming the parameter file and the key path."""
-    from pipeline.parameters import load_parameters, valid_sections
-
-    load_parameters(files, sections=valid_sections(cfg.calibrator_classes()))
-
-
-def load_job(path: str | Path) -> tuple[JobSpec, AnalysisConfig]:
-    """Load a job spec and the analysis config it names; check its dataset names."""
-    path = Path(path)
-    job = _validate(JobSpec, read_yaml(path), str(path))
-    config_path = (path.parent / job.config).resolve()
-    if not config_path.exists():
-        raise ConfigError(str(path), [("config", f"analysis config {config_path} not found")])
-    cfg = load_config(config_path)
-    job.parameters = [str((path.parent / p).resolve()) for p in job.parameters]
-    if job.parameters:
-        check_parameters(cfg, [*cfg.parameters, *job.parameters])
-    if job.datasets != "all":
-        for i, name in enumerate(job.datasets):
-            if name not in cfg.datasets:
-                raise ConfigError(str(path), [(f"datasets[{i}]", f"unknown dataset {name!r}; "
-                                  f"datasets of {config_path.name}: {', '.join(cfg.datasets)}")])
-    return job, cfg

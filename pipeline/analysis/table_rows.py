@@ -28,7 +28,7 @@ import awkward as ak
 import numpy as np
 
 from pipeline.calibration.manager import NOMINAL
-from pipeline.config import CollectionSpec, ColumnSpec, TableSpec
+from pipeline.config.models import CollectionSpec, ColumnSpec, TableSpec
 from pipeline.errors import ConfigError, ExpressionError
 from pipeline.rng import hash_identity
 from pipeline.selection import Expression, cumulative_masks, make_cut

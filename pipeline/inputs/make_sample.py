@@ -19,7 +19,7 @@ import numpy as np
 import uproot
 
 from pipeline.errors import InputFileError
-from pipeline.samples import find_data_file
+from pipeline.inputs.datafiles import find_data_file
 
 IDENTITY = ("run", "luminosityBlock", "event")
 BATCH = 100_000

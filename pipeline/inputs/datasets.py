@@ -14,8 +14,8 @@ from typing import Any
 import uproot
 
 from pipeline.errors import InputFileError
-from pipeline.parquet_input import is_parquet, parquet_rows
-from pipeline.samples import cache_dir, find_data_file
+from pipeline.inputs.datafiles import cache_dir, find_data_file
+from pipeline.inputs.parquet import is_parquet, parquet_rows
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Dataset:
 def resolve_files(files: list[str], base: Path | None = None,
                   dataset: str | None = None) -> list[str]:
     """Resolve file names: remote URLs as they are, local paths relative to ``base`` (the
-    config's folder), else data-file names through :func:`pipeline.samples.find_data_file`,
+    config's folder), else data-file names through :func:`pipeline.inputs.datafiles.find_data_file`,
     whose error lists ``base`` among the places looked (and names ``dataset``'s key)."""
     out = []
     for i, name in enumerate(files):

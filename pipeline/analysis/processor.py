@@ -6,7 +6,7 @@ the nominal and each variation, applies the preselection and categories, and fil
 histogram over its category and variation axes. It returns the filled histograms as one
 flat float64 vector, so the graph stays the same size whatever the number of variations.
 With feature tables configured it also builds each table's rows for the chunk
-(:mod:`pipeline.features`) and writes them as the chunk's part of the table.
+(:mod:`pipeline.analysis.table_rows`) and writes them as the chunk's part of the table.
 
 The same object runs eagerly on a whole file (``processor.histograms(events)``,
 ``processor.tables(events)``), which is how the tests compare the lazy graph with an eager
@@ -23,11 +23,12 @@ import awkward as ak
 import hist
 import numpy as np
 
+from pipeline.analysis.loading import calibrator_classes
+from pipeline.analysis.table_rows import TablePlan, TableRows, make_table_plan
 from pipeline.calibration.calibrator import Calibrator
 from pipeline.calibration.manager import NOMINAL, CalibratorsManager
-from pipeline.config import AnalysisConfig
+from pipeline.config.models import AnalysisConfig
 from pipeline.errors import CalibrationError
-from pipeline.features import TablePlan, TableRows, make_table_plan
 from pipeline.outputs.histograms import (
     CUTFLOW,
     HistogramLayout,
@@ -122,7 +123,7 @@ def make_plan(
     return ProcessingPlan(
         tables=tables,
         writers=tuple((writers or {}).items()),
-        calibrators=tuple(cfg.calibrator_classes()),
+        calibrators=tuple(calibrator_classes(cfg)),
         params=params,
         metadata=dict(metadata),
         variation_calibrators=tuple(cfg.variations_for_sample(str(metadata["sample"]))),

@@ -1,7 +1,7 @@
 """Compute the chunks of a run on a Dask client: resume, retries, bad files, progress.
 
 Each chunk task is submitted on its own (with ``retries``); as its histogram vector arrives
-it is saved as a checkpoint (:mod:`pipeline.checkpoints`), so an interrupted run (Ctrl-C,
+it is saved as a checkpoint (:mod:`pipeline.run.checkpoints`), so an interrupted run (Ctrl-C,
 a killed client, a lost worker) resumes without redoing it. The chunks finished by an
 earlier run of the same identity are not submitted at all.
 
@@ -30,7 +30,6 @@ from typing import Any, Literal
 import numpy as np
 from rich.markup import escape
 
-from pipeline.checkpoints import ChunkCheckpoints
 from pipeline.errors import (
     READER_MODULES,
     CalibrewError,
@@ -42,7 +41,8 @@ from pipeline.errors import (
     with_context,
 )
 from pipeline.graph import DatasetGraph
-from pipeline.progress import ChunkAttemptsPlugin, ProgressBoard, chunk_attempts
+from pipeline.run.checkpoints import ChunkCheckpoints
+from pipeline.run.progress import ChunkAttemptsPlugin, ProgressBoard, chunk_attempts
 
 OnBadFile = Literal["fail", "skip"]
 __all__ = ["READER_MODULES", "ChunkFailure", "DatasetRun", "OnBadFile", "compute_chunks",

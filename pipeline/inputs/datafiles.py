@@ -58,7 +58,7 @@ JSONPOG_PERIODS = frozenset({
     "2022_Summer22EE", "2023_Summer23", "2023_Summer23BPix", "2024_Summer24",
 })
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def cache_dir() -> Path:
