@@ -44,6 +44,13 @@ _LAZY: dict[str, str] = {
     "run_job": "pipeline.run.runner",
     "RunOptions": "pipeline.run.runner",
     "RunResult": "pipeline.run.runner",
+    "make_datasets": "pipeline.run.runner",
+    "make_sample": "pipeline.inputs.make_sample",
+    # looking at the results
+    "plot_output": "pipeline.outputs.plot",
+    "describe_table": "pipeline.outputs.inspect_table",
+    "print_table": "pipeline.outputs.inspect_table",
+    "derive_correction": "pipeline.recipes.derive",
     # what users write
     "load_job": "pipeline.analysis.loading",
     "load_config": "pipeline.analysis.loading",
@@ -56,6 +63,7 @@ _LAZY: dict[str, str] = {
     "CalibratorsManager": "pipeline.calibration",
     "get_calibrator": "pipeline.calibration",
     "Weight": "pipeline.weights",
+    "Cut": "pipeline.cuts",
     # readers of finished feature tables
     "open_table": "pipeline.ml",
     "Table": "pipeline.ml",
@@ -87,6 +95,7 @@ __all__ = [
     "CalibrewError",
     "ChunkError",
     "ConfigError",
+    "Cut",
     "ExpressionError",
     "InputFileError",
     "JobSpec",
@@ -103,11 +112,17 @@ __all__ = [
     "UnreadableInputError",
     "Weight",
     "__version__",
+    "derive_correction",
+    "describe_table",
     "get_calibrator",
     "load_config",
     "load_job",
     "load_parameters",
+    "make_datasets",
+    "make_sample",
     "open_table",
+    "plot_output",
+    "print_table",
     "run_job",
     "torch_dataset",
     "xgboost_iterator",
@@ -117,6 +132,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from pipeline.analysis.loading import load_config, load_job, load_parameters
     from pipeline.calibration import NOMINAL, Calibrator, CalibratorsManager, get_calibrator
     from pipeline.config.models import AnalysisConfig, JobSpec
+    from pipeline.cuts import Cut
     from pipeline.errors import (
         CalibrationError,
         CalibrewError,
@@ -131,6 +147,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
         UnknownNameError,
         UnreadableInputError,
     )
+    from pipeline.inputs.make_sample import make_sample
     from pipeline.ml import (
         Table,
         TableError,
@@ -139,7 +156,10 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
         torch_dataset,
         xgboost_iterator,
     )
-    from pipeline.run.runner import RunOptions, RunResult, run_job
+    from pipeline.outputs.inspect_table import describe_table, print_table
+    from pipeline.outputs.plot import plot_output
+    from pipeline.recipes.derive import derive_correction
+    from pipeline.run.runner import RunOptions, RunResult, make_datasets, run_job
     from pipeline.weights import Weight
 
 

@@ -4,21 +4,24 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
+import pipeline
 from pipeline import __version__
 from pipeline.errors import CalibrewError, ConfigError
+from pipeline.sites import BUILT_IN, find_profiles, job_script, load_site, site_folders
 
 
 def _site_options(args: argparse.Namespace) -> dict[str, Any]:
     """``-o KEY=VALUE`` (values read as YAML), ``--lifetime``, ``--adapt MIN MAX``."""
-    import yaml
-
     options: dict[str, Any] = {}
     for item in args.site_option or []:
         key, sep, value = item.partition("=")
@@ -36,9 +39,7 @@ def _site_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from pipeline.run.runner import RunOptions, run_job
-
-    run_job(args.job, RunOptions(
+    pipeline.run_job(args.job, pipeline.RunOptions(
         output=args.output, site=args.site, workers=args.workers,
         site_options=_site_options(args), retries=args.retries, on_bad_file=args.on_bad_file,
         performance_report=args.performance_report, show_progress=not args.no_progress,
@@ -48,10 +49,6 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_sites(args: argparse.Namespace, console: Console) -> int:
-    from rich.markup import escape
-
-    from pipeline.sites import BUILT_IN, find_profiles, load_site, site_folders
-
     console.print("site profiles are looked for in, in this order (the first of a name wins):")
     for folder in site_folders():
         missing = "" if folder.path.is_dir() else " (no such folder)"
@@ -76,20 +73,15 @@ def _cmd_sites(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_job_script(args: argparse.Namespace, console: Console) -> int:
-    from pipeline.sites import job_script, load_site
-
     site = load_site(args.site, _site_options(args))
     print(job_script(site))
     return 0
 
 
 def _cmd_preprocess(args: argparse.Namespace, console: Console) -> int:
-    from pipeline.analysis.loading import load_job
-    from pipeline.run.runner import make_datasets
-
-    job, cfg = load_job(args.job)
+    job, cfg = pipeline.load_job(args.job)
     config_dir = (Path(args.job).parent / job.config).resolve().parent
-    for ds in make_datasets(cfg, job.datasets, config_dir, job.chunksize or cfg.chunksize):
+    for ds in pipeline.make_datasets(cfg, job.datasets, config_dir, job.chunksize or cfg.chunksize):
         console.print(f"{ds.name}: {ds.entries:,} events in {len(ds.chunks)} chunks")
         for chunk in ds.chunks:
             console.print(f"  {chunk.file} [{chunk.start}, {chunk.stop})")
@@ -97,40 +89,29 @@ def _cmd_preprocess(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace, console: Console) -> int:
-    from pipeline.outputs.plot import plot_output
-
-    files = plot_output(Path(args.output), Path(args.dest) if args.dest else None)
+    files = pipeline.plot_output(Path(args.output), Path(args.dest) if args.dest else None)
     console.print(f"{len(files)} plot(s) written to {files[0].parent.parent if files else '-'}")
     return 0
 
 
 def _cmd_make_sample(args: argparse.Namespace, console: Console) -> int:
-    from pipeline.inputs.make_sample import make_sample
-
-    path = make_sample(args.source, args.out, args.events, seed=args.seed, keep=args.keep,
+    path = pipeline.make_sample(args.source, args.out, args.events, seed=args.seed, keep=args.keep,
                        console=console)
     console.print(f"wrote {args.events:,} events to {path}")
     return 0
 
 
 def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
-    import json
-
-    from pipeline.outputs.inspect_table import describe, print_table
-    from pipeline.outputs.table_reader import open_table
-
-    table = open_table(args.table)
+    table = pipeline.open_table(args.table)
     if args.json:
-        console.print_json(json.dumps(describe(table), default=str))
+        console.print_json(json.dumps(pipeline.describe_table(table), default=str))
     else:
-        print_table(table, console)
+        pipeline.print_table(table, console)
     return 0
 
 
 def _cmd_derive(args: argparse.Namespace, console: Console) -> int:
-    from pipeline.recipes.derive import derive_correction
-
-    result = derive_correction(args.table, args.out, eta_column=args.eta_column,
+    result = pipeline.derive_correction(args.table, args.out, eta_column=args.eta_column,
                                eta_max=args.eta_max, name=args.name, weighted=args.weighted,
                                response_window=tuple(args.response_window))
     console.print(f"fit on {result.rows:,} matched rows (core): gen pT - reco pT = "

@@ -1,18 +1,17 @@
 """The per-dataset lazy graph: read NanoAOD lazily, map the chunk processor, sum.
 
-Lazy only: nothing here computes, starts a cluster or writes. The graph is
-``from-uproot`` (only the columns used) -> one fused ``calibrew-chunk`` task per chunk
-(:class:`~pipeline.analysis.processor.ChunkProcessor`, every variation inside) -> a tree sum of the
-per-chunk histogram vectors. Its size does not grow with the number of variations.
+Lazy only: nothing here computes, starts a cluster or writes, and it knows no output format.
+The graph is ``from-uproot`` (only the columns used) -> one fused ``calibrew-chunk`` task per
+chunk (:class:`~pipeline.analysis.processor.ChunkProcessor`, every variation inside) -> a tree
+sum of the per-chunk histogram vectors. Its size does not grow with the number of variations.
+The feature tables' parts are written by the chunk tasks into the sinks the caller hands in
+(:class:`~pipeline.analysis.processor.TableSink`: the run layer gives the Zarr writers).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import awkward as ak
@@ -21,17 +20,15 @@ import dask_awkward as dak
 import numpy as np
 from dask.delayed import Delayed
 
-from pipeline import __version__
 from pipeline.analysis.loading import calibrator_classes
-from pipeline.analysis.processor import ChunkProcessor, ProcessingPlan, make_plan
+from pipeline.analysis.plan import ProcessingPlan, make_plan
+from pipeline.analysis.processor import ChunkProcessor, TableSink, is_typetracer
 from pipeline.calibration.manager import CalibratorsManager
 from pipeline.config.models import AnalysisConfig
 from pipeline.errors import CalibrewError, ChunkFault, is_deterministic
 from pipeline.inputs.datasets import Dataset
 from pipeline.inputs.nanoevents import read_lazy
 from pipeline.inputs.parquet import read_parquet_lazy
-from pipeline.outputs.provenance import code_digest
-from pipeline.outputs.table_writer import TableWriter
 from pipeline.weights import weight_variation_names
 
 CHUNK_LABEL = "calibrew-chunk"
@@ -140,50 +137,6 @@ def tree_sum(load: Callable[[int], np.ndarray | None], n: int) -> np.ndarray | N
     return node(len(sizes) - 1, 0) if n else None
 
 
-def parameters_digest(params: Any) -> str:
-    """A short hash of the resolved parameters (the calibrators' settings, payload paths).
-
-    Examples
-    --------
-    >>> parameters_digest({"a": 1}) == parameters_digest({"a": 1}) != parameters_digest({})
-    True
-    """
-    from omegaconf import OmegaConf
-
-    resolved = OmegaConf.to_container(params, resolve=True) if OmegaConf.is_config(params) \
-        else params
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()
-                          ).hexdigest()[:16]
-
-
-def output_identity(cfg: AnalysisConfig, params: Any) -> dict[str, str]:
-    """What makes an output directory's outputs those of one configuration: the analysis
-    configuration and the parameters (the datasets, code and chunks may differ between the
-    runs that write into it; see :func:`table_identity` for what a resumed table needs)."""
-    return {"config": cfg.digest(), "parameters": parameters_digest(params)}
-
-
-def table_identity(dataset: Dataset, cfg: AnalysisConfig, params: Any) -> dict[str, Any]:
-    """What makes two runs write the same tables and histograms: config, parameters,
-    calibrew version and code (its sources and the calibrators'), and chunks. A rerun
-    resumes a table or the checkpointed chunks only when all are the same."""
-    return {"config": cfg.digest(), "parameters": parameters_digest(params),
-            "calibrew": __version__, "code": code_digest(calibrator_classes(cfg)),
-            "dataset": dataset.name,
-            "chunks": [[c.file, c.start, c.stop] for c in dataset.chunks]}
-
-
-def table_writers(dataset: Dataset, cfg: AnalysisConfig, params: Any,
-                  output: Path | None) -> dict[str, TableWriter]:
-    """The stores of the dataset's feature tables, ``<output>/<dataset>/<table>.zarr``."""
-    if output is None:
-        return {}
-    identity = table_identity(dataset, cfg, params)
-    return {name: TableWriter(output / dataset.name / f"{name}.zarr", len(dataset.chunks),
-                              identity)
-            for name in cfg.tables}
-
-
 class ChunkTask:
     """The function of a chunk task: the processor, whose deterministic errors (an
     expression's, a calibrator's, a table part's: :func:`~pipeline.errors.is_deterministic`)
@@ -198,7 +151,7 @@ class ChunkTask:
         try:
             return self.processor(events) if part is None else self.processor(events, part)
         except CalibrewError as err:
-            if not is_deterministic(err) or ak.backend(events) == "typetracer":
+            if not is_deterministic(err) or is_typetracer(events):
                 raise
             return ChunkFault(err)
 
@@ -218,23 +171,21 @@ def _index_array(index: int) -> ak.Array:
 
 
 def build_dataset_graph(dataset: Dataset, cfg: AnalysisConfig, params: Any,
-                        output: Path | None = None) -> DatasetGraph:
+                        sinks: Mapping[str, TableSink] | None = None) -> DatasetGraph:
     """Build the lazy graph of one preprocessed dataset (``dataset.chunks`` set).
 
-    With ``output``, each chunk task also writes its part of the dataset's feature tables
-    (the stores are prepared by the caller, see :func:`table_writers`).
+    With ``sinks`` (by table name), each chunk task also writes its part of the dataset's
+    feature tables into them (the caller prepares them, and finalizes the tables).
     """
     if not dataset.chunks:
         raise ValueError(f"dataset {dataset.name!r} has no chunks: preprocess it first")
     events = read_events(dataset)
     metadata = dict(dataset.metadata)
     shape, weights = plan_variations(cfg, params, metadata, events._meta)
-    plan = make_plan(cfg, params, metadata, shape + weights, shape,
-                     table_writers(dataset, cfg, params, output))
-    processor = ChunkProcessor(plan)
+    plan = make_plan(cfg, params, metadata, shape + weights, shape)
+    processor = ChunkProcessor(plan, sinks)
     # with tables, a second input names each chunk's part (both are fused into one task)
-    inputs = [events, _part_indices(len(dataset.chunks), dataset.name)] if plan.writers \
-        else [events]
+    inputs = [events, _part_indices(len(dataset.chunks), dataset.name)] if sinks else [events]
     # The meta is given, so the processor is traced once, at optimisation (column projection).
     chunks = dak.map_partitions(
         ChunkTask(processor), *inputs, label=f"{CHUNK_LABEL}-{dataset.name}",

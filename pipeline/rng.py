@@ -5,9 +5,10 @@ purpose)``: the same event gets the same numbers whatever the chunk it falls in,
 number of workers, or the order of processing. The hash is SplitMix64's finaliser;
 Gaussians come from the Box-Muller transform of two such uniforms.
 
-Every function here uses only numpy ufuncs on awkward arrays, so it runs unchanged on
+Every function here uses only numpy ufuncs and awkward functions, so it runs unchanged on
 eager arrays, on typetracers (while dask-awkward plans a graph) and on dask-awkward
-collections.
+collections: awkward hands a dask-awkward collection to dask-awkward's function of the same
+name (its ``__awkward_function__`` protocol), and both array kinds implement the ufuncs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import hashlib
 from typing import Any
 
 import awkward as ak
-import dask_awkward as dak
 import numpy as np
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -42,14 +42,12 @@ def _mix(x: Any) -> Any:
 
 
 def _astype(array: Any, dtype: Any) -> Any:
-    """Cast numbers of an eager, typetracer or lazy array (or a scalar) to ``dtype``."""
-    if isinstance(array, dak.Array):
-        return dak.values_astype(array, dtype)
-    if isinstance(array, ak.Array):
-        return ak.values_astype(array, dtype)
+    """Cast numbers of a numpy, eager, typetracer or lazy array (or a scalar) to ``dtype``."""
     if isinstance(array, np.ndarray):
         return array.astype(dtype)
-    return dtype(array)
+    if isinstance(array, (int, float, np.generic)):
+        return dtype(array)
+    return ak.values_astype(array, dtype)  # awkward forwards a dask-awkward collection
 
 
 def hash_identity(run: Any, lumi: Any, event: Any, index: Any, purpose: str) -> Any:
@@ -94,6 +92,6 @@ def normal(run: Any, lumi: Any, event: Any, index: Any, purpose: str) -> Any:
 def object_normal(events: Any, collection: Any, purpose: str) -> Any:
     """Standard normals for every object of a jagged ``collection`` of ``events``."""
     index = ak.local_index(collection, axis=1)
-    broadcast = dak.broadcast_arrays if isinstance(index, dak.Array) else ak.broadcast_arrays
-    run, lumi, event, _ = broadcast(events.run, events.luminosityBlock, events.event, index)
+    run, lumi, event, _ = ak.broadcast_arrays(events.run, events.luminosityBlock, events.event,
+                                              index)
     return normal(run, lumi, event, index, purpose)

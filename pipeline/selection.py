@@ -17,27 +17,33 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
+from pipeline.config.plugins import Registry
 from pipeline.errors import ExpressionError
 
-_SAFE_GLOBALS: dict[str, Any] = {
+#: The names of the language itself: ``ak``, ``np`` and a few builtins.
+LANGUAGE_NAMES: dict[str, Any] = {
     "__builtins__": {"abs": abs, "min": min, "max": max, "True": True, "False": False,
                      "len": len, "float": float, "int": int},
     "ak": ak,
     "np": np,
 }
 
+#: Functions every expression may call by name: registered with ``@FUNCTIONS.register``
+#: or declared as ``calibrew.functions`` entry points (the recipes' functions, e.g.
+#: ``jet_constituents``). An analysis adds its own (``functions:`` in its config).
+FUNCTIONS: Registry[Callable[..., Any]] = Registry("expression function",
+                                                   "calibrew.functions")
 
-_RECIPES_LOADED = False
 
+def reserved_name(name: str) -> bool:
+    """Whether ``name`` is one of the language (``ak``, ``np``, ``abs``...).
 
-def _load_recipe_functions() -> None:
-    """Add the recipe functions (:mod:`pipeline.recipes`) to the expression namespace."""
-    global _RECIPES_LOADED
-    if not _RECIPES_LOADED:
-        from pipeline.recipes import expression_functions
-
-        _SAFE_GLOBALS.update(expression_functions())
-        _RECIPES_LOADED = True
+    Examples
+    --------
+    >>> reserved_name("np"), reserved_name("abs"), reserved_name("my_func")
+    (True, True, False)
+    """
+    return name in LANGUAGE_NAMES or name in LANGUAGE_NAMES["__builtins__"]
 
 
 class _EventNamespace(Mapping[str, Any]):
@@ -101,26 +107,26 @@ def forget_subexpressions() -> None:
 
 
 def _split(node: ast.expr, parts: dict[str, tuple[Any, frozenset[str]]],
-           where: str) -> ast.expr:
+           where: str, known: frozenset[str]) -> ast.expr:
     """Replace each subexpression over event names by a call that computes it once.
 
     ``parts`` receives ``ast.dump`` of the subexpression (the same text in every
-    expression) -> (its code, the names it reads). Children first: an inner subexpression
+    expression) -> (its code, the names it reads); ``known`` are the names that are not
+    the events' (the language's and the functions). Children first: an inner subexpression
     (``(Jet.pt > 30) & (abs(Jet.eta) < 2.4)``) is shared by every expression containing it.
     """
     key = ast.dump(node)
     names = frozenset(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
     for field, value in ast.iter_fields(node):
         if isinstance(value, ast.expr):
-            setattr(node, field, _split(value, parts, where))
+            setattr(node, field, _split(value, parts, where, known))
         elif isinstance(value, list):
-            setattr(node, field, [_split(v, parts, where) if isinstance(v, ast.expr) else v
-                                  for v in value])
+            setattr(node, field, [_split(v, parts, where, known) if isinstance(v, ast.expr)
+                                  else v for v in value])
     if isinstance(node, ast.Call):
         for keyword in node.keywords:
-            keyword.value = _split(keyword.value, parts, where)
-    if isinstance(node, _MEMOIZED) and names - set(_SAFE_GLOBALS) - set(
-            _SAFE_GLOBALS["__builtins__"]):
+            keyword.value = _split(keyword.value, parts, where, known)
+    if isinstance(node, _MEMOIZED) and names - known:
         body = ast.fix_missing_locations(ast.Expression(body=node))
         parts[key] = (compile(body, f"<{where}>", "eval"), names)
         return ast.Call(func=ast.Name(id=_MEMO_NAME, ctx=ast.Load()),
@@ -135,6 +141,9 @@ class Expression:
     computed once per events array and shared by every expression that contains them
     (cuts, categories, observables, table columns of one variation).
 
+    Besides the events' names, ``ak``, ``np`` and a few builtins, an expression may call the
+    functions of :data:`FUNCTIONS` and those of ``functions`` (an analysis' own, by name).
+
     Examples
     --------
     >>> import awkward as ak
@@ -145,18 +154,31 @@ class Expression:
     Traceback (most recent call last):
     ...
     pipeline.errors.ExpressionError: histograms.h.axes[0].expr: cannot evaluate 'Jet.ptt': ...
+    >>> double = {"double": lambda x: 2 * x}
+    >>> Expression("double(ak.num(Jet))", "doc", double).evaluate(events).tolist()
+    [4]
     """
 
-    def __init__(self, text: str, where: str) -> None:
+    def __init__(self, text: str, where: str,
+                 functions: Mapping[str, Callable[..., Any]] | None = None) -> None:
         self.text, self.where = text, where
         try:
             self.code = compile(text, f"<{where}>", "eval")
             tree = ast.parse(text, f"<{where}>", "eval")
         except SyntaxError as err:
             raise ExpressionError(f"{where}: invalid expression {text!r}: {err.msg}") from None
+        own = functions or {}
+        named = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)})
+        #: The language's names and the functions the expression names (pickled with it).
+        self.globals: dict[str, Any] = {
+            **LANGUAGE_NAMES,
+            **{n: own[n] if n in own else FUNCTIONS[n] for n in named
+               if n in own or n in FUNCTIONS},
+        }
+        known = frozenset({*self.globals, *LANGUAGE_NAMES["__builtins__"]})
         self.parts: dict[str, tuple[Any, frozenset[str]]] = {}
         if not any(isinstance(n, _LOCAL_SCOPES) for n in ast.walk(tree)):
-            body = _split(tree.body, self.parts, where)
+            body = _split(tree.body, self.parts, where, known)
             if self.parts:
                 self.code = compile(ast.fix_missing_locations(ast.Expression(body=body)),
                                     f"<{where}>", "eval")
@@ -172,11 +194,10 @@ class Expression:
         >>> Expression("x + k", "doc").evaluate(events, {"k": 10}, used).tolist(), sorted(used)
         ([11.0], ['k', 'x'])
         """
-        _load_recipe_functions()  # here: also in worker processes, which unpickle expressions
         namespace = _EventNamespace(events, extra)
         namespace.memo = self._memo(events, namespace)
         try:
-            return eval(self.code, _SAFE_GLOBALS, namespace)
+            return eval(self.code, self.globals, namespace)
         except NameError as err:
             name = getattr(err, "name", None) or str(err)
             raise ExpressionError(
@@ -208,10 +229,10 @@ class Expression:
         def subexpression(key: str) -> Any:
             code, names = self.parts[key]
             if names & local:  # reads names given to this call only: not shared
-                return eval(code, _SAFE_GLOBALS, namespace)
+                return eval(code, self.globals, namespace)
             hit = shared.values.get(key)
             if hit is None:
-                hit = (eval(code, _SAFE_GLOBALS, namespace),
+                hit = (eval(code, self.globals, namespace),
                        {n for n in names if n == "events" or n in namespace.fields})
                 shared.values[key] = hit
             namespace.used |= hit[1]
@@ -315,104 +336,3 @@ def cumulative_masks(cuts: Sequence[tuple[str, Any]], events: Any,
         selected = selected & event_mask(value, cut)
         steps.append((name, selected))
     return steps
-
-
-# --- built-in cuts that need payloads: referenced as "@name" in the preselection -------------
-
-#: Built-in cuts by name; a preselection entry ``"@jet_veto_map"`` uses one.
-CUTS: dict[str, type[BuiltinCut]] = {}
-
-
-class BuiltinCut:
-    """An event selection that needs parameters (payloads); settings from
-    ``selections.<period>.<name>`` in the parameters."""
-
-    name: str = ""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("name"):
-            CUTS[cls.name] = cls
-
-    def __init__(self, params: Any, metadata: Mapping[str, Any], where: str) -> None:
-        from pipeline.config.parameters import section
-        from pipeline.errors import ConfigError
-
-        period = str(metadata.get("year", ""))
-        settings = section(params, "selections", period, self.name)
-        if settings is None:
-            raise ConfigError("parameters", [(f"selections.{period}.{self.name}",
-                              f"missing: {where} uses @{self.name}")])
-        self.settings: dict[str, Any] = settings
-        self.metadata = metadata
-        self.where = where
-        self.text = f"@{self.name}"
-
-    def evaluate(self, events: Any) -> Any:
-        raise NotImplementedError
-
-    @property
-    def depends(self) -> set[str] | None:
-        """The collections the cut reads (None: any), for reuse across variations."""
-        return None
-
-
-class JetVetoMap(BuiltinCut):
-    """Reject events with a jet in a vetoed (eta, phi) region of the JME jet veto map.
-
-    Settings: ``json_path``, ``correction``, ``map_type`` (default ``jetvetomap``), and the
-    jets considered: ``pt_min`` (15 GeV), ``jet_id_min`` (2, tight), ``max_em_fraction``
-    (0.9), ``jets`` (``Jet``), as JME recommends.
-    """
-
-    name = "jet_veto_map"
-
-    @property
-    def depends(self) -> set[str] | None:
-        return {self.settings.get("jets", "Jet")}
-
-    def evaluate(self, events: Any) -> Any:
-
-        s = self.settings
-        jets = events[s.get("jets", "Jet")]
-        considered = (
-            (jets.pt > s.get("pt_min", 15.0))
-            & (jets.jetId >= s.get("jet_id_min", 2))
-            & ((jets.chEmEF + jets.neEmEF) < s.get("max_em_fraction", 0.9))
-        )
-        return ~ak.any(considered & self._vetoed(jets), axis=1)
-
-    def _vetoed(self, jets: Any) -> Any:
-        """Jets in a vetoed region; evaluated again only when the jets' eta or phi change
-        (a jet-energy variation changes neither)."""
-        from pipeline.calibration.columns import leaf_buffers, same_buffers
-        from pipeline.corrections import get_correction
-
-        inputs = [leaf_buffers(jets.eta), leaf_buffers(jets.phi)]
-        cached = getattr(self, "_cache", None)
-        if cached is not None and all(same_buffers(a, b) for a, b in zip(cached[0], inputs)):
-            return cached[1]
-        s = self.settings
-        veto = get_correction(s["json_path"], s["correction"])
-        # the map is defined for |eta| < 5.191 and phi in [-pi, pi]
-        eta = np.minimum(np.maximum(jets.eta, -5.19), 5.19)
-        phi = np.minimum(np.maximum(jets.phi, -3.1415), 3.1415)
-        vetoed = veto.evaluate(s.get("map_type", "jetvetomap"), eta, phi) > 0
-        if all(b is not None for b in inputs):
-            self._cache = (inputs, vetoed)
-        return vetoed
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_cache"}
-
-
-def make_cut(text: str, where: str, params: Any, metadata: Mapping[str, Any]) -> Any:
-    """An :class:`Expression`, or a built-in cut for a text ``"@name"``."""
-    if text.startswith("@"):
-        from pipeline.errors import UnknownNameError
-
-        name = text[1:]
-        if name not in CUTS:
-            raise UnknownNameError("built-in cut", name, CUTS, where)
-        return CUTS[name](params, metadata, where)
-    return Expression(text, where)

@@ -2,8 +2,9 @@
 
 The generator weight always applies to simulation. On top of it, the analysis config lists
 weights by name (``weights.common.inclusive``, ``weights.bysample.<sample>.inclusive``) and
-the weights whose variations run (``variations.weights...``). Each weight is a small class in
-the :data:`WEIGHTS` registry that returns its nominal per-event factor and, optionally, its
+the weights whose variations run (``variations.weights...``), by name or by import path
+(``my_module:MyWeight``). Each weight is a small class in the :data:`WEIGHTS` registry
+that returns its nominal per-event factor and, optionally, its
 variations ``{name}Up`` / ``{name}Down`` (or ``{name}_{source}Up/Down`` for several
 sources). Weights apply to simulation only. Payloads and settings come from the
 ``event_weights.<period>.<weight>`` parameters.
@@ -24,11 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.calibration import ops
 from pipeline.config.parameters import section
+from pipeline.config.plugins import Registry
 from pipeline.corrections import get_correction
-from pipeline.errors import ConfigError, InputFileError, UnknownNameError
-
-#: Weight classes by name; users may add their own (subclass :class:`Weight`).
-WEIGHTS: dict[str, type[Weight]] = {}
+from pipeline.errors import ConfigError, InputFileError
+from pipeline.selection import Expression
 
 
 def generator_weight(events: Any, metadata: Mapping[str, Any]) -> Any:
@@ -63,7 +63,8 @@ class WeightValues:
 
 
 class Weight:
-    """Base class of an event weight. Subclasses set ``name`` and implement ``compute``."""
+    """Base class of an event weight. Subclasses set ``name`` and implement ``compute``;
+    defining one registers it in :data:`WEIGHTS` (a name used twice is an error)."""
 
     name: ClassVar[str] = ""
     settings_model: ClassVar[type[BaseModel] | None] = None
@@ -92,10 +93,12 @@ class Weight:
 
     def selected(self, events: Any, collection: str) -> Any:
         """The objects of ``collection`` that pass the settings' ``selection`` expression."""
-        from pipeline.selection import Expression
-
         where = f"event_weights.{self.metadata.get('year')}.{self.name}.selection"
         return events[collection][Expression(self.settings.selection, where).evaluate(events)]
+
+
+#: Weight classes by name: the built-in ones, then the ``calibrew.weights`` entry points.
+WEIGHTS: Registry[type[Weight]] = Registry("weight", "calibrew.weights", Weight)
 
 
 def _payload(settings: Any) -> Any:
@@ -285,13 +288,6 @@ class MuonIdIsoWeight(Weight):
         return out
 
 
-def get_weight(name: str, where: str = "") -> type[Weight]:
-    """The weight class registered as ``name``; an unknown name lists the valid ones."""
-    if name not in WEIGHTS:
-        raise UnknownNameError("weight", name, WEIGHTS, where)
-    return WEIGHTS[name]
-
-
 @dataclass
 class EventWeights:
     """The total event weight, the totals of every weight variation, and the per-weight
@@ -319,7 +315,9 @@ def compute_weights(events: Any, metadata: Mapping[str, Any], params: Any,
                     reuse: Mapping[str, Any] | None = None) -> EventWeights:
     """Generator weight times the named weights; the variations of the ``varied`` ones.
 
-    A variation's total replaces that weight's nominal factor by its varied factor.
+    ``names`` and ``varied`` hold weight names or import paths (``my_module:MyWeight``);
+    a weight's settings are the parameters ``event_weights.<period>.<its name>``. A
+    variation's total replaces that weight's nominal factor by its varied factor.
     ``reuse`` gives nominal factors already known (of a weight whose inputs did not change);
     those weights are not evaluated again. Data get weight one and no variations.
     """
@@ -329,13 +327,15 @@ def compute_weights(events: Any, metadata: Mapping[str, Any], params: Any,
     values: dict[str, WeightValues] = {}
     inputs: dict[str, set[str] | None] = {}
     period = str(metadata.get("year", ""))
+    varied_classes = {WEIGHTS.resolve(v) for v in varied}
     for name in names:
-        weight = get_weight(name)(section(params, "event_weights", period, name), metadata)
+        cls = WEIGHTS.resolve(name)
+        weight = cls(section(params, "event_weights", period, cls.name), metadata)
         inputs[name] = weight.inputs()
-        if reuse is not None and name in reuse and name not in varied:
+        if reuse is not None and name in reuse and cls not in varied_classes:
             values[name] = WeightValues(reuse[name])
         else:
-            values[name] = weight.compute(events, variations=name in varied)
+            values[name] = weight.compute(events, variations=cls in varied_classes)
     nominal = total
     for v in values.values():
         nominal = nominal * v.nominal
@@ -360,4 +360,4 @@ def weight_variation_names(metadata: Mapping[str, Any], params: Any, names: list
 
 
 __all__ = ["WEIGHTS", "EventWeights", "Weight", "WeightValues", "compute_weights",
-           "generator_weight", "get_weight"]
+           "generator_weight"]

@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.calibration import Calibrator, CalibratorsManager
+from pipeline.config.plugins import NameClashError
 from pipeline.errors import CalibrationError, UnknownNameError
 
 # --- the two examples of seed 000, as a user writes them ---------------------------------
@@ -311,7 +312,9 @@ def re_escape(text: str) -> str:
 
 
 def test_calibrator_names_must_be_unique():
-    with pytest.raises(CalibrationError, match="already used"):
+    with pytest.raises(NameClashError, match=r"already used by pipeline\.calibration\.jets\."
+                       r"JetsCalibrator \(.*jets\.py:\d+\); choose another name for "
+                       r"test_calibrator_api\..*Clash \(.*test_calibrator_api\.py:\d+\)"):
         class Clash(Calibrator):
             name = "jet_calibration"
 

@@ -12,6 +12,7 @@ import awkward as ak
 import correctionlib
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from pipeline.calibration import (
     CalibratorsManager,
@@ -21,10 +22,14 @@ from pipeline.calibration import (
     PhotonsScaleCalibrator,
     default_calibrators_sequence,
 )
+from pipeline.calibration.met import type1_shift
 from pipeline.config.parameters import defaults
+from pipeline.cuts import make_cut
 from pipeline.errors import InputFileError
 from pipeline.inputs.datafiles import find_data_file
+from pipeline.inputs.nanoevents import read_eager
 from pipeline.rng import normal
+from pipeline.weights import compute_weights
 
 MC = {"isMC": True, "year": "2022_preEE", "sample": "TTbar", "dataset": "tt"}
 DATA = {"isMC": False, "year": "2022_preEE", "era": "C", "sample": "Muon", "dataset": "mu"}
@@ -91,8 +96,6 @@ def test_electron_scale_on_data(data_events):
 
 
 def test_photon_twin(tt_file):
-    from pipeline.inputs.nanoevents import read_eager
-
     events = read_eager(str(find_data_file("nano_tt_v15.root")))
     manager = CalibratorsManager([PhotonsScaleCalibrator], events, defaults(), MC)
     out = loop(manager, events, ["photon_scale_and_smearing"])
@@ -128,8 +131,6 @@ def test_met_closure_with_nanoaod_jet_corrections(tt_events):
     Measured agreement on nano_tt_v12.root: median relative difference 8e-4, 90 % of events
     within 0.7 %, at the level of NanoAOD's reduced float precision for jet pt and rawFactor.
     """
-    from pipeline.calibration.met import type1_shift
-
     jets = tt_events.Jet
     dx, dy = type1_shift(jets, jets.pt, jets.pt * (1 - jets.rawFactor), 15.0, 0.9)
     raw = tt_events.RawPuppiMET
@@ -186,15 +187,11 @@ def test_met_propagates_every_jet_variation(tt_events):
 
 @pytest.fixture(scope="module")
 def weights(tt_events):
-    from pipeline.weights import compute_weights
-
     names = ["pileup", "btag_shape", "electron_id", "muon_id_iso"]
     return compute_weights(tt_events, MC, defaults(), names, names)
 
 
 def test_pileup_weight(tt_events):
-    from pipeline.weights import compute_weights
-
     w = compute_weights(tt_events, MC, defaults(), ["pileup"], ["pileup"])
     pu = cset(POG + "LUM_puWeights.json.gz")[
         "Collisions2022_355100_357900_eraBCD_GoldenJson"]
@@ -224,8 +221,6 @@ def btag_reference(events, systematic: str) -> list[float]:
 
 
 def test_btag_shape_weight(tt_events, weights):
-    from pipeline.weights import compute_weights
-
     w = compute_weights(tt_events, MC, defaults(), ["btag_shape"], ["btag_shape"])
     gen = ak.to_numpy(tt_events.genWeight)
     np.testing.assert_allclose(ak.to_numpy(w.nominal), gen * btag_reference(tt_events, "central"),
@@ -238,8 +233,6 @@ def test_btag_shape_weight(tt_events, weights):
 
 
 def test_lepton_id_weights(tt_events):
-    from pipeline.weights import compute_weights
-
     ele = cset(POG + "EGM_electron.json.gz")["Electron-ID-SF"]
     muo = cset(POG + "MUO_muon_Z.json.gz")
     w = compute_weights(tt_events, MC, defaults(), ["electron_id", "muon_id_iso"],
@@ -268,8 +261,6 @@ def test_lepton_id_weights(tt_events):
 
 
 def test_weights_are_one_on_data(data_events):
-    from pipeline.weights import compute_weights
-
     w = compute_weights(data_events, DATA, defaults(), ["pileup"], ["pileup"])
     assert ak.all(w.nominal == 1) and w.variations == {}
 
@@ -278,8 +269,6 @@ def test_weights_are_one_on_data(data_events):
 
 
 def test_jet_veto_map(tt_events):
-    from pipeline.selection import make_cut
-
     cut = make_cut("@jet_veto_map", "preselection.veto", defaults(), MC)
     veto = cset(POG + "JME_jetvetomaps.json.gz")["Summer22_23Sep2023_RunCD_V1"]
     expected = []
@@ -342,8 +331,6 @@ def test_json_jec_and_jes_agree_with_legacy_text(tt_events):
 
 
 def test_default_sequence_on_data_runs_no_mc_variation(data_events):
-    from omegaconf import OmegaConf
-
     # nano_dimuon.root is 2018 collision data in an older NanoAOD: PF MET, no RawPuppiMET
     params = OmegaConf.merge(defaults(), {"met_rescaling": {"2022_preEE": {
         "met": "MET", "raw_met": "RawMET"}}})
@@ -354,8 +341,6 @@ def test_default_sequence_on_data_runs_no_mc_variation(data_events):
 
 
 def test_missing_payload_is_named(tt_events):
-    from omegaconf import OmegaConf
-
     params = OmegaConf.merge(defaults(), {"electron_scale_and_smearing": {
         "2022_preEE": {"json_path": "pog/2022_Summer22/EGM_nope.json.gz"}}})
     with pytest.raises(InputFileError, match="EGM_nope.json.gz"):
@@ -365,8 +350,6 @@ def test_missing_payload_is_named(tt_events):
 def test_weights_reused_only_where_their_inputs_did_not_change(tt_events):
     """A variation recomputes only the weights whose collections it changed; the histograms
     equal those of recomputing every weight for every variation."""
-    from pipeline.weights import compute_weights
-
     manager = CalibratorsManager(default_calibrators_sequence, tt_events, defaults(), MC)
     names = ["pileup", "btag_shape", "electron_id", "muon_id_iso"]
     out = loop(manager, tt_events, ["jet_calibration", "electron_scale_and_smearing",

@@ -25,9 +25,10 @@ import numpy as np
 import pytest
 
 from pipeline.corrections import get_compound, get_correction
-from pipeline.corrections.compiled import NotCompiled, RefusedValue, compile_correction
+from pipeline.corrections.compiled import compile_correction
 from pipeline.corrections.formula import UnsupportedFormula, compile_formula
 from pipeline.corrections.loader import COMPILED_ENV
+from pipeline.corrections.nodes import NotCompiled, RefusedValue
 from pipeline.inputs.datafiles import find_data_file
 
 PAYLOADS = [

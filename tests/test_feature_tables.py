@@ -177,7 +177,8 @@ def _padded_all_rows(table, collection, variation):
 def test_lazy_table_equals_eager(runs, tt_events):
     """The run's tables equal the chunk processor run eagerly on the whole file."""
     from pipeline.analysis.loading import load_parameters
-    from pipeline.analysis.processor import ChunkProcessor, make_plan
+    from pipeline.analysis.plan import make_plan
+    from pipeline.analysis.processor import ChunkProcessor
     from pipeline.graph import plan_variations
 
     cfg = load_config(runs / "analysis.yaml")

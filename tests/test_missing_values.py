@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from pipeline.analysis.loading import load_parameters
-from pipeline.analysis.processor import ChunkProcessor, make_plan
+from pipeline.analysis.plan import make_plan
+from pipeline.analysis.processor import ChunkProcessor
 from pipeline.config.models import AnalysisConfig
 from pipeline.graph import build_dataset_graph
 from pipeline.inputs.datasets import Dataset, preprocess

@@ -48,9 +48,10 @@ def test_ml_reader_api():
 # renaming one is a breaking change; both show here.
 PUBLIC = [
     "__version__",
-    "run_job", "RunOptions", "RunResult",
+    "run_job", "RunOptions", "RunResult", "make_datasets", "make_sample",
+    "plot_output", "describe_table", "print_table", "derive_correction",
     "load_job", "load_config", "AnalysisConfig", "JobSpec", "load_parameters",
-    "NOMINAL", "Calibrator", "CalibratorsManager", "get_calibrator", "Weight",
+    "NOMINAL", "Calibrator", "CalibratorsManager", "get_calibrator", "Weight", "Cut",
     "open_table", "Table", "TableStream", "torch_dataset", "xgboost_iterator",
     "CalibrewError", "ConfigError", "UnknownNameError", "CalibrationError", "InputFileError",
     "UnreadableInputError", "ExpressionError", "SiteError", "ChunkError", "OutputError",

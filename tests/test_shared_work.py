@@ -9,9 +9,9 @@ import hist
 import numpy as np
 import pytest
 
+from pipeline.analysis.histogram_fill import HistogramLayout
 from pipeline.config.models import HistogramSpec
 from pipeline.corrections import get_correction
-from pipeline.outputs.histograms import HistogramLayout
 from pipeline.selection import Expression, ExpressionCache, forget_subexpressions
 
 EVENTS = ak.Array([

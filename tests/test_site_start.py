@@ -267,7 +267,7 @@ def test_a_refusal_while_computing_is_recorded_and_logged_once(tmp_path, monkeyp
         future.cancel()
     finally:
         session.close()
-    logged = [r.getMessage() for r in caplog.records if r.name == "pipeline.sites"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "pipeline.sites.batch"]
     assert logged and all(REFUSAL in line and "\n" not in line for line in logged)
     assert "a batch job was not submitted" in logged[0]
 

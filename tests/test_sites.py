@@ -262,64 +262,86 @@ def test_user_profiles_add_to_and_replace_the_builtin_ones(tmp_path, monkeypatch
     assert "htcondor htcondor: 4 job(s)" in out and "[built-in]" in out
 
 
-def test_site_types_register_themselves_and_refuse_a_clash(tmp_path):
-    """One class per site type, registered by its `type` when defined; a second class of a
-    known type is an error naming both; a profile of a new type loads as its class."""
-    from typing import Literal
+ECHO_SITE = """
+from typing import Literal
 
+from pipeline.errors import SiteError
+from pipeline.sites import Site
+
+
+class EchoSite(Site):
+    \"\"\"A site type of a test: describes itself, starts nothing.\"\"\"
+
+    type: Literal["test-echo"] = "test-echo"
+    nodes: int = 1
+
+    def describe(self) -> str:
+        return f"{self.nodes} echo node(s)"
+
+    def start(self, warn):
+        raise SiteError(f"{self.label()} starts nothing")
+
+    @classmethod
+    def workers_override(cls, workers: int) -> dict:
+        return {"nodes": workers}
+"""
+
+
+def test_site_types_register_themselves_and_refuse_a_clash(tmp_path, monkeypatch):
+    """One class per site type, registered by its `type` when defined; a second class of a
+    known type is an error naming both; a profile names a type of the user's own by import
+    path."""
+    import importlib
+
+    from pipeline.config.plugins import NameClashError
     from pipeline.errors import SiteError
     from pipeline.sites import (
         SITE_TYPES,
         HTCondorSite,
         LocalSite,
         SchedulerSite,
-        Site,
         SlurmSite,
         job_script,
         workers_override,
     )
 
-    assert SITE_TYPES == {"local": LocalSite, "scheduler": SchedulerSite,
-                          "slurm": SlurmSite, "htcondor": HTCondorSite}
-    with pytest.raises(TypeError, match=r"site type 'slurm' is defined twice: by "
-                                        r"pipeline\.sites\.SlurmSite and by "
-                                        r".*test_site_types_register.*\.MySlurm"):
+    assert dict(SITE_TYPES) == {"local": LocalSite, "scheduler": SchedulerSite,
+                                "slurm": SlurmSite, "htcondor": HTCondorSite}
+    monkeypatch.setattr(SITE_TYPES, "_items", dict(SITE_TYPES._items))  # restored after
+    with pytest.raises(NameClashError, match=r"site type name 'slurm' is already used by "
+                                             r"pipeline\.sites\.batch\.SlurmSite .*; choose "
+                                             r"another name for .*test_site_types_regi.*MySlurm"):
         class MySlurm(SlurmSite):
             queue: str | None = "mine"
     assert SITE_TYPES["slurm"] is SlurmSite
 
-    class EchoSite(Site):
-        """A site type of a test: describes itself, starts nothing."""
-
-        type: Literal["test-echo"] = "test-echo"
-        nodes: int = 1
-
-        def describe(self) -> str:
-            return f"{self.nodes} echo node(s)"
-
-        def start(self, warn):
-            raise SiteError(f"{self.label()} starts nothing")
-
-        @classmethod
-        def workers_override(cls, workers: int) -> dict:
-            return {"nodes": workers}
-
-    try:
-        assert SITE_TYPES["test-echo"] is EchoSite
-        profile = tmp_path / "echo.yaml"
-        profile.write_text("type: test-echo\n")
-        site = load_site(str(profile), workers_override(str(profile), 4))
-        assert isinstance(site, EchoSite) and site.describe() == "4 echo node(s)"
-        with pytest.raises(SiteError, match="a 'test-echo' site submits no batch jobs"):
-            job_script(site)
-    finally:
-        del SITE_TYPES["test-echo"]
+    folder = tmp_path / "usermods"
+    folder.mkdir()
+    (folder / "calibrew_test_echo_site.py").write_text(ECHO_SITE)
+    monkeypatch.syspath_prepend(str(folder))
+    importlib.invalidate_caches()
+    profile = tmp_path / "echo.yaml"
+    profile.write_text("type: calibrew_test_echo_site:EchoSite\n")
+    site = load_site(str(profile), workers_override(str(profile), 4))
+    assert type(site).__name__ == "EchoSite" and site.describe() == "4 echo node(s)"
+    assert site.type == "test-echo" and SITE_TYPES["test-echo"] is type(site)
+    with pytest.raises(SiteError, match="a 'test-echo' site submits no batch jobs"):
+        job_script(site)
+    profile.write_text("type: calibrew_test_echo_site:NoSuchSite\n")
+    with pytest.raises(ConfigError, match=r"type: cannot load site type|has no attribute "
+                                          r"'NoSuchSite'; site types defined there: EchoSite"):
+        load_site(str(profile))
+    profile.write_text("type: pbs\n")
+    with pytest.raises(ConfigError, match=r"type: unknown site type 'pbs'; valid types are: "
+                                          r"htcondor, local, scheduler, slurm, test-echo"):
+        load_site(str(profile))
 
 
 def test_each_site_type_names_its_cluster_class():
     """The cluster class of each type is importable; a batch type's job class names the
     submit command checked on PATH."""
-    from pipeline.sites import SITE_TYPES, BatchSite, _import_object
+    from pipeline.sites import SITE_TYPES, BatchSite
+    from pipeline.sites.base import import_object
 
     classes = {kind: cls.cluster_class for kind, cls in SITE_TYPES.items()}
     assert classes == {"local": "distributed:LocalCluster", "scheduler": None,
@@ -328,7 +350,7 @@ def test_each_site_type_names_its_cluster_class():
     commands = {}
     for kind, cls in SITE_TYPES.items():
         if cls.cluster_class is not None:
-            assert isinstance(_import_object(cls.cluster_class), type)
+            assert isinstance(import_object(cls.cluster_class), type)
         if issubclass(cls, BatchSite):
             commands[kind] = cls.model_validate({}).submit_command()
     assert commands == {"slurm": "sbatch", "htcondor": "condor_submit"}

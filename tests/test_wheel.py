@@ -1,5 +1,6 @@
-"""calibrew installed from its wheel, not from the checkout: the package data is inside it
-and `calibrew sites` lists the built-in profiles from another directory."""
+"""calibrew installed from its wheel, not from the checkout: the package data is inside it,
+`calibrew sites` lists the built-in profiles from another directory, and the demo job runs
+there."""
 
 from __future__ import annotations
 
@@ -64,18 +65,26 @@ def test_the_wheel_holds_the_builtin_site_profiles(wheel, project_root):
     assert "pipeline/defaults/jets_calibration.yaml" in names  # the default parameters
 
 
-@pytest.mark.slow
-def test_calibrew_sites_from_the_installed_wheel_in_another_directory(wheel, tmp_path):
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """The wheel installed into a folder of its own (its dependencies from this
-    environment), run from a directory that is no checkout: the built-in profiles are
-    listed, from the installed package."""
-    target, elsewhere = tmp_path / "installed", tmp_path / "elsewhere"
-    elsewhere.mkdir()
+    environment), and the environment that runs it before this one's editable install."""
+    target = tmp_path_factory.mktemp("installed")
     _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-input", "--target",
-          str(target), str(wheel)], cwd=tmp_path)
+          str(target), str(wheel)], cwd=target)
     env = {key: value for key, value in os.environ.items()
            if key not in ("CALIBREW_SITES", "PYTHONPATH")}
     env["PYTHONPATH"] = str(target)  # before this environment's editable install
+    return target, env
+
+
+@pytest.mark.slow
+def test_calibrew_sites_from_the_installed_wheel_in_another_directory(installed, tmp_path):
+    """Run from a directory that is no checkout: the built-in profiles are listed, from the
+    installed package."""
+    target, env = installed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     out = _run([sys.executable, str(target / "bin" / "calibrew"), "sites"], cwd=elsewhere,
                env=env)
     builtin = target / "pipeline" / "defaults" / "sites"
@@ -84,3 +93,26 @@ def test_calibrew_sites_from_the_installed_wheel_in_another_directory(wheel, tmp
     listed = {line.split()[0] for line in out.splitlines() if line.endswith("  [built-in]")}
     assert listed == set(BUILT_INS), out
     assert "invalid" not in out, out
+
+
+@pytest.mark.slow
+def test_the_demo_job_runs_from_the_installed_wheel_in_another_directory(
+        installed, project_root, tmp_path):
+    """The README's demo job and config, copied to a directory that is no checkout, run by
+    the installed package (one local worker); the data files come from CALIBREW_DATA."""
+    from pipeline.inputs.datafiles import find_data_file
+
+    target, env = installed
+    elsewhere = tmp_path / "elsewhere"
+    for folder in ("jobs", "configs"):
+        shutil.copytree(project_root / folder, elsewhere / folder)
+    env = {**env, "CALIBREW_DATA": str(find_data_file("nano_tt_v12.root").parent)}
+    _run([sys.executable, str(target / "bin" / "calibrew"), "run", "jobs/demo.yaml",
+          "--workers", "1", "--no-progress"], cwd=elsewhere, env=env)
+    done = elsewhere / "output" / "demo" / "TTto2L2Nu_2022"
+    for name in ("histograms.pkl", "histograms.root", "summary.json", "features.zarr"):
+        assert (done / name).exists(), f"{name} missing in {done}"
+    code = subprocess.run(
+        [sys.executable, "-c", "import pipeline; print(pipeline.__file__)"], cwd=elsewhere,
+        env=env, capture_output=True, text=True, check=True).stdout
+    assert code.startswith(str(target)), code  # the installed package ran, not the checkout

@@ -1,10 +1,12 @@
 """Loading an analysis: its config and job files checked against the registries.
 
-The config models (:mod:`pipeline.config.models`) know no calibrator, weight or cut; here
-the names they hold are resolved through the registries (calibrators by name or import
-path, weights), and the parameter files are validated with the schemas of the calibrators
-of the sequence. Every problem raises a :class:`~pipeline.errors.ConfigError` naming the
-file and the key path, before any computation.
+The config models (:mod:`pipeline.config.models`) know no calibrator, weight, cut or
+function; here the names they hold are resolved through the registries
+(:mod:`pipeline.config.plugins`), by name or by import path (``my_module:MyThing``), and
+the parameter files are validated with the schemas of the calibrators of the sequence.
+Every problem raises a :class:`~pipeline.errors.ConfigError` naming the file and the key
+path, before any computation; a user's module that cannot be imported is named there with
+its error.
 
 Examples
 --------
@@ -17,28 +19,20 @@ Examples
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
 from pipeline.calibration.builtin import default_calibrators_sequence
-from pipeline.calibration.calibrator import (
-    CALIBRATORS,
-    Calibrator,
-    CalibratorImportError,
-    get_calibrator,
-    load_builtin_calibrators,
-)
+from pipeline.calibration.calibrator import CALIBRATORS, Calibrator, get_calibrator
 from pipeline.config import parameters
-from pipeline.config.models import (
-    AnalysisConfig,
-    JobSpec,
-    read_yaml,
-    unknown_names,
-    validate,
-)
+from pipeline.config.models import AnalysisConfig, JobSpec, read_yaml, validate
+from pipeline.config.plugins import ImportPathError, Registry, definition
+from pipeline.cuts import CUTS
 from pipeline.errors import ConfigError, UnknownNameError
+from pipeline.selection import FUNCTIONS, reserved_name
 from pipeline.weights import WEIGHTS
 
 
@@ -58,41 +52,96 @@ def calibrator_classes(cfg: AnalysisConfig) -> list[type[Calibrator]]:
     return out
 
 
-def check_names(cfg: AnalysisConfig, source: str) -> None:
-    """Check calibrator, sample and category names; raise naming the key path."""
+def analysis_functions(cfg: AnalysisConfig,
+                       source: str = "analysis config") -> dict[str, Callable[..., Any]]:
+    """The analysis' own expression functions (``functions:``) by name.
+
+    Each is callable by its name in every expression of this analysis only (the registry
+    :data:`~pipeline.selection.FUNCTIONS` is not changed). A name of the language or of
+    another function is a :class:`ConfigError` naming both definitions.
+    """
+    out: dict[str, Callable[..., Any]] = {}
     problems: list[tuple[str, str]] = []
+    for i, path in enumerate(cfg.functions):
+        where = f"functions[{i}]"
+        if ":" not in path:
+            problems.append((where, f"{path!r}: an analysis' function is named by import "
+                             "path, 'module:function'"))
+            continue
+        function = _resolve(FUNCTIONS, path, where, problems)
+        if function is None:
+            continue
+        name = path.partition(":")[2]
+        other = out.get(name) or (FUNCTIONS[name] if name in FUNCTIONS else None)
+        if reserved_name(name):
+            problems.append((where, f"{name!r} is a name of the expression language"))
+        elif other is not None and other is not function:
+            problems.append((where, f"expression function {name!r} is already "
+                             f"{definition(other)}; {path!r} needs another name"))
+        else:
+            out[name] = function
+    if problems:
+        raise ConfigError(source, problems)
+    return out
+
+
+def _resolve(registry: Registry[Any], name: str, where: str,
+             problems: list[tuple[str, str]]) -> Any:
+    """``registry.resolve(name)``; ``None`` after adding why it failed to ``problems``."""
+    try:
+        return registry.resolve(name, where)
+    except (UnknownNameError, ImportPathError) as err:
+        problems.append(_problem(err))
+        return None
+
+
+def _problem(err: UnknownNameError | ImportPathError) -> tuple[str, str]:
+    """The ``(key path, message)`` of a name that cannot be resolved."""
+    if isinstance(err, ImportPathError):
+        return (err.where, f"cannot load {err.kind} {err.name!r}: {err.problem}")
+    hint = (f" (a {err.kind} of your own is named by import path, 'module:Name')"
+            if "." in err.name else "")
+    return (err.where, f"unknown {err.kind} {err.name!r}; valid {err.kind}s are: "
+            f"{', '.join(err.valid)}{hint}")
+
+
+def check_names(cfg: AnalysisConfig, source: str) -> None:
+    """Check the names of calibrators, weights, cuts, functions, samples and categories;
+    raise naming the key path."""
     try:
         classes = calibrator_classes(cfg)
-    except UnknownNameError as err:
-        hint = (" (a calibrator of your own is named by import path, 'module:Class')"
-                if "." in err.name else "")
-        raise ConfigError(source, [(err.where, f"unknown calibrator {err.name!r}; valid "
-                                    f"calibrators are: {', '.join(err.valid)}{hint}")]
-                          ) from None
-    except CalibratorImportError as err:
-        raise ConfigError(source, [(err.where, f"cannot load calibrator {err.name!r}: "
-                                    f"{err.problem}")]) from None
+    except (UnknownNameError, ImportPathError) as err:
+        raise ConfigError(source, [_problem(err)]) from None
+    analysis_functions(cfg, source)
+    problems: list[tuple[str, str]] = []
     names = [c.name for c in classes]
     shape = cfg.variations.shape
-    problems += unknown_names("variations.shape", shape, names, "calibrator",
-                               "calibrators in the sequence are")
+    problems += [(path, f"unknown calibrator {name!r}; calibrators in the sequence are: "
+                  f"{', '.join(names)}") for path, name in shape.entries("variations.shape")
+                 if name not in names]
     samples = sorted({d.metadata.sample for d in cfg.datasets.values()})
     lists = [("variations.shape", shape), ("weights", cfg.weights),
-                 ("variations.weights", cfg.variations.weights)]
+             ("variations.weights", cfg.variations.weights)]
     for prefix, spec in lists:
         for sample in spec.bysample:
             if sample not in samples:
                 problems.append((f"{prefix}.bysample.{sample}",
                                  f"unknown sample; samples are: {', '.join(samples)}"))
-    for prefix, spec in lists[1:]:
-        problems += unknown_names(prefix, spec, sorted(WEIGHTS), "weight",
-                                   "valid weights are")
+    weights = {name: _resolve(WEIGHTS, name, path, problems)
+               for prefix, spec in lists[1:] for path, name in spec.entries(prefix)}
     for sample in samples:
-        applied = cfg.weights_for_sample(sample)
+        applied = {weights[n] for n in cfg.weights_for_sample(sample)}
         for name in cfg.weight_variations_for_sample(sample):
-            if name in WEIGHTS and name not in applied:
+            if weights[name] is not None and weights[name] not in applied:
                 problems.append(("variations.weights", f"variations of weight {name!r} "
                                  f"asked for sample {sample!r}, which does not apply it"))
+    selections = [("preselection", cfg.preselection)]
+    selections += [(f"tables.{t}.preselection", table.preselection or {})
+                   for t, table in cfg.tables.items()]
+    for prefix, cuts in selections:
+        for cut, text in cuts.items():
+            if text.startswith("@"):
+                _resolve(CUTS, text[1:], f"{prefix}.{cut}", problems)
     for hname, hist in cfg.histograms.items():
         for i, cat in enumerate(hist.categories or []):
             if cat not in cfg.categories:
@@ -164,6 +213,5 @@ def load_parameters(files: Iterable[str | os.PathLike[str]] = (),
     >>> load_parameters().jets_calibration.jet_types.AK4PFPuppi["2022_preEE"].level
     'L1L2L3Res'
     """
-    load_builtin_calibrators()
     sections = None if calibrators is None else parameters.valid_sections(calibrators)
     return parameters.load_parameters(files, dict(CALIBRATORS), base=base, sections=sections)

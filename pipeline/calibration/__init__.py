@@ -1,4 +1,10 @@
-"""The calibrator API of seed 000 and the built-in calibrators."""
+"""The calibrator API of seed 000 and the built-in calibrators.
+
+Importing any module of this package runs this file, which imports
+:mod:`pipeline.calibration.builtin`: whoever uses the registry (:data:`CALIBRATORS`) finds
+the built-in calibrators registered. The recipes' calibrators are plugins, found through
+their entry points when a config names them.
+"""
 
 from pipeline.calibration.builtin import (
     ElectronsScaleCalibrator,

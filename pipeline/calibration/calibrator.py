@@ -12,22 +12,21 @@ columns. Column projection itself is automatic (dask-awkward traces what is used
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from pipeline.errors import CalibrationError, UnknownNameError
-
-#: Every calibrator class defined so far, by its ``name``. A plain dict users may extend.
-CALIBRATORS: dict[str, type[Calibrator]] = {}
+from pipeline.config.plugins import Registry
+from pipeline.errors import CalibrationError
 
 
 class Calibrator(ABC):
     """Base class of every calibrator.
 
     Subclasses set the class attributes and implement :meth:`initialize` and
-    :meth:`calibrate`. Defining a subclass registers it under its ``name``.
+    :meth:`calibrate`. Defining a subclass registers it in :data:`CALIBRATORS` under its
+    ``name``; another class of the same name is a
+    :class:`~pipeline.config.plugins.NameClashError` naming both.
 
     Examples
     --------
@@ -62,16 +61,8 @@ class Calibrator(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not cls.__dict__.get("name"):
-            # abstract intermediate classes, or a class re-created by cloudpickle
+        if not cls.__dict__.get("name"):  # an abstract intermediate class
             return
-        existing = CALIBRATORS.get(cls.name)
-        if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise CalibrationError(
-                f"calibrator name {cls.name!r} is already used by "
-                f"{existing.__module__}.{existing.__qualname__}; choose another name for "
-                f"{cls.__module__}.{cls.__qualname__}"
-            )
         for section in cls.parameter_sections():
             if not isinstance(section, str) or not section.isidentifier():
                 raise CalibrationError(
@@ -158,114 +149,28 @@ class Calibrator(ABC):
         """
 
 
-class CalibratorImportError(CalibrationError):
-    """A calibrator named by import path (``"module:Class"``) cannot be loaded.
-
-    ``where`` is the config key path that names it, ``problem`` says why: the module is not
-    found, the module raised while importing (with its error and line), the module has no
-    such attribute, or the attribute is not a :class:`Calibrator`.
-    """
-
-    def __init__(self, name: str, problem: str, where: str = "") -> None:
-        self.name, self.problem, self.where = name, problem, where
-        super().__init__(f"{where + ': ' if where else ''}cannot load calibrator {name!r}: "
-                         f"{problem}")
-
-
-#: Said of every import path: the client and every worker import the module.
-IMPORTABLE_HINT = ("a module named by import path must be importable by the client and by "
-                   "every worker: put its folder on PYTHONPATH or install it as a package")
-
-
-def _import_location(err: BaseException) -> str:
-    """``" (at FILE, line N)"``: where in the user's code an import raised."""
-    import traceback
-
-    frames = [f for f in traceback.extract_tb(err.__traceback__)
-              if not f.filename.startswith("<frozen importlib")
-              and f"{os.sep}importlib{os.sep}" not in f.filename and f.filename != __file__]
-    if not frames:
-        return ""
-    first, last = frames[0], frames[-1]
-    where = f" (at {first.filename}, line {first.lineno}"
-    if (last.filename, last.lineno) != (first.filename, first.lineno):
-        where += f"; raised at {last.filename}, line {last.lineno}"
-    return where + ")"
-
-
-def _import_calibrator(name: str, where: str) -> type[Calibrator]:
-    """Import ``"module:Class"``; any failure says which of the four ways it failed."""
-    import importlib
-
-    module_name, _, attr = name.partition(":")
-    if not module_name or not attr or ":" in attr:
-        raise CalibratorImportError(name, "an import path is written 'module:Class' (e.g. "
-                                    "'my_package.calibrators:ScaleJets')", where)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        missing = err.name or ""
-        if missing and (module_name == missing or module_name.startswith(missing + ".")):
-            raise CalibratorImportError(
-                name, f"module {module_name!r} not found"
-                + (f" (no module {missing!r})" if missing != module_name else "")
-                + f"; {IMPORTABLE_HINT}", where) from None
-        raise CalibratorImportError(
-            name, f"module {module_name!r} raised while importing: "
-            f"{type(err).__name__}: {err}{_import_location(err)}", where) from None
-    except SyntaxError as err:
-        raise CalibratorImportError(
-            name, f"module {module_name!r} raised while importing: "
-            f"{type(err).__name__}: {err.msg} ({err.filename}, line {err.lineno})",
-            where) from None
-    except Exception as err:  # anything the user's module raises at import time
-        raise CalibratorImportError(
-            name, f"module {module_name!r} raised while importing: "
-            f"{type(err).__name__}: {err}{_import_location(err)}", where) from None
-    origin = getattr(module, "__file__", None) or module_name
-    if not hasattr(module, attr):
-        found = sorted(k for k, v in vars(module).items()
-                       if isinstance(v, type) and issubclass(v, Calibrator)
-                       and v is not Calibrator and v.__module__ == module.__name__)
-        raise CalibratorImportError(
-            name, f"module {module_name!r} ({origin}) has no attribute {attr!r}; calibrators "
-            f"defined there: {', '.join(found) if found else '(none)'}", where)
-    cls = getattr(module, attr)
-    if not (isinstance(cls, type) and issubclass(cls, Calibrator)):
-        raise CalibratorImportError(
-            name, f"{attr!r} of module {module_name!r} ({origin}) is not a Calibrator "
-            "subclass", where)
-    return cls
+#: Every calibrator class by its ``name``: those defined so far (the built-in ones of
+#: :mod:`pipeline.calibration` are always there), then the ``calibrew.calibrators`` entry
+#: points (the recipes' calibrators).
+CALIBRATORS: Registry[type[Calibrator]] = Registry("calibrator", "calibrew.calibrators",
+                                                   Calibrator)
 
 
 def get_calibrator(name: str, where: str = "") -> type[Calibrator]:
     """Look a calibrator class up by name, or by import path ``"module:Class"``.
 
-    An import path that cannot be loaded raises :class:`CalibratorImportError` saying
-    whether the module was not found, raised while importing (its error and line), or
-    lacks the attribute.
+    An import path that cannot be loaded raises
+    :class:`~pipeline.config.plugins.ImportPathError` saying whether the module was not
+    found, raised while importing (its error and line), lacks the attribute, or holds no
+    calibrator there.
 
     Examples
     --------
+    >>> get_calibrator("jet_calibration").__name__
+    'JetsCalibrator'
     >>> get_calibrator("nope")
     Traceback (most recent call last):
     ...
     pipeline.errors.UnknownNameError: unknown calibrator 'nope'; valid calibrators are: ...
-    >>> try:
-    ...     get_calibrator("calibrew_no_such_module:Cal")
-    ... except CalibratorImportError as err:
-    ...     print(err.problem.split(";")[0])
-    module 'calibrew_no_such_module' not found
     """
-    if ":" in name:
-        return _import_calibrator(name, where)
-    load_builtin_calibrators()
-    if name not in CALIBRATORS:
-        raise UnknownNameError("calibrator", name, CALIBRATORS, where)
-    return CALIBRATORS[name]
-
-
-def load_builtin_calibrators() -> None:
-    import pipeline.calibration.builtin
-    import pipeline.recipes.egamma
-    import pipeline.recipes.higgsml_calibrators  # noqa: F401
+    return CALIBRATORS.resolve(name, where)

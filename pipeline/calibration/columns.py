@@ -1,19 +1,18 @@
-"""Read and replace event columns the same way on eager awkward and lazy dask-awkward arrays."""
+"""Read and replace event columns the same way on eager awkward and lazy dask-awkward arrays.
+
+Eager arrays take fast paths on their buffers (no broadcast over the other columns); the
+rest goes through the array adapter :mod:`pipeline.calibration.ops`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import awkward as ak
-import dask_awkward as dak
 import numpy as np
 
+from pipeline.calibration import ops
 from pipeline.errors import CalibrationError
-
-
-def is_lazy(array: Any) -> bool:
-    """True for a dask-awkward collection, False for an eager (or typetracer) awkward array."""
-    return isinstance(array, dak.Array)
 
 
 def leaf_buffers(array: Any) -> list[Any] | None:
@@ -30,7 +29,7 @@ def leaf_buffers(array: Any) -> list[Any] | None:
     ...                                                              "pt").eta))
     True
     """
-    if is_lazy(array) or not isinstance(array, ak.Array):
+    if not isinstance(array, ak.Array):  # a dask-awkward collection has no buffers
         return None
     layout = ak.to_layout(array)
     out = []
@@ -50,6 +49,45 @@ def same_buffers(a: list[Any] | None, b: list[Any] | None) -> bool:
     """Whether two :func:`leaf_buffers` results are known to be the very same buffers."""
     return (a is not None and b is not None and len(a) == len(b)
             and all(x is y for x, y in zip(a, b)))
+
+
+def flat_lists(arrays: list[Any]) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """(offsets, flat numpy values) of eager lists of numbers with the same list lengths.
+
+    None for anything else (typetracers, dask-awkward collections, records, other
+    nesting): the caller then uses awkward's operations. A collection re-sorted by pt (an
+    indexed content) gives its values in the sorted order.
+
+    Examples
+    --------
+    >>> pt = ak.Array([[3.0, 1.0], [], [2.0]])
+    >>> offsets, (flat_pt, twice) = flat_lists([pt, pt * 2])
+    >>> offsets.tolist(), flat_pt.tolist(), twice.tolist()
+    ([0, 2, 2, 3], [3.0, 1.0, 2.0], [6.0, 2.0, 4.0])
+    >>> flat_lists([pt, ak.Array([[1.0], [], [2.0]])]) is None  # other list lengths
+    True
+    """
+    if not all(isinstance(a, ak.Array) and a.ndim == 2 for a in arrays):
+        return None
+    if ak.backend(*arrays) != "cpu":
+        return None
+    layouts = [ak.to_layout(a) for a in arrays]
+    if not all(isinstance(x, ak.contents.ListOffsetArray) for x in layouts):
+        return None
+    contents = []
+    for x in layouts:
+        content = x.content
+        if isinstance(content, ak.contents.IndexedArray):  # a collection re-sorted by pt
+            content = content.project()
+        if not isinstance(content, ak.contents.NumpyArray):
+            return None
+        contents.append(content)
+    offsets = layouts[0].offsets.data
+    if not all(x.offsets.data is offsets or np.array_equal(x.offsets.data, offsets)
+               for x in layouts[1:]):
+        return None
+    start, stop = int(offsets[0]), int(offsets[-1])
+    return offsets, [np.asarray(c.data)[start:stop] for c in contents]
 
 
 def split_key(key: str) -> tuple[str, ...]:
@@ -94,13 +132,11 @@ def with_column(events: Any, key: str, value: Any) -> Any:
     ([[2.0]], [[1.0]])
     """
     where = split_key(key)
-    if is_lazy(events):
-        return dak.with_field(events, value, where=where if len(where) > 1 else where[0])
-    return ak.with_field(events, value, where=where if len(where) > 1 else where[0])
+    return ops.with_field(events, value, where=where if len(where) > 1 else where[0])
 
 
 def _with_list_field(objects: Any, value: Any, field: str) -> Any:
-    """``ak.with_field(objects, value, field)``; for an eager list of records and a value of
+    """``ops.with_field(objects, value, field)``; for an eager list of records and a value of
     the same list lengths, or a record per event and a value per event, the value's content
     is swapped in directly (no broadcast).
 
@@ -113,8 +149,9 @@ def _with_list_field(objects: Any, value: Any, field: str) -> Any:
     >>> _with_list_field(met, met.pt * 10, "pt").tolist()
     [{'pt': 10.0, 'phi': 0.5}]
     """
-    layout = ak.to_layout(objects)
-    new = ak.to_layout(value) if isinstance(value, ak.Array) else None
+    if not (isinstance(objects, ak.Array) and isinstance(value, ak.Array)):
+        return ops.with_field(objects, value, field)  # lazy, or a number for every object
+    layout, new = ak.to_layout(objects), ak.to_layout(value)
     if (isinstance(layout, ak.contents.ListOffsetArray) and isinstance(
             new, ak.contents.ListOffsetArray) and ak.backend(objects, value) == "cpu"
             and isinstance(layout.content, ak.contents.RecordArray)
@@ -139,7 +176,7 @@ def _with_list_field(objects: Any, value: Any, field: str) -> Any:
         record = ak.contents.RecordArray(contents, layout.fields, length=layout.length,
                                          parameters=layout.parameters)
         return ak.Array(record, behavior=objects.behavior, attrs=objects.attrs)
-    return ak.with_field(objects, value, where=field)
+    return ops.with_field(objects, value, field)
 
 
 def with_object_fields(objects: Any, fields: dict[str, Any]) -> Any:
@@ -154,10 +191,7 @@ def with_object_fields(objects: Any, fields: dict[str, Any]) -> Any:
     [[{'pt': 2.0, 'ptx': 1.0}], []]
     """
     for field, value in fields.items():
-        if is_lazy(objects) or is_lazy(value):
-            objects = dak.with_field(objects, value, where=field)
-        else:
-            objects = _with_list_field(objects, value, field)
+        objects = _with_list_field(objects, value, field)
     return objects
 
 
@@ -176,7 +210,8 @@ def with_columns(events: Any, columns: dict[str, Any]) -> Any:
     >>> out.Jet.tolist(), out.MET.pt.tolist()
     ([[{'pt': 2.0, 'mass': 0.0}]], [3.0])
     """
-    if is_lazy(events):
+    layout = events.layout if isinstance(events, ak.Array) else None  # None: lazy
+    if not isinstance(layout, ak.contents.RecordArray) or layout.is_tuple:
         for key, value in columns.items():
             events = with_column(events, key, value)
         return events
@@ -184,11 +219,6 @@ def with_columns(events: Any, columns: dict[str, Any]) -> Any:
     for key, value in columns.items():
         collection, _, field = key.partition(".")
         grouped.setdefault(collection, {})[field] = value
-    layout = events.layout
-    if not isinstance(layout, ak.contents.RecordArray) or layout.is_tuple:
-        for key, value in columns.items():
-            events = with_column(events, key, value)
-        return events
     contents = dict(zip(layout.fields, layout.contents))
     for collection, fields in grouped.items():
         if "" in fields:
@@ -221,21 +251,21 @@ def check_structure(calibrator: str, key: str, old: Any, new: Any) -> None:
     ``old`` is None for a column the calibrator creates.
     """
     where = f"calibrator {calibrator!r} returned column {key!r}"
-    if not isinstance(new, (ak.Array, dak.Array)):
+    if not ops.is_array(new):
         raise CalibrationError(
             f"{where} as {type(new).__name__}; expected an awkward or dask-awkward array"
         )
     if old is None:
         return
-    if is_lazy(old) != is_lazy(new):
-        kinds = ("lazy", "eager") if is_lazy(old) else ("eager", "lazy")
+    if ops.is_lazy(old) != ops.is_lazy(new):
+        kinds = ("lazy", "eager") if ops.is_lazy(old) else ("eager", "lazy")
         raise CalibrationError(f"{where} as a {kinds[1]} array but the events are {kinds[0]}")
     if old.ndim != new.ndim:
         raise CalibrationError(
             f"{where} with a different structure: expected {_describe(old)}, "
             f"got {_describe(new)}"
         )
-    if is_lazy(new) or ak.backend(new) == "typetracer":
+    if ops.is_lazy(new) or ak.backend(new) == "typetracer":  # no lengths to compare
         return
     if len(old) != len(new):
         raise CalibrationError(

@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from pipeline.calibration import ops
 from pipeline.calibration.calibrator import Calibrator
-from pipeline.calibration.columns import leaf_buffers, same_buffers
+from pipeline.calibration.columns import flat_lists, leaf_buffers, same_buffers
 from pipeline.calibration.jets import (
     JET_RADIUS,
     JetsCalibrationParams,
@@ -93,31 +93,6 @@ def _sum_xy(pt: Any, phi: Any, selected: Any) -> tuple[Any, Any]:
     return ops.sum(px, axis=1), ops.sum(py, axis=1)
 
 
-def _flat_lists(arrays: list[Any]) -> tuple[np.ndarray, list[np.ndarray]] | None:
-    """(offsets, flat values) of eager lists of the same lengths; None otherwise."""
-    if not all(isinstance(a, ak.Array) and a.ndim == 2 for a in arrays):
-        return None
-    if ak.backend(*arrays) != "cpu":
-        return None
-    layouts = [ak.to_layout(a) for a in arrays]
-    if not all(isinstance(x, ak.contents.ListOffsetArray) for x in layouts):
-        return None
-    contents = []
-    for x in layouts:
-        content = x.content
-        if isinstance(content, ak.contents.IndexedArray):  # a collection re-sorted by pt
-            content = content.project()
-        if not isinstance(content, ak.contents.NumpyArray):
-            return None
-        contents.append(content)
-    offsets = layouts[0].offsets.data
-    if not all(x.offsets.data is offsets or np.array_equal(x.offsets.data, offsets)
-               for x in layouts[1:]):
-        return None
-    start, stop = int(offsets[0]), int(offsets[-1])
-    return offsets, [np.asarray(c.data)[start:stop] for c in contents]
-
-
 def _sum_flat(offsets: np.ndarray, values: np.ndarray) -> ak.Array:
     """Per-list sums, adding entry after entry as awkward's sum does."""
     counts = np.diff(offsets)
@@ -132,7 +107,7 @@ def type1_shift(jets: Any, pt_corr: Any, pt_raw: Any, threshold: float,
     Eager arrays are computed on their flat values (the same operations, summed per event
     in the same order); lazy ones and typetracers with awkward's operations.
     """
-    flat = _flat_lists([pt_corr, pt_raw, jets.muonSubtrFactor, jets.phi, jets.chEmEF,
+    flat = flat_lists([pt_corr, pt_raw, jets.muonSubtrFactor, jets.phi, jets.chEmEF,
                         jets.neEmEF])
     if flat is not None:
         offsets, (corr_pt, raw_pt, muon, phi, ch_em, ne_em) = flat

@@ -1,11 +1,27 @@
-"""awkward functions that dispatch to dask-awkward for lazy arrays.
+"""The array adapter of the calibrators: the one module of calibration/ that knows dask-awkward.
 
-Calibrators written with these (and numpy ufuncs) run unchanged on eager arrays, on the
-typetracers dask-awkward uses for planning, and on dask-awkward collections.
+Every function here takes eager awkward arrays, the typetracers dask-awkward plans with, and
+dask-awkward collections, and calls awkward's or dask-awkward's function of the same name
+according to its arguments. Calibrators written with these and numpy ufuncs (which both
+array kinds implement) run unchanged in the three modes: no calibrator asks which one it
+is in. The column plumbing (:mod:`pipeline.calibration.columns`) asks :func:`is_lazy`
+where a lazy collection has no length to check.
+
+Examples
+--------
+>>> import awkward as ak
+>>> import dask_awkward as dak
+>>> pt = ak.Array([[30.0, 10.0], [], [5.0]])
+>>> where(pt > 20, pt, 0.0).tolist()
+[[30.0, 0.0], [], [0.0]]
+>>> lazy = dak.from_awkward(pt, npartitions=2)
+>>> is_lazy(where(lazy > 20, lazy, 0.0)), where(lazy > 20, lazy, 0.0).compute().tolist()
+(True, [[30.0, 0.0], [], [0.0]])
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import awkward as ak
@@ -13,7 +29,18 @@ import dask_awkward as dak
 import numpy as np
 
 
+def is_lazy(array: Any) -> bool:
+    """True for a dask-awkward collection; False for an eager or typetracer awkward array."""
+    return isinstance(array, dak.Array)
+
+
+def is_array(value: Any) -> bool:
+    """Whether ``value`` is an awkward array (eager or typetracer) or a dask-awkward one."""
+    return isinstance(value, (ak.Array, dak.Array))
+
+
 def _lib(*arrays: Any) -> Any:
+    """``dask_awkward`` if any argument is lazy, else ``awkward``."""
     return dak if any(isinstance(a, dak.Array) for a in arrays) else ak
 
 
@@ -68,7 +95,7 @@ def prod(array: Any, axis: int | None = None) -> Any:
     return _lib(array).prod(array, axis=axis)
 
 
-def with_field(array: Any, value: Any, where: str) -> Any:
+def with_field(array: Any, value: Any, where: str | tuple[str, ...]) -> Any:
     """A new record array with field ``where`` set (``ak.with_field`` / ``dak.with_field``)."""
     return _lib(array, value).with_field(array, value, where=where)
 
@@ -78,9 +105,12 @@ def zip(arrays: dict[str, Any]) -> Any:
     return _lib(*arrays.values()).zip(arrays)
 
 
-def cartesian(arrays: list[Any], axis: int = 1, nested: bool = False) -> Any:
-    """Every pair of objects per event (``ak.cartesian`` / ``dak.cartesian``)."""
-    return _lib(*arrays).cartesian(arrays, axis=axis, nested=nested)
+def cartesian(arrays: Sequence[Any] | Mapping[str, Any], axis: int = 1,
+              nested: bool = False) -> Any:
+    """Every pair of objects per event, as tuples (a list of arrays) or records (a dict)
+    (``ak.cartesian`` / ``dak.cartesian``)."""
+    values = arrays.values() if isinstance(arrays, Mapping) else arrays
+    return _lib(*values).cartesian(arrays, axis=axis, nested=nested)
 
 
 def unzip(array: Any) -> tuple[Any, ...]:
@@ -91,6 +121,16 @@ def unzip(array: Any) -> tuple[Any, ...]:
 def argmin(array: Any, axis: int = -1, keepdims: bool = False) -> Any:
     """Position of the smallest value (``ak.argmin`` / ``dak.argmin``)."""
     return _lib(array).argmin(array, axis=axis, keepdims=keepdims)
+
+
+def argmax(array: Any, axis: int = -1, keepdims: bool = False) -> Any:
+    """Position of the largest value (``ak.argmax`` / ``dak.argmax``)."""
+    return _lib(array).argmax(array, axis=axis, keepdims=keepdims)
+
+
+def is_none(array: Any, axis: int = 0) -> Any:
+    """Whether each value is missing (``ak.is_none`` / ``dak.is_none``)."""
+    return _lib(array).is_none(array, axis=axis)
 
 
 def firsts(array: Any, axis: int = 1) -> Any:

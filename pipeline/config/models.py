@@ -70,6 +70,19 @@ class NamesBySample(Strict):
     common: NameList = Field(default_factory=NameList)
     bysample: dict[str, NameList] = Field(default_factory=dict)
 
+    def entries(self, prefix: str) -> list[tuple[str, str]]:
+        """Every name with its key path, common ones first.
+
+        Examples
+        --------
+        >>> NamesBySample.model_validate({"common": {"inclusive": ["pileup"]}}).entries("weights")
+        [('weights.common.inclusive[0]', 'pileup')]
+        """
+        lists = [(f"{prefix}.common.inclusive", self.common.inclusive)]
+        lists += [(f"{prefix}.bysample.{s}.inclusive", v.inclusive)
+                  for s, v in self.bysample.items()]
+        return [(f"{path}[{i}]", name) for path, names in lists for i, name in enumerate(names)]
+
 
 class VariationsSpec(Strict):
     """``shape``: calibrators whose variations run; ``weights``: weights whose variations run.
@@ -79,15 +92,6 @@ class VariationsSpec(Strict):
 
     shape: NamesBySample = Field(default_factory=NamesBySample)
     weights: NamesBySample = Field(default_factory=NamesBySample)
-
-
-def unknown_names(prefix: str, spec: NamesBySample, valid: list[str], kind: str,
-                   valid_label: str) -> list[tuple[str, str]]:
-    """Problems for the names of ``spec`` (common and by sample) that are not ``valid``."""
-    lists = [(f"{prefix}.common.inclusive", spec.common.inclusive)]
-    lists += [(f"{prefix}.bysample.{s}.inclusive", v.inclusive) for s, v in spec.bysample.items()]
-    return [(f"{path}[{i}]", f"unknown {kind} {name!r}; {valid_label}: {', '.join(valid)}")
-            for path, listed in lists for i, name in enumerate(listed) if name not in valid]
 
 
 def by_sample(spec: NamesBySample, sample: str) -> list[str]:
@@ -263,10 +267,16 @@ class AnalysisConfig(Strict):
     variations: VariationsSpec = Field(default_factory=VariationsSpec)
     weights: NamesBySample = Field(
         default_factory=NamesBySample,
-        description="weights applied on top of the generator weight (MC), common and by sample",
+        description="weights applied on top of the generator weight (MC), common and by "
+        "sample: names or 'module:Class' paths",
+    )
+    functions: list[str] = Field(
+        default_factory=list, description="the analysis' own expression functions, "
+        "'module:function' paths: every expression of the analysis may call them by name"
     )
     preselection: dict[str, str] = Field(
-        default_factory=dict, description="named cuts applied in order (the cutflow)"
+        default_factory=dict, description="named cuts applied in order (the cutflow): "
+        "expressions, or '@name' / '@module:Class' for a cut needing parameters"
     )
     categories: dict[str, str] = Field(
         default_factory=lambda: {"inclusive": "True"},
@@ -299,7 +309,9 @@ class AnalysisConfig(Strict):
 
     def digest(self) -> str:
         """A short hash of the configuration (for provenance and caches)."""
-        payload = self.model_dump(mode="json", exclude={"calibrators"})
+        # without functions, the digest is the one from before the key existed
+        payload = self.model_dump(mode="json", exclude={"calibrators", *(
+            () if self.functions else ("functions",))})
         payload["calibrators"] = [
             c if isinstance(c, str) else f"{c.__module__}:{c.__qualname__}"
             for c in self.calibrators

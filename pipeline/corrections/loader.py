@@ -28,11 +28,10 @@ import numpy as np
 from pipeline.corrections.compiled import (
     CompiledCompound,
     CompiledCorrection,
-    NotCompiled,
-    RefusedValue,
     compile_compound,
     compile_correction,
 )
+from pipeline.corrections.nodes import NotCompiled, RefusedValue
 from pipeline.errors import InputFileError, UnknownNameError
 from pipeline.inputs.datafiles import find_data_file
 
@@ -118,7 +117,10 @@ class Evaluator:
     def evaluate(self, *args: Any) -> Any:
         compiled = self.compiled
         if compiled is not None and any(isinstance(a, dak.Array) for a in args):
-            # each partition through the kernels, as an eager chunk would be
+            # The one dask-awkward branch of corrections/ (below calibration/ and its array
+            # adapter): not an array operation but how a lazy collection is evaluated, each
+            # partition through the kernels as an eager chunk would be (correctionlib's own
+            # dask-awkward path would bypass them).
             return dak.map_partitions(_evaluate_partition, self, *args,
                                       label=f"correction-{self.source[1]}")
         if compiled is None:

@@ -1,7 +1,7 @@
 """Nested tables of a compiled correction walked per element by one numba loop.
 
 A correction's compiled tree (:mod:`pipeline.corrections.compiled`) of nested
-:class:`~pipeline.corrections.compiled.Table` nodes whose sub-tables differ (the b-tag
+:class:`~pipeline.corrections.nodes.Table` nodes whose sub-tables differ (the b-tag
 shape payload: flavour, then |eta| bins whose pt bins differ, then discriminant bins whose
 edges differ again) would take one numpy pass per sub-table. :class:`WalkedTable` encodes the
 tree into flat arrays and finds every element's leaf in one compiled loop, with
@@ -31,7 +31,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from pipeline.corrections.compiled import (
+from pipeline.corrections.nodes import (
     Axis,
     Children,
     Constant,

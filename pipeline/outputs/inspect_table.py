@@ -10,7 +10,7 @@ from rich.table import Table as RichTable
 from pipeline.outputs.table_reader import Table
 
 
-def describe(table: Table) -> dict[str, Any]:
+def describe_table(table: Table) -> dict[str, Any]:
     """The summary ``calibrew inspect`` prints, as a dict."""
     attrs = table.attrs
     part: Any = table.parts[0] if table.parts else None
@@ -40,8 +40,8 @@ def describe(table: Table) -> dict[str, Any]:
 
 
 def print_table(table: Table, console: Console) -> None:
-    """Print :func:`describe` for a person."""
-    info = describe(table)
+    """Print :func:`describe_table` for a person."""
+    info = describe_table(table)
     console.print(f"[bold]{info['path']}[/]: dataset {info['dataset']}, level {info['level']}, "
                   f"{info['rows']:,} rows in {info['parts']} part(s); "
                   f"{info['events_total']} events before selection, sum of generator weights "

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.outputs.histograms import CUTFLOW
+from pipeline.analysis.histogram_fill import CUTFLOW
+from pipeline.errors import InputFileError
 
 
 def _sources(variations: list[str]) -> dict[str, tuple[str, str]]:
@@ -92,8 +93,6 @@ def plot_histogram(h: Any, name: str, category: str, path: Path, title: str = ""
 
 def plot_output(output: Path, dest: Path | None = None) -> list[Path]:
     """Plot every histogram of every dataset in a run's ``output`` directory."""
-    from pipeline.errors import InputFileError
-
     dest = dest or output / "plots"
     files = sorted(output.glob("*/histograms.pkl"))
     if not files:

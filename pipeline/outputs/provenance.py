@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
+from pipeline.corrections import file_checksum
+from pipeline.errors import CalibrewError
 
 #: how every random number of a run is drawn (see :mod:`pipeline.rng`)
 RANDOM_NUMBERS = {
@@ -53,9 +55,6 @@ def _strings(node: Any, period: str) -> Iterator[str]:
 
 def payload_checksums(params: Any, period: str) -> dict[str, str]:
     """SHA-256 of each payload the parameters name for ``period`` (``"missing"`` if absent)."""
-    from pipeline.corrections.loader import file_checksum
-    from pipeline.errors import CalibrewError
-
     out = {}
     for path in payload_paths(params, period):
         try:

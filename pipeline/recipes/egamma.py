@@ -44,10 +44,10 @@ from typing import Any, ClassVar
 
 import awkward as ak
 import correctionlib.schemav2 as cs
-import dask_awkward as dak
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from pipeline.calibration import ops
 from pipeline.calibration.calibrator import CALIBRATORS, Calibrator
 from pipeline.config.parameters import format_validation_error, section
 from pipeline.corrections import get_correction
@@ -69,11 +69,6 @@ __all__ = [
     "match_table",
     "write_correction_payload",
 ]
-
-
-def _lib(*arrays: Any) -> Any:
-    """``dask_awkward`` if any argument is lazy, else ``awkward``."""
-    return dak if any(isinstance(a, dak.Array) for a in arrays) else ak
 
 
 # --- matching ---------------------------------------------------------------------------------
@@ -115,14 +110,12 @@ def best_match_index(gen: Any, reco: Any, max_dr: float) -> Any:
     >>> best_match_index(gen, reco, 0.1).tolist()
     [[1, None], [], [None]]
     """
-    lib = _lib(gen, reco)
-    pairs = lib.cartesian(
+    pairs = ops.cartesian(
         {"gen": gen[["eta", "phi"]], "reco": reco[["pt", "eta", "phi"]]}, axis=1, nested=True
     )
-    dphi = np.mod(pairs.gen.phi - pairs.reco.phi + np.pi, 2 * np.pi) - np.pi
-    dr = np.hypot(pairs.gen.eta - pairs.reco.eta, dphi)
-    pt_in_cone = lib.mask(pairs.reco.pt, dr <= max_dr)
-    best = lib.argmax(pt_in_cone, axis=2, keepdims=True)  # [[i]] or [[None]] per gen object
+    dr = ops.delta_r(pairs.gen.eta, pairs.gen.phi, pairs.reco.eta, pairs.reco.phi)
+    pt_in_cone = ops.mask(pairs.reco.pt, dr <= max_dr)
+    best = ops.argmax(pt_in_cone, axis=2, keepdims=True)  # [[i]] or [[None]] per gen object
     return best[:, :, 0]
 
 
@@ -157,14 +150,13 @@ def match_table(gen: Any, reco: Any, max_dr: float, reco_eta: Any = None) -> Any
     >>> table.matched.tolist(), table.reco_pt.tolist()
     ([[True, False]], [[18.0, None]])
     """
-    lib = _lib(gen, reco, reco_eta)
     index = best_match_index(gen, reco, max_dr)
     eta = reco.eta if reco_eta is None else reco_eta
-    return lib.zip({
+    return ops.zip({
         "gen_pt": gen.pt,
         "gen_eta": gen.eta,
         "gen_phi": gen.phi,
-        "matched": ~lib.is_none(index, axis=1),
+        "matched": ~ops.is_none(index, axis=1),
         "reco_index": index,
         "reco_pt": reco.pt[index],
         "reco_eta": eta[index],

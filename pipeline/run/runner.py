@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -15,8 +17,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from pipeline import __version__
-from pipeline.analysis.loading import load_job, load_parameters
-from pipeline.analysis.processor import ALL_EVENTS
+from pipeline.analysis.histogram_fill import CUTFLOW
+from pipeline.analysis.loading import calibrator_classes, load_job, load_parameters
+from pipeline.analysis.plan import ALL_EVENTS
 from pipeline.config.models import AnalysisConfig, JobSpec
 from pipeline.errors import (
     CalibrationError,
@@ -27,20 +30,15 @@ from pipeline.errors import (
     OutputError,
     with_context,
 )
-from pipeline.graph import (
-    DatasetGraph,
-    build_dataset_graph,
-    output_identity,
-    table_identity,
-    tree_sum,
-)
+from pipeline.graph import DatasetGraph, build_dataset_graph, tree_sum
 from pipeline.inputs.bytes_read import chunk_bytes
 from pipeline.inputs.datasets import Dataset, preprocess, resolve_files
 from pipeline.outputs.atomic import describe_os_error
-from pipeline.outputs.histograms import CUTFLOW, write_pickle, write_root
+from pipeline.outputs.histograms import write_pickle, write_root
 from pipeline.outputs.lock import OutputLock
-from pipeline.outputs.provenance import provenance
+from pipeline.outputs.provenance import code_digest, provenance
 from pipeline.outputs.report import write_json
+from pipeline.outputs.table_writer import TableWriter
 from pipeline.run.checkpoints import (
     ChunkCheckpoints,
     different_outputs,
@@ -49,7 +47,7 @@ from pipeline.run.checkpoints import (
 )
 from pipeline.run.execution import DatasetRun, OnBadFile, compute_chunks
 from pipeline.run.progress import ProgressBoard
-from pipeline.sites import describe
+from pipeline.sites import check_site, describe, load_site, start_site, workers_override
 from pipeline.table_layout import TableError, merge_part_attrs
 
 CHECKPOINTS = ".chunks"
@@ -61,6 +59,49 @@ class RunResult:
 
     histograms: dict[str, dict[str, Any]] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+
+
+def parameters_digest(params: Any) -> str:
+    """A short hash of the resolved parameters (the calibrators' settings, payload paths).
+
+    Examples
+    --------
+    >>> parameters_digest({"a": 1}) == parameters_digest({"a": 1}) != parameters_digest({})
+    True
+    """
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(params, resolve=True) if OmegaConf.is_config(params) \
+        else params
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()
+                          ).hexdigest()[:16]
+
+
+def output_identity(cfg: AnalysisConfig, params: Any) -> dict[str, str]:
+    """What makes an output directory's outputs those of one configuration: the analysis
+    configuration and the parameters (the datasets, code and chunks may differ between the
+    runs that write into it; see :func:`table_identity` for what a resumed table needs)."""
+    return {"config": cfg.digest(), "parameters": parameters_digest(params)}
+
+
+def table_identity(dataset: Dataset, cfg: AnalysisConfig, params: Any) -> dict[str, Any]:
+    """What makes two runs write the same tables and histograms: config, parameters,
+    calibrew version and code (its sources and the calibrators'), and chunks. A rerun
+    resumes a table or the checkpointed chunks only when all are the same."""
+    return {"config": cfg.digest(), "parameters": parameters_digest(params),
+            "calibrew": __version__, "code": code_digest(calibrator_classes(cfg)),
+            "dataset": dataset.name,
+            "chunks": [[c.file, c.start, c.stop] for c in dataset.chunks]}
+
+
+def table_writers(dataset: Dataset, cfg: AnalysisConfig, params: Any,
+                  output: Path) -> dict[str, TableWriter]:
+    """The stores of the dataset's feature tables, ``<output>/<dataset>/<table>.zarr``: the
+    sinks its chunk tasks write their parts into."""
+    identity = table_identity(dataset, cfg, params)
+    return {name: TableWriter(output / dataset.name / f"{name}.zarr", len(dataset.chunks),
+                              identity)
+            for name in cfg.tables}
 
 
 def make_datasets(cfg: AnalysisConfig, names: list[str] | str, config_dir: Path | None,
@@ -118,14 +159,16 @@ def dataset_summary(graph: DatasetGraph, histograms: dict[str, Any]) -> dict[str
     }
 
 
-def finalize_tables(graph: DatasetGraph, summary: dict[str, Any], cfg: AnalysisConfig,
-                    params: Any, skipped: Sequence[int] = ()) -> list[Path]:
+def finalize_tables(graph: DatasetGraph, writers: dict[str, TableWriter],
+                    summary: dict[str, Any], cfg: AnalysisConfig, params: Any,
+                    skipped: Sequence[int] = ()) -> list[Path]:
     """Write each feature table's final metadata (making it visible); return their paths."""
     dataset = graph.dataset
     origin = provenance(cfg.digest(), params, str(dataset.metadata.get("year", "")),
                         dataset.files, dataset.entries)
     written = []
-    for table, (_, writer) in zip(graph.plan.tables, graph.plan.writers):
+    for table in graph.plan.tables:
+        writer = writers[table.name]
         merged = merge_part_attrs(writer.part_attrs(skipped), writer.path)
         attrs = table.attrs()
         for name, fill in merged.sentinels.items():
@@ -144,17 +187,18 @@ def finalize_tables(graph: DatasetGraph, summary: dict[str, Any], cfg: AnalysisC
     return written
 
 
-def write_dataset_outputs(output: Path, graph: DatasetGraph, histograms: dict[str, Any],
-                          cfg: AnalysisConfig, params: Any,
+def write_dataset_outputs(output: Path, graph: DatasetGraph, writers: dict[str, TableWriter],
+                          histograms: dict[str, Any], cfg: AnalysisConfig, params: Any,
                           skipped: Sequence[int] = ()) -> dict[str, Any]:
-    """Write histograms.pkl, histograms.root, summary.json and finalize the tables."""
+    """Write histograms.pkl, histograms.root, summary.json and finalize the tables (their
+    ``writers``)."""
     folder = output / graph.dataset.name
     summary = dataset_summary(graph, histograms)
     try:
         written = [
             write_pickle(histograms, folder / "histograms.pkl"),
             write_root(histograms, folder / "histograms.root"),
-            *finalize_tables(graph, summary, cfg, params, skipped),
+            *finalize_tables(graph, writers, summary, cfg, params, skipped),
             write_json(summary, folder / "summary.json"),
         ]
     except OSError as err:  # a table's metadata (each file above raises OutputError)
@@ -190,6 +234,8 @@ class _RunState:
     site: dict[str, str]
     bad_files: list[dict[str, str]] = field(default_factory=list)
     runs: list[DatasetRun] = field(default_factory=list)
+    #: by dataset, then table: the feature tables' writers (the chunk tasks' sinks)
+    writers: dict[str, dict[str, TableWriter]] = field(default_factory=dict)
     build_s: float = 0.0
     compute_s: float = 0.0
     #: whether a failure now is reported in report.json: one of the inputs or of the
@@ -211,8 +257,6 @@ def run_job(job_path: str | Path, options: RunOptions | None = None,
     its pid and host), and refuses a directory that holds the outputs of another
     configuration or parameters unless ``force`` (or ``fresh``).
     """
-    from pipeline.sites import check_site, load_site, workers_override
-
     opts = options or RunOptions(**kwargs)
     console = console or Console()
     started = time.perf_counter()
@@ -239,8 +283,6 @@ def run_job(job_path: str | Path, options: RunOptions | None = None,
 
 def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out_dir: Path,
          opts: RunOptions, console: Console, state: _RunState) -> RunResult:
-    from pipeline.sites import start_site
-
     config_dir = (Path(job_path).parent / job.config).resolve().parent
     params = load_parameters([*cfg.parameters, *job.parameters])
     chunksize = job.chunksize or cfg.chunksize
@@ -254,9 +296,10 @@ def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out
     # the graphs are built (and every expression checked) before any cluster starts
     state.report_failure = False
     t0 = time.perf_counter()
-    graphs = [_plan(ds, cfg, params, out_dir) for ds in datasets]
+    state.writers = {ds.name: table_writers(ds, cfg, params, out_dir) for ds in datasets}
+    graphs = [_plan(ds, cfg, params, state.writers[ds.name]) for ds in datasets]
     _check_output_directory(out_dir, cfg, params, opts)
-    writers = [writer for graph in graphs for _, writer in graph.plan.writers]
+    writers = [writer for tables in state.writers.values() for writer in tables.values()]
     if opts.fresh:  # start again: this job's tables and finished chunks are removed
         for writer in writers:
             shutil.rmtree(writer.path, ignore_errors=True)
@@ -308,11 +351,13 @@ def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out
         close_session(session, console)
 
 
-def _plan(dataset: Dataset, cfg: AnalysisConfig, params: Any, out_dir: Path) -> DatasetGraph:
-    """Build the dataset's graph and trace it (every calibrator and expression runs on the
-    typetracer of its first file); an error names the dataset and that file."""
+def _plan(dataset: Dataset, cfg: AnalysisConfig, params: Any,
+          writers: dict[str, TableWriter]) -> DatasetGraph:
+    """Build the dataset's graph, its chunk tasks writing the tables' parts into
+    ``writers``, and trace it (every calibrator and expression runs on the typetracer of its
+    first file); an error names the dataset and that file."""
     try:
-        graph = build_dataset_graph(dataset, cfg, params, out_dir)
+        graph = build_dataset_graph(dataset, cfg, params, writers)
         graph.chunk_tasks()  # optimised (traced) here: expressions are checked
     except (CalibrationError, ExpressionError) as err:
         first = dataset.files[0] if dataset.files else "no file"
@@ -383,7 +428,8 @@ def _write_outputs(out_dir: Path, job: JobSpec, cfg: AnalysisConfig, params: Any
                                        else np.zeros(graph.plan.vector_size))
         result.histograms[run.name] = histograms
         try:
-            summary = write_dataset_outputs(out_dir, graph, histograms, cfg, params,
+            summary = write_dataset_outputs(out_dir, graph, state.writers[run.name],
+                                            histograms, cfg, params,
                                             sorted(run.failed_chunks))
         except OutputError as err:
             raise OutputError(f"{err}\nThe computed chunks are kept ({run.checkpoints.folder})"

@@ -40,6 +40,7 @@ from pipeline.config.models import AnalysisConfig  # noqa: E402
 from pipeline.graph import build_dataset_graph  # noqa: E402
 from pipeline.inputs.datafiles import cache_dir  # noqa: E402
 from pipeline.inputs.datasets import Dataset, preprocess  # noqa: E402
+from pipeline.run.runner import table_writers  # noqa: E402
 
 KEEP = ["Jet_*", "FatJet_*", "GenJet*", "Rho_*", "genWeight", "PuppiMET_*", "RawPuppiMET_*",
         "CorrT1METJet_*", "Electron_*", "Photon_*", "Muon_*", "Pileup_*"]
@@ -84,8 +85,9 @@ def bench_demo(path: Path, chunksize: int) -> dict:
     params = load_parameters(cfg.parameters)
     dataset = preprocess(Dataset("bench", [str(path)], METADATA), chunksize)
     tables = Path(tempfile.mkdtemp(prefix="calibrew-bench-"))
-    graph = build_dataset_graph(dataset, cfg, params, tables)  # the feature table is written
-    for _, writer in graph.plan.writers:
+    writers = table_writers(dataset, cfg, params, tables)
+    graph = build_dataset_graph(dataset, cfg, params, writers)  # the feature table is written
+    for writer in writers.values():
         writer.prepare()
     total = graph.total()
     columns = sorted(graph.necessary_columns())

@@ -36,8 +36,10 @@ STAGES = [
      "calibration_loop"),
     ("event weights (pileup, b-tag shape, lepton SFs)", "pipeline/weights.py",
      "compute_weights"),
-    ("preselection and categories", "pipeline/analysis/processor.py", "_selection"),
-    ("histogram fills (and cutflow)", "pipeline/analysis/processor.py", "_fill"),
+    ("preselection and categories", "pipeline/analysis/evaluate.py", "_selection"),
+    ("feature-table values", "pipeline/analysis/table_values.py", "evaluate"),
+    ("awkward to numpy", "pipeline/analysis/to_numpy.py", "variation_arrays"),
+    ("histogram fills (and cutflow)", "pipeline/analysis/histogram_fill.py", "fill"),
     ("feature-table rows", "pipeline/analysis/table_rows.py", "add"),
 ]
 
@@ -62,7 +64,8 @@ def profile(root: Path, events: int, label: str) -> dict:
 
     np.seterr(all="ignore")
     from pipeline.analysis.loading import load_config, load_parameters
-    from pipeline.analysis.processor import ChunkProcessor, make_plan
+    from pipeline.analysis.plan import make_plan
+    from pipeline.analysis.processor import ChunkProcessor
     from pipeline.graph import plan_variations
     from pipeline.inputs.nanoevents import read_eager
 
@@ -77,20 +80,20 @@ def profile(root: Path, events: int, label: str) -> dict:
     processor = ChunkProcessor(make_plan(cfg, params, METADATA, shape + weights,
                                          shape_variations=shape))
     tables = [t.name for t in processor.plan.tables]
-    processor._compute(sample, tables)  # payloads loaded, kernels compiled
+    processor._accumulate(sample, tables)  # payloads loaded, kernels compiled
     chunk = read_eager(path, start=0, stop=events)
     start = time.perf_counter()
-    processor._compute(chunk, tables)
+    processor._accumulate(chunk, tables)
     wall = time.perf_counter() - start
     profiler = cProfile.Profile()
     profiler.enable()
-    processor._compute(chunk, tables)
+    processor._accumulate(chunk, tables)
     profiler.disable()
     stats = pstats.Stats(profiler)
-    total = _cumulative(stats, "pipeline/analysis/processor.py", "_compute")
+    total = _cumulative(stats, "pipeline/analysis/processor.py", "_accumulate")
     stages = {name: _cumulative(stats, suffix, fn) for name, suffix, fn in STAGES}
     stages["histogram fills (and cutflow)"] += _cumulative(
-        stats, "pipeline/analysis/processor.py", "_fill_cutflow")
+        stats, "pipeline/analysis/histogram_fill.py", "fill_cutflow")
     stages["histogram observables and the rest"] = total - sum(stages.values())
     corrections = (_cumulative(stats, "corrections/loader.py", "evaluate")
                    or _cumulative(stats, "correctionlib/highlevel.py", "evaluate"))

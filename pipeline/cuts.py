@@ -1,0 +1,124 @@
+"""Cuts that need payloads, referenced as ``"@name"`` in a preselection.
+
+A preselection entry is an expression (:class:`pipeline.selection.Expression`) or
+``"@name"``: a :class:`Cut` of the :data:`CUTS` registry, configured by the parameters
+``selections.<period>.<name>`` (e.g. ``"@jet_veto_map"``), or ``"@my_module:MyCut"``, a cut
+of the user's own module, named by import path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from pipeline.calibration.columns import leaf_buffers, same_buffers
+from pipeline.config.parameters import section
+from pipeline.config.plugins import Registry
+from pipeline.corrections import get_correction
+from pipeline.errors import ConfigError
+from pipeline.selection import Expression
+
+
+class Cut:
+    """An event selection that needs parameters (payloads); settings from
+    ``selections.<period>.<name>`` in the parameters. Defining a subclass with a ``name``
+    registers it in :data:`CUTS`; :meth:`evaluate` returns one boolean per event."""
+
+    name: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            CUTS[cls.name] = cls
+
+    def __init__(self, params: Any, metadata: Mapping[str, Any], where: str) -> None:
+        period = str(metadata.get("year", ""))
+        settings = section(params, "selections", period, self.name)
+        if settings is None:
+            raise ConfigError("parameters", [(f"selections.{period}.{self.name}",
+                              f"missing: {where} uses @{self.name}")])
+        self.settings: dict[str, Any] = settings
+        self.metadata = metadata
+        self.where = where
+        self.text = f"@{self.name}"
+
+    def evaluate(self, events: Any) -> Any:
+        """The mask of the events that pass."""
+        raise NotImplementedError
+
+    @property
+    def depends(self) -> set[str] | None:
+        """The collections the cut reads (None: any), for reuse across variations."""
+        return None
+
+
+#: The cuts by name: the built-in ones, then the ``calibrew.cuts`` entry points.
+CUTS: Registry[type[Cut]] = Registry("cut", "calibrew.cuts", Cut)
+
+
+class JetVetoMap(Cut):
+    """Reject events with a jet in a vetoed (eta, phi) region of the JME jet veto map.
+
+    Settings: ``json_path``, ``correction``, ``map_type`` (default ``jetvetomap``), and the
+    jets considered: ``pt_min`` (15 GeV), ``jet_id_min`` (2, tight), ``max_em_fraction``
+    (0.9), ``jets`` (``Jet``), as JME recommends.
+    """
+
+    name = "jet_veto_map"
+
+    @property
+    def depends(self) -> set[str] | None:
+        return {self.settings.get("jets", "Jet")}
+
+    def evaluate(self, events: Any) -> Any:
+
+        s = self.settings
+        jets = events[s.get("jets", "Jet")]
+        considered = (
+            (jets.pt > s.get("pt_min", 15.0))
+            & (jets.jetId >= s.get("jet_id_min", 2))
+            & ((jets.chEmEF + jets.neEmEF) < s.get("max_em_fraction", 0.9))
+        )
+        return ~ak.any(considered & self._vetoed(jets), axis=1)
+
+    def _vetoed(self, jets: Any) -> Any:
+        """Jets in a vetoed region; evaluated again only when the jets' eta or phi change
+        (a jet-energy variation changes neither)."""
+        inputs = [leaf_buffers(jets.eta), leaf_buffers(jets.phi)]
+        cached = getattr(self, "_cache", None)
+        if cached is not None and all(same_buffers(a, b) for a, b in zip(cached[0], inputs)):
+            return cached[1]
+        s = self.settings
+        veto = get_correction(s["json_path"], s["correction"])
+        # the map is defined for |eta| < 5.191 and phi in [-pi, pi]
+        eta = np.minimum(np.maximum(jets.eta, -5.19), 5.19)
+        phi = np.minimum(np.maximum(jets.phi, -3.1415), 3.1415)
+        vetoed = veto.evaluate(s.get("map_type", "jetvetomap"), eta, phi) > 0
+        if all(b is not None for b in inputs):
+            self._cache = (inputs, vetoed)
+        return vetoed
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_cache"}
+
+
+def make_cut(text: str, where: str, params: Any, metadata: Mapping[str, Any],
+             functions: Mapping[str, Callable[..., Any]] | None = None) -> Any:
+    """An :class:`Expression` (calling ``functions`` too), or the :class:`Cut` of a text
+    ``"@name"`` or ``"@module:Class"``.
+
+    Examples
+    --------
+    >>> make_cut("ak.num(Jet) > 1", "preselection.jets", None, {}).text
+    'ak.num(Jet) > 1'
+    >>> make_cut("@no_such_cut", "preselection.veto", None, {})
+    Traceback (most recent call last):
+    ...
+    pipeline.errors.UnknownNameError: preselection.veto: unknown cut 'no_such_cut'; valid cuts ...
+    """
+    if text.startswith("@"):
+        return CUTS.resolve(text[1:], where)(params, metadata, where)
+    return Expression(text, where, functions)
