@@ -81,7 +81,8 @@ def _cmd_job_script(args: argparse.Namespace, console: Console) -> int:
 def _cmd_preprocess(args: argparse.Namespace, console: Console) -> int:
     job, cfg = pipeline.load_job(args.job)
     config_dir = (Path(args.job).parent / job.config).resolve().parent
-    for ds in pipeline.make_datasets(cfg, job.datasets, config_dir, job.chunksize or cfg.chunksize):
+    for ds in pipeline.make_datasets(cfg, job.datasets, config_dir, job.chunksize or cfg.chunksize,
+                                     remote=job.remote):
         console.print(f"{ds.name}: {ds.entries:,} events in {len(ds.chunks)} chunks")
         for chunk in ds.chunks:
             console.print(f"  {chunk.file} [{chunk.start}, {chunk.stop})")

@@ -6,10 +6,19 @@ chunk (:class:`~pipeline.analysis.processor.ChunkProcessor`, every variation ins
 sum of the per-chunk histogram vectors. Its size does not grow with the number of variations.
 The feature tables' parts are written by the chunk tasks into the sinks the caller hands in
 (:class:`~pipeline.analysis.processor.TableSink`: the run layer gives the Zarr writers).
+
+Planning is shared: what tracing the chunk function on typetracers yields (the variations
+and the input columns, a :class:`TracedPlan`) depends only on the dataset's
+:func:`analysis_shape`, so datasets of one shape are traced once (:func:`trace_plan`) and
+each one's graph is built from that plan without tracing again (``build_dataset_graph(...,
+traced=plan)``: the read projected onto the plan's columns, the chunk function mapped with
+its known meta). The graph is the same as the one traced alone.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +28,8 @@ import dask
 import dask_awkward as dak
 import numpy as np
 from dask.delayed import Delayed
+from dask_awkward.layers import AwkwardInputLayer
+from dask_awkward.manual import optimize_columns
 
 from pipeline.analysis.loading import calibrator_classes
 from pipeline.analysis.plan import ProcessingPlan, make_plan
@@ -33,6 +44,9 @@ from pipeline.weights import weight_variation_names
 
 CHUNK_LABEL = "calibrew-chunk"
 SUM_FAN_IN = 8
+#: the dataset metadata no traced result depends on: they only name and normalise outputs
+#: (the sample counts through its variations, weights and table labels in the config)
+UNTRACED_METADATA = ("dataset", "sample", "xsec")
 
 
 def read_events(dataset: Dataset) -> Any:
@@ -41,7 +55,7 @@ def read_events(dataset: Dataset) -> Any:
     if dataset.format == "parquet":
         return read_parquet_lazy([(c.file, c.start, c.stop) for c in dataset.chunks],
                                  dataset.name)
-    return read_lazy(dataset.steps_by_file())
+    return read_lazy(dataset.steps_by_file(), dataset.uproot_options())
 
 
 def plan_variations(cfg: AnalysisConfig, params: Any, metadata: dict[str, Any],
@@ -60,13 +74,92 @@ def plan_variations(cfg: AnalysisConfig, params: Any, metadata: dict[str, Any],
     return shape, [w for w in weights if w not in shape]
 
 
+@dataclass(frozen=True)
+class TracedPlan:
+    """What tracing a dataset's chunk function on typetracers yields, shared by every
+    dataset of its :func:`analysis_shape`: the shape and weight variations, and the input
+    columns the chunk function reads.
+
+    Examples
+    --------
+    >>> plan = TracedPlan(("nominal",), ("pileupUp",), frozenset({"nJet", "Jet_pt"}))
+    >>> TracedPlan.from_dict(plan.as_dict()) == plan
+    True
+    """
+
+    shape: tuple[str, ...]
+    weights: tuple[str, ...]
+    columns: frozenset[str]
+
+    def as_dict(self) -> dict[str, list[str]]:
+        """A JSON-able form (columns sorted)."""
+        return {"shape": list(self.shape), "weights": list(self.weights),
+                "columns": sorted(self.columns)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TracedPlan:
+        """The plan of :meth:`as_dict`; a missing key raises :class:`KeyError`, a wrong
+        type :class:`TypeError`."""
+        parts = {k: data[k] for k in ("shape", "weights", "columns")}
+        if not all(isinstance(v, list) and all(isinstance(x, str) for x in v)
+                   for v in parts.values()):
+            raise TypeError("a traced plan holds three lists of names")
+        return cls(tuple(parts["shape"]), tuple(parts["weights"]),
+                   frozenset(parts["columns"]))
+
+
+def analysis_shape(dataset: Dataset, cfg: AnalysisConfig, events_meta: Any) -> dict[str, Any]:
+    """What the traced plan of ``dataset`` depends on, besides the configuration, the
+    parameters and the code: its metadata but for :data:`UNTRACED_METADATA` (data or MC,
+    the period, the era, the generator weight column), its sample's calibrator variations,
+    weights, weight variations and table labels, the input format and the digest of its
+    events' form (the input file's branches and types). Datasets of equal shapes share one
+    :class:`TracedPlan`; a calibrator may choose its variations and columns from these,
+    not from the dataset's or sample's name.
+    """
+    sample = str(dataset.metadata["sample"])
+    form = json.dumps(_canonical(events_meta.layout.form.to_dict()), sort_keys=True)
+    return {
+        "metadata": {k: v for k, v in sorted(dataset.metadata.items())
+                     if k not in UNTRACED_METADATA},
+        "variations": cfg.variations_for_sample(sample),
+        "weights": cfg.weights_for_sample(sample),
+        "weight_variations": cfg.weight_variations_for_sample(sample),
+        "labels": {name: spec.labels.get(sample) for name, spec in cfg.tables.items()},
+        "format": dataset.format,
+        "form": hashlib.sha256(form.encode()).hexdigest()[:32],
+    }
+
+
+def _canonical(form: Any) -> Any:
+    """A form's dict with every record's fields in sorted order (a schema may build them
+    in any order: the same form in another process).
+
+    Examples
+    --------
+    >>> _canonical({"class": "RecordArray", "fields": ["b", "a"], "contents": [1, 2]})
+    {'class': 'RecordArray', 'fields': ['a', 'b'], 'contents': [2, 1]}
+    """
+    if isinstance(form, list):
+        return [_canonical(item) for item in form]
+    if not isinstance(form, dict):
+        return form
+    out = {key: _canonical(value) for key, value in form.items()}
+    if isinstance(out.get("fields"), list) and isinstance(out.get("contents"), list):
+        pairs = sorted(zip(out["fields"], out["contents"]), key=lambda pair: str(pair[0]))
+        out["fields"], out["contents"] = [f for f, _ in pairs], [c for _, c in pairs]
+    return out
+
+
 @dataclass
 class DatasetGraph:
-    """The lazy computation of one dataset."""
+    """The lazy computation of one dataset (``columns``: the input columns it reads, when
+    known from its :class:`TracedPlan`)."""
 
     dataset: Dataset
     plan: ProcessingPlan
     chunks: dak.Array
+    columns: frozenset[str] | None = None
     _chunk_tasks: list[Delayed] | None = field(default=None, init=False, repr=False)
 
     def chunk_tasks(self) -> list[Delayed]:
@@ -90,7 +183,9 @@ class DatasetGraph:
                 return level[0]
 
     def necessary_columns(self) -> set[str]:
-        """The input branches the run reads."""
+        """The input branches the run reads (traced, unless its plan was given)."""
+        if self.columns is not None:
+            return set(self.columns)
         columns: set[str] = set()
         for cols in dak.report_necessary_columns(self.chunks).values():
             columns |= set(cols or ())
@@ -170,25 +265,74 @@ def _index_array(index: int) -> ak.Array:
     return ak.Array(np.array([index], dtype=np.int64))
 
 
+def trace_plan(dataset: Dataset, cfg: AnalysisConfig, params: Any, events: Any = None,
+               sinks: Mapping[str, TableSink] | None = None) -> TracedPlan:
+    """Trace the chunk function of ``dataset`` (``events``: its lazy events, read if not
+    given) on typetracers, once: every calibrator and expression runs, so their errors are
+    raised here. The plan holds for every dataset of its :func:`analysis_shape`.
+    """
+    events = read_events(dataset) if events is None else events
+    shape, weights = plan_variations(cfg, params, dict(dataset.metadata), events._meta)
+    chunks = _map_chunks(dataset, events, make_plan(cfg, params, dict(dataset.metadata),
+                                                    shape + weights, shape), sinks)
+    columns: set[str] = set()
+    # a trace that fails raises its error: without it the columns would be unknown
+    with dask.config.set({"awkward.optimization.on-fail": "raise"}):
+        necessary = dak.report_necessary_columns(chunks)
+    for name, cols in necessary.items():
+        if name in _input_layers(events):
+            columns |= set(cols or ())
+    return TracedPlan(tuple(shape), tuple(weights), frozenset(columns))
+
+
 def build_dataset_graph(dataset: Dataset, cfg: AnalysisConfig, params: Any,
-                        sinks: Mapping[str, TableSink] | None = None) -> DatasetGraph:
+                        sinks: Mapping[str, TableSink] | None = None,
+                        traced: TracedPlan | None = None, events: Any = None) -> DatasetGraph:
     """Build the lazy graph of one preprocessed dataset (``dataset.chunks`` set).
 
     With ``sinks`` (by table name), each chunk task also writes its part of the dataset's
     feature tables into them (the caller prepares them, and finalizes the tables).
+
+    With the ``traced`` plan of its :func:`analysis_shape`, nothing is traced: the read is
+    projected onto the plan's columns and the chunk function mapped with its meta. Without,
+    the variations are found on the typetracer here and the chunk function is traced when
+    the graph is optimised (:meth:`DatasetGraph.chunk_tasks`). ``events``: the dataset's
+    lazy events, if already read.
     """
     if not dataset.chunks:
         raise ValueError(f"dataset {dataset.name!r} has no chunks: preprocess it first")
-    events = read_events(dataset)
+    events = read_events(dataset) if events is None else events
     metadata = dict(dataset.metadata)
-    shape, weights = plan_variations(cfg, params, metadata, events._meta)
-    plan = make_plan(cfg, params, metadata, shape + weights, shape)
+    if traced is None:
+        shape, weights = plan_variations(cfg, params, metadata, events._meta)
+        plan = make_plan(cfg, params, metadata, shape + weights, shape)
+        return DatasetGraph(dataset=dataset, plan=plan,
+                            chunks=_map_chunks(dataset, events, plan, sinks))
+    plan = make_plan(cfg, params, metadata, list(traced.shape + traced.weights),
+                     list(traced.shape))
+    projected = optimize_columns(events, dict.fromkeys(_input_layers(events), traced.columns))
+    return DatasetGraph(dataset=dataset, plan=plan,
+                        chunks=_map_chunks(dataset, projected, plan, sinks),
+                        columns=traced.columns)
+
+
+def _input_layers(events: dak.Array) -> list[str]:
+    """The names of the input (read) layers of ``events``."""
+    return [name for name, layer in events.dask.layers.items()
+            if isinstance(layer, AwkwardInputLayer)]
+
+
+def _map_chunks(dataset: Dataset, events: dak.Array, plan: ProcessingPlan,
+                sinks: Mapping[str, TableSink] | None) -> dak.Array:
+    """The chunk function mapped over ``events``: one histogram vector per chunk."""
     processor = ChunkProcessor(plan, sinks)
     # with tables, a second input names each chunk's part (both are fused into one task)
     inputs = [events, _part_indices(len(dataset.chunks), dataset.name)] if sinks else [events]
-    # The meta is given, so the processor is traced once, at optimisation (column projection).
+    # The meta is given, so the processor is traced once, at optimisation (column projection),
+    # or not at all once the read is projected.
     chunks = dak.map_partitions(
         ChunkTask(processor), *inputs, label=f"{CHUNK_LABEL}-{dataset.name}",
         meta=processor.meta(),
     )
-    return DatasetGraph(dataset=dataset, plan=plan, chunks=chunks)
+    assert isinstance(chunks, dak.Array)
+    return chunks

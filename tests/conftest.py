@@ -100,3 +100,41 @@ def slurm_cluster(project_root):
     yield SLURM_PARTITION
     if started:
         subprocess.run([*script, "stop"], capture_output=True, timeout=300)
+
+
+XROOTD_EXPORT = "/tmp/calibrew-xrootd/data"  # the export cluster/xrootd-local.sh serves
+XROOTD_URL = "root://127.0.0.1:1094/"
+
+
+@pytest.fixture(scope="session")
+def xrootd_server(project_root, tt_file, data_file):
+    """A real XRootD server on 127.0.0.1 (cluster/xrootd-local.sh) serving the sample files;
+    yields the base URL of its export, ``root://127.0.0.1:1094//tmp/calibrew-xrootd/data``.
+
+    Started if not already healthy (installs xrootd-server with apt on first use: root); a
+    start that fails fails the test with the script's output, it never skips. Stopped at
+    session end only if this fixture started it.
+    """
+    import shutil
+    import subprocess
+
+    script = ["bash", str(project_root / "cluster" / "xrootd-local.sh")]
+    started = subprocess.run([*script, "status"], capture_output=True, timeout=60).returncode != 0
+    if started:
+        try:
+            run = subprocess.run(
+                [*script, "start"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900
+            )
+            output, failed = run.stdout, run.returncode != 0
+        except subprocess.TimeoutExpired as exc:
+            output, failed = (exc.output or b"") + b"\n(timed out after 900 s)", True
+        if failed:
+            text = output.decode(errors="replace")
+            pytest.fail(f"cluster/xrootd-local.sh start failed:\n{text}", pytrace=False)
+    for path in (tt_file, data_file):
+        target = Path(XROOTD_EXPORT) / Path(path).name
+        if not target.exists() or target.stat().st_size != Path(path).stat().st_size:
+            shutil.copyfile(path, target)
+    yield XROOTD_URL + XROOTD_EXPORT
+    if started:
+        subprocess.run([*script, "stop"], capture_output=True, timeout=120)

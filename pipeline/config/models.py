@@ -55,11 +55,35 @@ class DatasetMetadata(Strict):
 
 
 class DatasetSpec(Strict):
-    """A list of NanoAOD files and their metadata."""
+    """A dataset's files and their metadata.
 
-    files: list[str] = Field(min_length=1)
+    ``files`` lists paths or URLs (``root://``, ``https://``), globs (``/data/*.root``) and
+    folders (a name ending in ``/``: every ``.root`` file in it, sorted), local or XRootD.
+    ``fileset`` instead names a coffea ``dataset_tools`` fileset JSON, ``"f.json"`` (its
+    entry named like this dataset) or ``"f.json#entry"``; the files and tree come from it.
+    """
+
+    files: list[str] = Field(default_factory=list)
+    fileset: str | None = Field(
+        default=None, exclude_if=lambda value: value is None,
+        description="a coffea fileset JSON, 'file.json' or 'file.json#entry', instead of files",
+    )
     metadata: DatasetMetadata
     tree: str = "Events"
+
+    @model_validator(mode="after")
+    def _files_or_fileset(self) -> DatasetSpec:
+        if bool(self.files) == bool(self.fileset):
+            raise ValueError("give either 'files' (a non-empty list) or 'fileset'")
+        return self
+
+
+class RemoteSpec(Strict):
+    """How remote files (``root://``, ``https://``) are read."""
+
+    timeout_s: float = Field(default=30, gt=0, description="timeout of one remote request (s)")
+    retries: int = Field(default=3, ge=0, description="times a failed remote open or "
+                         "listing is tried again before the file is reported")
 
 
 class NameList(Strict):
@@ -336,6 +360,9 @@ class JobSpec(Strict):
     on_bad_file: Literal["fail", "skip"] = Field(
         default="fail", description="an input file that cannot be opened or read stops the "
         "run (fail) or is left out and reported (skip)"
+    )
+    remote: RemoteSpec = Field(
+        default_factory=RemoteSpec, description="timeouts and retries of remote file reads"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -13,9 +14,18 @@ from typing import Any
 
 import uproot
 
+from pipeline.config.models import RemoteSpec
 from pipeline.errors import InputFileError
 from pipeline.inputs.datafiles import cache_dir, find_data_file
 from pipeline.inputs.parquet import is_parquet, parquet_rows
+from pipeline.inputs.remote import (
+    has_glob,
+    is_remote,
+    list_remote,
+    remote_identity,
+    storage_options,
+    with_retries,
+)
 
 
 @dataclass(frozen=True)
@@ -33,13 +43,15 @@ class Chunk:
 
 @dataclass
 class Dataset:
-    """A named list of NanoAOD files with their metadata (sample, year, era, isMC, xsec)."""
+    """A named list of NanoAOD files with their metadata (sample, year, era, isMC, xsec);
+    ``remote`` sets the timeouts and retries of its remote files."""
 
     name: str
     files: list[str]
     metadata: dict[str, Any]
     tree: str = "Events"
     chunks: list[Chunk] = field(default_factory=list)
+    remote: RemoteSpec = field(default_factory=RemoteSpec)
 
     @property
     def entries(self) -> int:
@@ -61,25 +73,75 @@ class Dataset:
             entry["steps"].append([chunk.start, chunk.stop])
         return out
 
+    def uproot_options(self) -> dict[str, Any]:
+        """The options uproot (and coffea's ``uproot_options``) read the files with: the
+        remote timeout when the dataset has remote files, else none.
+
+        Examples
+        --------
+        >>> Dataset("tt", ["root://host//tt.root"], {}).uproot_options()
+        {'timeout': 30}
+        >>> Dataset("tt", ["/data/tt.root"], {}).uproot_options()
+        {}
+        """
+        for file in self.files:
+            options = storage_options(file, self.remote)
+            if options:
+                return options
+        return {}
+
 
 def resolve_files(files: list[str], base: Path | None = None,
-                  dataset: str | None = None) -> list[str]:
-    """Resolve file names: remote URLs as they are, local paths relative to ``base`` (the
-    config's folder), else data-file names through :func:`pipeline.inputs.datafiles.find_data_file`,
-    whose error lists ``base`` among the places looked (and names ``dataset``'s key)."""
-    out = []
+                  dataset: str | None = None, remote: RemoteSpec | None = None) -> list[str]:
+    """Resolve file names into files, in order, each once.
+
+    Remote URLs stay as they are; local paths are relative to ``base`` (the config's
+    folder), else data-file names found by :func:`pipeline.inputs.datafiles.find_data_file`,
+    whose error lists ``base`` among the places looked (and names ``dataset``'s key). A name
+    with glob characters (``*``, ``?``, ``[``) or ending in ``/`` (a folder: its ``.root``
+    files), local or remote, expands to its sorted matches; none is an error.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for name in ("b.root", "a.root", "notes.txt"):
+    ...     _ = (folder / name).write_text("")
+    >>> [Path(f).name for f in resolve_files([f"{folder}/"])]
+    ['a.root', 'b.root']
+    >>> [Path(f).name for f in resolve_files(["*.txt", "b.root"], base=folder)]
+    ['notes.txt', 'b.root']
+    """
+    out: list[str] = []
     for i, name in enumerate(files):
-        if "://" in name:
-            out.append(name)
-            continue
         try:
-            out.append(str(find_data_file(name, config_dir=base).resolve()))
+            found = _expand(name, base, remote or RemoteSpec())
         except InputFileError as err:
             if dataset is None:
                 raise
             raise InputFileError(f"dataset {dataset!r} (datasets.{dataset}.files[{i}]): "
                                  f"{err}") from None
+        out += [f for f in found if f not in out]
     return out
+
+
+def _expand(name: str, base: Path | None, remote: RemoteSpec) -> list[str]:
+    """The files one entry of a dataset's ``files`` names."""
+    pattern = name.endswith("/") or has_glob(name)
+    if is_remote(name):
+        found = list_remote(name, remote) if pattern else [name]
+    elif pattern:
+        path = Path(name).expanduser()
+        if not path.is_absolute():
+            path = (base or Path.cwd()) / path
+        found = sorted(glob.glob(str(path / "*.root") if name.endswith("/") else str(path)))
+        found = [str(Path(f).resolve()) for f in found if Path(f).is_file()]
+    else:
+        return [str(find_data_file(name, config_dir=base).resolve())]
+    if not found:
+        raise InputFileError(f"{name!r} matches no file" + (
+            " (a folder gives its .root files)" if name.endswith("/") else ""))
+    return found
 
 
 def split_entries(num_entries: int, chunksize: int) -> list[tuple[int, int]]:
@@ -103,14 +165,18 @@ def _preprocess_cache() -> Path:
     return cache_dir() / "preprocess"
 
 
-def count_entries(file: str, tree: str = "Events") -> int:
-    """Number of entries of ``tree`` in ``file``; cached by path, size and mtime.
+def count_entries(file: str, tree: str = "Events", remote: RemoteSpec | None = None) -> int:
+    """Number of entries of ``tree`` in ``file``; cached by path, size and mtime (a remote
+    file: URL, size and the server's mtime or ETag).
 
     Raises :class:`InputFileError` naming the file when it is missing, unreadable or has
-    no such tree.
+    no such tree; a remote file is tried again ``remote.retries`` times first.
     """
+    remote = remote or RemoteSpec()
     key_parts: list[Any] = [file, tree]
-    if "://" not in file:
+    if is_remote(file):
+        key_parts += remote_identity(file, remote)
+    else:
         try:
             stat = os.stat(file)
         except FileNotFoundError:
@@ -125,20 +191,29 @@ def count_entries(file: str, tree: str = "Events") -> int:
             pass  # a damaged cache entry is simply recomputed
     if is_parquet(file):
         return parquet_rows(file)
-    try:
-        with uproot.open(file) as handle:
-            if tree not in handle:
-                raise InputFileError(f"{file}: no tree {tree!r} in the file")
-            entries = int(handle[tree].num_entries)
-    except InputFileError:
-        raise
-    except Exception as err:
-        raise InputFileError(f"cannot read input file {file}: {type(err).__name__}: {err}") from err
+    entries = with_retries(lambda: _tree_entries(file, tree, remote), file, remote)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"file": file, "tree": tree, "entries": entries}))
     tmp.replace(cached)
     return entries
+
+
+def _tree_entries(file: str, tree: str, remote: RemoteSpec) -> int:
+    """Entries of ``tree`` in the ROOT file ``file``; an ``OSError`` of a remote file passes
+    through (to be retried), every other failure is an :class:`InputFileError` naming it."""
+    try:
+        with uproot.open(file, **storage_options(file, remote)) as handle:
+            if tree not in handle:
+                raise InputFileError(f"{file}: no tree {tree!r} in the file")
+            return int(handle[tree].num_entries)
+    except InputFileError:
+        raise
+    except Exception as err:
+        if is_remote(file) and isinstance(err, (OSError, TimeoutError)):
+            raise
+        raise InputFileError(f"cannot read input file {file}: {type(err).__name__}: "
+                             f"{err}") from err
 
 
 def preprocess(dataset: Dataset, chunksize: int,
@@ -151,7 +226,7 @@ def preprocess(dataset: Dataset, chunksize: int,
     chunks, readable = [], []
     for file in dataset.files:
         try:
-            entries = count_entries(file, dataset.tree)
+            entries = count_entries(file, dataset.tree, dataset.remote)
         except InputFileError as err:
             if on_error is None:
                 raise

@@ -54,12 +54,15 @@ def _factory() -> Any:
     return NanoEventsFactory, NanoAODSchema
 
 
-def read_lazy(files: dict[str, Any]) -> Any:
-    """Lazy NanoEvents of ``{file: {"object_path": tree, "steps": [[a, b], ...]}}``."""
+def read_lazy(files: dict[str, Any], uproot_options: dict[str, Any] | None = None) -> Any:
+    """Lazy NanoEvents of ``{file: {"object_path": tree, "steps": [[a, b], ...]}}``; files
+    may be ``root://`` or ``https://`` URLs, read with ``uproot_options`` (e.g. the remote
+    timeout of :meth:`pipeline.inputs.datasets.Dataset.uproot_options`)."""
     factory, schema = _factory()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Missing cross-reference")
-        return factory.from_root(files, schemaclass=schema, mode="dask").events()
+        return factory.from_root(files, schemaclass=schema, mode="dask",
+                                 uproot_options=uproot_options or {}).events()
 
 
 def read_eager(file: str, tree: str = "Events", start: int | None = None,

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -18,9 +17,9 @@ from rich.markup import escape
 
 from pipeline import __version__
 from pipeline.analysis.histogram_fill import CUTFLOW
-from pipeline.analysis.loading import calibrator_classes, load_job, load_parameters
+from pipeline.analysis.loading import load_job, load_parameters
 from pipeline.analysis.plan import ALL_EVENTS
-from pipeline.config.models import AnalysisConfig, JobSpec
+from pipeline.config.models import AnalysisConfig, JobSpec, RemoteSpec
 from pipeline.errors import (
     CalibrationError,
     CalibrewError,
@@ -30,13 +29,15 @@ from pipeline.errors import (
     OutputError,
     with_context,
 )
-from pipeline.graph import DatasetGraph, build_dataset_graph, tree_sum
+from pipeline.graph import DatasetGraph, tree_sum
 from pipeline.inputs.bytes_read import chunk_bytes
-from pipeline.inputs.datasets import Dataset, preprocess, resolve_files
+from pipeline.inputs.datasets import Dataset, preprocess
+from pipeline.inputs.filesets import dataset_from_spec
+from pipeline.inputs.remote import xrootd_environment
 from pipeline.outputs.atomic import describe_os_error
 from pipeline.outputs.histograms import write_pickle, write_root
 from pipeline.outputs.lock import OutputLock
-from pipeline.outputs.provenance import code_digest, provenance
+from pipeline.outputs.provenance import provenance
 from pipeline.outputs.report import write_json
 from pipeline.outputs.table_writer import TableWriter
 from pipeline.run.checkpoints import (
@@ -46,6 +47,8 @@ from pipeline.run.checkpoints import (
     record_outputs_identity,
 )
 from pipeline.run.execution import DatasetRun, OnBadFile, compute_chunks
+from pipeline.run.identity import output_identity, plan_identity, table_identity
+from pipeline.run.planning import PlanCache, Planner
 from pipeline.run.progress import ProgressBoard
 from pipeline.sites import check_site, describe, load_site, start_site, workers_override
 from pipeline.table_layout import TableError, merge_part_attrs
@@ -61,39 +64,6 @@ class RunResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def parameters_digest(params: Any) -> str:
-    """A short hash of the resolved parameters (the calibrators' settings, payload paths).
-
-    Examples
-    --------
-    >>> parameters_digest({"a": 1}) == parameters_digest({"a": 1}) != parameters_digest({})
-    True
-    """
-    from omegaconf import OmegaConf
-
-    resolved = OmegaConf.to_container(params, resolve=True) if OmegaConf.is_config(params) \
-        else params
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()
-                          ).hexdigest()[:16]
-
-
-def output_identity(cfg: AnalysisConfig, params: Any) -> dict[str, str]:
-    """What makes an output directory's outputs those of one configuration: the analysis
-    configuration and the parameters (the datasets, code and chunks may differ between the
-    runs that write into it; see :func:`table_identity` for what a resumed table needs)."""
-    return {"config": cfg.digest(), "parameters": parameters_digest(params)}
-
-
-def table_identity(dataset: Dataset, cfg: AnalysisConfig, params: Any) -> dict[str, Any]:
-    """What makes two runs write the same tables and histograms: config, parameters,
-    calibrew version and code (its sources and the calibrators'), and chunks. A rerun
-    resumes a table or the checkpointed chunks only when all are the same."""
-    return {"config": cfg.digest(), "parameters": parameters_digest(params),
-            "calibrew": __version__, "code": code_digest(calibrator_classes(cfg)),
-            "dataset": dataset.name,
-            "chunks": [[c.file, c.start, c.stop] for c in dataset.chunks]}
-
-
 def table_writers(dataset: Dataset, cfg: AnalysisConfig, params: Any,
                   output: Path) -> dict[str, TableWriter]:
     """The stores of the dataset's feature tables, ``<output>/<dataset>/<table>.zarr``: the
@@ -107,8 +77,10 @@ def table_writers(dataset: Dataset, cfg: AnalysisConfig, params: Any,
 def make_datasets(cfg: AnalysisConfig, names: list[str] | str, config_dir: Path | None,
                   chunksize: int, on_bad_file: OnBadFile = "fail",
                   bad_files: list[dict[str, str]] | None = None,
-                  console: Console | None = None) -> list[Dataset]:
-    """The job's datasets, files resolved and preprocessed into chunks.
+                  console: Console | None = None,
+                  remote: RemoteSpec | None = None) -> list[Dataset]:
+    """The job's datasets, files resolved (globs, folders, coffea filesets; remote files
+    with ``remote``'s timeouts and retries) and preprocessed into chunks.
 
     A file that cannot be opened stops the run (:class:`InputFileError` naming it), or with
     ``on_bad_file="skip"`` is left out, printed and appended to ``bad_files``.
@@ -116,9 +88,7 @@ def make_datasets(cfg: AnalysisConfig, names: list[str] | str, config_dir: Path 
     selected = list(cfg.datasets) if names == "all" else list(names)
     out = []
     for name in selected:
-        spec = cfg.datasets[name]
-        metadata = {**spec.metadata.model_dump(), "dataset": name}
-        dataset = Dataset(name, resolve_files(spec.files, config_dir, name), metadata, spec.tree)
+        dataset = dataset_from_spec(name, cfg.datasets[name], config_dir, remote)
         n_files = len(dataset.files)
         skip = on_bad_file == "skip"
         out.append(preprocess(dataset, chunksize, on_error=_skip_file(
@@ -237,6 +207,8 @@ class _RunState:
     #: by dataset, then table: the feature tables' writers (the chunk tasks' sinks)
     writers: dict[str, dict[str, TableWriter]] = field(default_factory=dict)
     build_s: float = 0.0
+    #: the traced plans: traced in this run, and taken from the plan cache
+    plans: dict[str, int] = field(default_factory=dict)
     compute_s: float = 0.0
     #: whether a failure now is reported in report.json: one of the inputs or of the
     #: computation; a configuration found wrong before (an expression, a table's identity,
@@ -288,8 +260,10 @@ def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out
     chunksize = job.chunksize or cfg.chunksize
     retries = job.retries if opts.retries is None else opts.retries
     on_bad_file: OnBadFile = opts.on_bad_file or job.on_bad_file
+    for key, value in xrootd_environment(job.remote).items():
+        os.environ.setdefault(key, value)  # workers inherit them; a user's XRD_* wins
     datasets = make_datasets(cfg, job.datasets, config_dir, chunksize, on_bad_file,
-                             state.bad_files, console)
+                             state.bad_files, console, job.remote)
     for ds in datasets:
         console.print(f"[bold]{escape(ds.name)}[/]: {len(ds.files)} file(s), "
                       f"{ds.entries:,} events, {len(ds.chunks)} chunk(s) of <= {chunksize:,}")
@@ -297,7 +271,13 @@ def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out
     state.report_failure = False
     t0 = time.perf_counter()
     state.writers = {ds.name: table_writers(ds, cfg, params, out_dir) for ds in datasets}
-    graphs = [_plan(ds, cfg, params, state.writers[ds.name]) for ds in datasets]
+
+    def note(message: str) -> None:  # a plan cache entry that cannot be read or written
+        console.print(f"[yellow]note:[/] {escape(message)}", highlight=False)
+
+    planner = Planner(cfg, params, PlanCache(plan_identity(cfg, params), note=note))
+    graphs = [_plan(planner, ds, state.writers[ds.name]) for ds in datasets]
+    state.plans = {"traced": planner.traced, "from_cache": planner.cached}
     _check_output_directory(out_dir, cfg, params, opts)
     writers = [writer for tables in state.writers.values() for writer in tables.values()]
     if opts.fresh:  # start again: this job's tables and finished chunks are removed
@@ -320,7 +300,8 @@ def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out
     state.build_s = time.perf_counter() - t0
     console.print(f"graphs built in {state.build_s:.2f} s "
                   f"({sum(len(g.dataset.chunks) for g in graphs)} chunk tasks, "
-                  f"{sum(len(g.plan.variations) for g in graphs)} variations)")
+                  f"{sum(len(g.plan.variations) for g in graphs)} variations; "
+                  f"{planner.traced} plan(s) traced, {planner.cached} from the cache)")
     for graph in graphs:
         store = ChunkCheckpoints(out_dir / graph.dataset.name / CHECKPOINTS,
                                  table_identity(graph.dataset, cfg, params))
@@ -351,14 +332,14 @@ def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out
         close_session(session, console)
 
 
-def _plan(dataset: Dataset, cfg: AnalysisConfig, params: Any,
-          writers: dict[str, TableWriter]) -> DatasetGraph:
+def _plan(planner: Planner, dataset: Dataset, writers: dict[str, TableWriter]) -> DatasetGraph:
     """Build the dataset's graph, its chunk tasks writing the tables' parts into
-    ``writers``, and trace it (every calibrator and expression runs on the typetracer of its
-    first file); an error names the dataset and that file."""
+    ``writers``, from the traced plan of its analysis shape (traced on the typetracer of its
+    first file if no dataset of its shape was planned: every calibrator and expression
+    runs); an error names the dataset and that file."""
     try:
-        graph = build_dataset_graph(dataset, cfg, params, writers)
-        graph.chunk_tasks()  # optimised (traced) here: expressions are checked
+        graph = planner.graph(dataset, writers)
+        graph.chunk_tasks()  # optimised here (the read projected, the chunk task fused)
     except (CalibrationError, ExpressionError) as err:
         first = dataset.files[0] if dataset.files else "no file"
         more = f" (and {len(dataset.files) - 1} more)" if len(dataset.files) > 1 else ""
@@ -488,6 +469,7 @@ def _write_report(out_dir: Path, job: JobSpec, cfg: AnalysisConfig, state: _RunS
         "files_unreadable": state.bad_files,
         "wall_time_s": time.perf_counter() - state.started,
         "graph_build_s": state.build_s,
+        "plans": state.plans,
         "compute_s": state.compute_s,
         "events_per_s": events / state.compute_s if state.compute_s else None,
         "outputs": [p for s in summaries.values() for p in s.get("outputs", [])],
