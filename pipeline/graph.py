@@ -38,7 +38,7 @@ from pipeline.calibration.manager import CalibratorsManager
 from pipeline.config.models import AnalysisConfig
 from pipeline.errors import CalibrewError, ChunkFault, is_deterministic
 from pipeline.inputs.datasets import Dataset
-from pipeline.inputs.nanoevents import read_lazy
+from pipeline.inputs.nanoevents import base_form, read_lazy, read_like
 from pipeline.inputs.parquet import read_parquet_lazy
 from pipeline.weights import weight_variation_names
 
@@ -49,13 +49,19 @@ SUM_FAN_IN = 8
 UNTRACED_METADATA = ("dataset", "sample", "xsec")
 
 
-def read_events(dataset: Dataset) -> Any:
+def read_events(dataset: Dataset, known_base_form: str | None = None,
+                like: Any = None) -> Any:
     """Lazy events (dask-awkward) of ``dataset``, one partition per chunk: NanoEvents, or
-    the records of a flat Parquet table."""
+    the records of a flat Parquet table. NanoAOD read without opening its first file:
+    with ``known_base_form`` (the :attr:`TracedPlan.base_form` of its shape), or ``like``
+    the lazy events of a dataset of its shape and uproot options (read by their read
+    function: cheaper still)."""
     if dataset.format == "parquet":
         return read_parquet_lazy([(c.file, c.start, c.stop) for c in dataset.chunks],
                                  dataset.name)
-    return read_lazy(dataset.steps_by_file(), dataset.uproot_options())
+    if like is not None:
+        return read_like(like, dataset.steps_by_file())
+    return read_lazy(dataset.steps_by_file(), dataset.uproot_options(), known_base_form)
 
 
 def plan_variations(cfg: AnalysisConfig, params: Any, metadata: dict[str, Any],
@@ -77,8 +83,9 @@ def plan_variations(cfg: AnalysisConfig, params: Any, metadata: dict[str, Any],
 @dataclass(frozen=True)
 class TracedPlan:
     """What tracing a dataset's chunk function on typetracers yields, shared by every
-    dataset of its :func:`analysis_shape`: the shape and weight variations, and the input
-    columns the chunk function reads.
+    dataset of its :func:`analysis_shape`: the shape and weight variations, the input
+    columns the chunk function reads, and the JSON of the input's base form (NanoAOD: the
+    datasets of the shape are read with it, without opening a file; ``None`` for Parquet).
 
     Examples
     --------
@@ -90,11 +97,12 @@ class TracedPlan:
     shape: tuple[str, ...]
     weights: tuple[str, ...]
     columns: frozenset[str]
+    base_form: str | None = None
 
-    def as_dict(self) -> dict[str, list[str]]:
+    def as_dict(self) -> dict[str, Any]:
         """A JSON-able form (columns sorted)."""
         return {"shape": list(self.shape), "weights": list(self.weights),
-                "columns": sorted(self.columns)}
+                "columns": sorted(self.columns), "base_form": self.base_form}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TracedPlan:
@@ -104,21 +112,33 @@ class TracedPlan:
         if not all(isinstance(v, list) and all(isinstance(x, str) for x in v)
                    for v in parts.values()):
             raise TypeError("a traced plan holds three lists of names")
+        form = data["base_form"]
+        if form is not None and not isinstance(form, str):
+            raise TypeError("a traced plan's base form is a JSON text")
         return cls(tuple(parts["shape"]), tuple(parts["weights"]),
-                   frozenset(parts["columns"]))
+                   frozenset(parts["columns"]), form)
 
 
-def analysis_shape(dataset: Dataset, cfg: AnalysisConfig, events_meta: Any) -> dict[str, Any]:
+def analysis_shape(dataset: Dataset, cfg: AnalysisConfig,
+                   events_meta: Any = None) -> dict[str, Any]:
     """What the traced plan of ``dataset`` depends on, besides the configuration, the
     parameters and the code: its metadata but for :data:`UNTRACED_METADATA` (data or MC,
     the period, the era, the generator weight column), its sample's calibrator variations,
     weights, weight variations and table labels, the input format and the digest of its
-    events' form (the input file's branches and types). Datasets of equal shapes share one
-    :class:`TracedPlan`; a calibrator may choose its variations and columns from these,
-    not from the dataset's or sample's name.
+    events' form (the input file's branches and types: ``dataset.form_digest``, found by
+    preprocessing, else the digest of ``events_meta``'s form). Datasets of equal shapes
+    share one :class:`TracedPlan`; a calibrator may choose its variations and columns from
+    these, not from the dataset's or sample's name.
     """
     sample = str(dataset.metadata["sample"])
-    form = json.dumps(_canonical(events_meta.layout.form.to_dict()), sort_keys=True)
+    if dataset.form_digest is not None:
+        digest = dataset.form_digest
+    elif events_meta is not None:
+        form = json.dumps(_canonical(events_meta.layout.form.to_dict()), sort_keys=True)
+        digest = hashlib.sha256(form.encode()).hexdigest()[:32]
+    else:
+        raise ValueError(f"dataset {dataset.name!r}: no form digest (preprocess it) and "
+                         "no events")
     return {
         "metadata": {k: v for k, v in sorted(dataset.metadata.items())
                      if k not in UNTRACED_METADATA},
@@ -127,7 +147,7 @@ def analysis_shape(dataset: Dataset, cfg: AnalysisConfig, events_meta: Any) -> d
         "weight_variations": cfg.weight_variations_for_sample(sample),
         "labels": {name: spec.labels.get(sample) for name, spec in cfg.tables.items()},
         "format": dataset.format,
-        "form": hashlib.sha256(form.encode()).hexdigest()[:32],
+        "form": digest,
     }
 
 
@@ -282,7 +302,7 @@ def trace_plan(dataset: Dataset, cfg: AnalysisConfig, params: Any, events: Any =
     for name, cols in necessary.items():
         if name in _input_layers(events):
             columns |= set(cols or ())
-    return TracedPlan(tuple(shape), tuple(weights), frozenset(columns))
+    return TracedPlan(tuple(shape), tuple(weights), frozenset(columns), base_form(events))
 
 
 def build_dataset_graph(dataset: Dataset, cfg: AnalysisConfig, params: Any,

@@ -74,6 +74,26 @@ def project_root() -> Path:
 SLURM_PARTITION = "local"  # the partition cluster/slurm-local.sh configures
 
 
+def _start_service(script: list[str]) -> bool:
+    """Start a test service with its script (``status`` first: a healthy one is kept);
+    whether this call started it. A start that fails fails the test with the script's
+    output: it never skips."""
+    import subprocess
+
+    if subprocess.run([*script, "status"], capture_output=True, timeout=120).returncode == 0:
+        return False
+    try:
+        run = subprocess.run([*script, "start"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, timeout=900)
+        output, failed = run.stdout, run.returncode != 0
+    except subprocess.TimeoutExpired as exc:
+        output, failed = (exc.output or b"") + b"\n(timed out after 900 s)", True
+    if failed:
+        text = output.decode(errors="replace")
+        pytest.fail(f"{script[-1]} start failed:\n{text}", pytrace=False)
+    return True
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(project_root):
     """A real one-node SLURM cluster on this machine (cluster/slurm-local.sh); yields its partition.
@@ -85,18 +105,7 @@ def slurm_cluster(project_root):
     import subprocess
 
     script = ["bash", str(project_root / "cluster" / "slurm-local.sh")]
-    started = subprocess.run([*script, "status"], capture_output=True, timeout=120).returncode != 0
-    if started:
-        try:
-            run = subprocess.run(
-                [*script, "start"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900
-            )
-            output, failed = run.stdout, run.returncode != 0
-        except subprocess.TimeoutExpired as exc:
-            output, failed = (exc.output or b"") + b"\n(timed out after 900 s)", True
-        if failed:
-            text = output.decode(errors="replace")
-            pytest.fail(f"cluster/slurm-local.sh start failed:\n{text}", pytrace=False)
+    started = _start_service(script)
     yield SLURM_PARTITION
     if started:
         subprocess.run([*script, "stop"], capture_output=True, timeout=300)
@@ -119,18 +128,7 @@ def xrootd_server(project_root, tt_file, data_file):
     import subprocess
 
     script = ["bash", str(project_root / "cluster" / "xrootd-local.sh")]
-    started = subprocess.run([*script, "status"], capture_output=True, timeout=60).returncode != 0
-    if started:
-        try:
-            run = subprocess.run(
-                [*script, "start"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900
-            )
-            output, failed = run.stdout, run.returncode != 0
-        except subprocess.TimeoutExpired as exc:
-            output, failed = (exc.output or b"") + b"\n(timed out after 900 s)", True
-        if failed:
-            text = output.decode(errors="replace")
-            pytest.fail(f"cluster/xrootd-local.sh start failed:\n{text}", pytrace=False)
+    started = _start_service(script)
     for path in (tt_file, data_file):
         target = Path(XROOTD_EXPORT) / Path(path).name
         if not target.exists() or target.stat().st_size != Path(path).stat().st_size:

@@ -13,13 +13,14 @@ import awkward as ak
 import dask
 import numpy as np
 import pytest
+import uproot
 import yaml
 
 from pipeline.analysis.loading import load_parameters
 from pipeline.calibration import Calibrator
 from pipeline.cli import main
 from pipeline.config.models import AnalysisConfig
-from pipeline.graph import build_dataset_graph
+from pipeline.graph import build_dataset_graph, read_events
 from pipeline.inputs.datafiles import find_data_file
 from pipeline.inputs.datasets import Dataset, preprocess
 from pipeline.run.identity import plan_identity
@@ -157,6 +158,39 @@ def test_unreadable_plan_is_traced_again(shapes, tmp_path):
         assert json.loads(entry.read_text()) == json.loads(good)  # rewritten
 
 
+def test_warm_cache_opens_no_input_file(shapes, tmp_path, monkeypatch):
+    """With the plans cached and the files preprocessed, planning opens no input file, and
+    builds the same graphs as planning cold (tt_a read with the plan's base form, tt_b
+    with tt_a's read function)."""
+    params = load_parameters()
+    identity = plan_identity(shapes, params)
+    cold = Planner(shapes, params, PlanCache(identity, tmp_path))
+    expected = [cold.graph(dataset) for dataset in datasets(shapes)]
+    preprocessed = datasets(shapes)  # from the preprocessing cache: opens nothing
+    opened: list[str] = []
+    real_open = uproot.reading.ReadOnlyFile.__init__
+
+    def counted(self, file_path, *args, **kwargs):
+        opened.append(str(file_path))
+        real_open(self, file_path, *args, **kwargs)
+
+    monkeypatch.setattr(uproot.reading.ReadOnlyFile, "__init__", counted)
+    warm = Planner(shapes, params, PlanCache(identity, tmp_path))
+    graphs = [warm.graph(dataset) for dataset in preprocessed]
+    for graph in graphs:
+        graph.chunk_tasks()
+    assert (warm.traced, warm.cached) == (0, 2)
+    assert opened == []
+    monkeypatch.undo()
+    for graph, cold_graph in zip(graphs, expected):
+        assert graph.necessary_columns() == cold_graph.necessary_columns()
+        assert np.array_equal(vector(graph), vector(cold_graph))
+    # the counting is real: reading without the plan's form opens the file
+    monkeypatch.setattr(uproot.reading.ReadOnlyFile, "__init__", counted)
+    read_events(preprocessed[0])
+    assert opened == [preprocessed[0].files[0]]
+
+
 def write_job(tmp: Path, output: Path) -> Path:
     """The demo analysis, few variations, on two datasets of one shape (the demo file)."""
     project = Path(__file__).resolve().parent.parent
@@ -195,7 +229,7 @@ def test_rerun_plans_nothing(tmp_path, monkeypatch):
 
 
 SHAPE_SCRIPT = """
-import json, sys
+import dataclasses, json, sys
 from pipeline.analysis.loading import load_config
 from pipeline.graph import analysis_shape, read_events
 from pipeline.inputs.datasets import Dataset, preprocess
@@ -203,20 +237,25 @@ cfg = load_config(sys.argv[1])
 (name, spec), = cfg.datasets.items()
 dataset = preprocess(Dataset(name, [sys.argv[2]], {**spec.metadata.model_dump(),
                                                    "dataset": name}), 50)
-print(json.dumps(analysis_shape(dataset, cfg, read_events(dataset)._meta), sort_keys=True))
+unscanned = dataclasses.replace(dataset, form_digest=None)  # the form of the events instead
+print(json.dumps([analysis_shape(dataset, cfg),
+                  analysis_shape(unscanned, cfg, read_events(dataset)._meta)], sort_keys=True))
 """
 
 
-def test_shape_is_the_same_in_another_process(tt_file, project_root):
+def test_shape_is_the_same_in_another_process(tt_file, project_root, tmp_path):
     """The shape keys the plan cache: it does not depend on a process' hash seed (the
-    NanoEvents schema builds its records' fields in set order)."""
+    NanoEvents schema builds its records' fields in set order), whether its form digest
+    comes from preprocessing (each process its own cache) or from the events' form."""
     shapes = []
     for seed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(project_root)}
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(project_root),
+               "XDG_CACHE_HOME": str(tmp_path / seed)}
         done = subprocess.run([sys.executable, "-c", SHAPE_SCRIPT,
                                str(project_root / "configs" / "demo.yaml"), tt_file],
                               env=env, capture_output=True, text=True, check=True)
         shapes.append(json.loads(done.stdout.strip().splitlines()[-1]))
     assert shapes[0] == shapes[1]
-    assert shapes[0]["metadata"] == {"era": None, "generator_weight": "genWeight",
+    assert shapes[0][0]["form"] != shapes[0][1]["form"]  # two digests: both computed
+    assert shapes[0][0]["metadata"] == {"era": None, "generator_weight": "genWeight",
                                      "isMC": True, "year": "2022_preEE"}

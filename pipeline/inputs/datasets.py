@@ -52,6 +52,9 @@ class Dataset:
     tree: str = "Events"
     chunks: list[Chunk] = field(default_factory=list)
     remote: RemoteSpec = field(default_factory=RemoteSpec)
+    #: the :func:`scan_file` digest of the first file's branches (set by :func:`preprocess`;
+    #: ``None`` before, and for Parquet)
+    form_digest: str | None = None
 
     @property
     def entries(self) -> int:
@@ -165,9 +168,23 @@ def _preprocess_cache() -> Path:
     return cache_dir() / "preprocess"
 
 
+@dataclass(frozen=True)
+class FileScan:
+    """What preprocessing learns of one input file: its entries and, for ROOT, a digest of
+    its tree's branches (names, types and titles: equal digests, equal events forms)."""
+
+    entries: int
+    form_digest: str | None = None
+
+
 def count_entries(file: str, tree: str = "Events", remote: RemoteSpec | None = None) -> int:
-    """Number of entries of ``tree`` in ``file``; cached by path, size and mtime (a remote
-    file: URL, size and the server's mtime or ETag).
+    """Number of entries of ``tree`` in ``file`` (:func:`scan_file`)."""
+    return scan_file(file, tree, remote).entries
+
+
+def scan_file(file: str, tree: str = "Events", remote: RemoteSpec | None = None) -> FileScan:
+    """Entries and branch digest of ``tree`` in ``file``; cached by path, size and mtime (a
+    remote file: URL, size and the server's mtime or ETag).
 
     Raises :class:`InputFileError` naming the file when it is missing, unreadable or has
     no such tree; a remote file is tried again ``remote.retries`` times first.
@@ -186,27 +203,34 @@ def count_entries(file: str, tree: str = "Events", remote: RemoteSpec | None = N
     cached = _preprocess_cache() / f"{key}.json"
     if cached.exists():
         try:
-            return int(json.loads(cached.read_text())["entries"])
+            entry = json.loads(cached.read_text())
+            return FileScan(int(entry["entries"]), str(entry["form_digest"]))
         except (ValueError, KeyError):
-            pass  # a damaged cache entry is simply recomputed
+            pass  # a damaged (or older, digest-less) cache entry is simply recomputed
     if is_parquet(file):
-        return parquet_rows(file)
-    entries = with_retries(lambda: _tree_entries(file, tree, remote), file, remote)
+        return FileScan(parquet_rows(file))
+    scan = with_retries(lambda: _scan_tree(file, tree, remote), file, remote)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"file": file, "tree": tree, "entries": entries}))
+    tmp.write_text(json.dumps({"file": file, "tree": tree, "entries": scan.entries,
+                               "form_digest": scan.form_digest}))
     tmp.replace(cached)
-    return entries
+    return scan
 
 
-def _tree_entries(file: str, tree: str, remote: RemoteSpec) -> int:
-    """Entries of ``tree`` in the ROOT file ``file``; an ``OSError`` of a remote file passes
-    through (to be retried), every other failure is an :class:`InputFileError` naming it."""
+def _scan_tree(file: str, tree: str, remote: RemoteSpec) -> FileScan:
+    """Entries and branch digest of ``tree`` in the ROOT file ``file``; an ``OSError`` of a
+    remote file passes through (to be retried), every other failure is an
+    :class:`InputFileError` naming it."""
     try:
         with uproot.open(file, **storage_options(file, remote)) as handle:
             if tree not in handle:
                 raise InputFileError(f"{file}: no tree {tree!r} in the file")
-            return int(handle[tree].num_entries)
+            ttree = handle[tree]
+            branches = sorted((name, branch.typename, branch.title) for name, branch
+                              in ttree.items(recursive=True, full_paths=True))
+            digest = hashlib.sha256(json.dumps(branches).encode()).hexdigest()[:32]
+            return FileScan(int(ttree.num_entries), digest)
     except InputFileError:
         raise
     except Exception as err:
@@ -221,18 +245,22 @@ def preprocess(dataset: Dataset, chunksize: int,
     """Fill ``dataset.chunks`` with entry ranges of at most ``chunksize`` entries per file.
 
     A file that cannot be opened raises :class:`InputFileError`, or, with ``on_error``, is
-    passed to it and removed from ``dataset.files``.
+    passed to it and removed from ``dataset.files``. ``dataset.form_digest`` is set to the
+    first readable file's branch digest (the files of a dataset normally share it).
     """
-    chunks, readable = [], []
+    chunks, readable, digests = [], [], []
     for file in dataset.files:
         try:
-            entries = count_entries(file, dataset.tree, dataset.remote)
+            scan = scan_file(file, dataset.tree, dataset.remote)
         except InputFileError as err:
             if on_error is None:
                 raise
             on_error(file, err)
             continue
         readable.append(file)
-        chunks += [Chunk(file, start, stop) for start, stop in split_entries(entries, chunksize)]
+        digests.append(scan.form_digest)
+        chunks += [Chunk(file, start, stop)
+                   for start, stop in split_entries(scan.entries, chunksize)]
     dataset.files, dataset.chunks = readable, chunks
+    dataset.form_digest = digests[0] if digests else None
     return dataset

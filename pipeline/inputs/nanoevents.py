@@ -14,6 +14,11 @@ import functools
 import warnings
 from typing import Any
 
+import awkward as ak
+import dask_awkward as dak
+from dask.base import tokenize
+from dask_awkward.layers import AwkwardInputLayer
+
 DIRECT_FIELDS = ("pt", "eta", "phi", "mass", "energy")
 
 
@@ -54,15 +59,54 @@ def _factory() -> Any:
     return NanoEventsFactory, NanoAODSchema
 
 
-def read_lazy(files: dict[str, Any], uproot_options: dict[str, Any] | None = None) -> Any:
+def read_lazy(files: dict[str, Any], uproot_options: dict[str, Any] | None = None,
+              known_base_form: str | None = None) -> Any:
     """Lazy NanoEvents of ``{file: {"object_path": tree, "steps": [[a, b], ...]}}``; files
     may be ``root://`` or ``https://`` URLs, read with ``uproot_options`` (e.g. the remote
-    timeout of :meth:`pipeline.inputs.datasets.Dataset.uproot_options`)."""
+    timeout of :meth:`pipeline.inputs.datasets.Dataset.uproot_options`).
+
+    ``known_base_form``: the JSON of uproot's base form of the first file's tree (as
+    :func:`base_form` gives it, ``typenames`` included), when known: then no file is opened.
+    """
     factory, schema = _factory()
+    known = None if known_base_form is None else ak.forms.from_json(known_base_form)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Missing cross-reference")
         return factory.from_root(files, schemaclass=schema, mode="dask",
-                                 uproot_options=uproot_options or {}).events()
+                                 uproot_options=uproot_options or {},
+                                 known_base_form=known).events()
+
+
+def base_form(events: Any) -> str | None:
+    """The JSON of uproot's base form of lazy ``events`` (of :func:`read_lazy`), to read
+    files of the same branches again without opening them; ``None`` when ``events`` do not
+    come from uproot."""
+    for layer in events.dask.layers.values():
+        form = getattr(getattr(layer, "io_func", None), "base_form", None)
+        if isinstance(layer, AwkwardInputLayer) and form is not None:
+            return str(form.to_json())
+    return None
+
+
+def read_like(template: Any, files: dict[str, Any]) -> Any:
+    """Lazy NanoEvents of ``files`` (as for :func:`read_lazy`) read by the read function of
+    ``template``, lazy events of files with the same branches and uproot options: no file is
+    opened, and neither the read function nor its form is built or hashed again.
+
+    The collection's name is a hash of the template's and of the entry ranges.
+    """
+    (name, layer), = ((n, lay) for n, lay in template.dask.layers.items()
+                      if isinstance(lay, AwkwardInputLayer))
+    parts = [(file, spec["object_path"], start, stop, True)
+             for file, spec in files.items() for start, stop in spec["steps"]]
+    divisions = [0]
+    for _, _, start, stop, _ in parts:
+        divisions.append(divisions[-1] + stop - start)
+    events = dak.from_map(layer.io_func, parts, divisions=tuple(divisions),
+                          label="from-uproot", token=tokenize(name, parts))
+    assert isinstance(events, dak.Array)
+    events._meta.attrs["@original_array"] = events  # as coffea's NanoEventsFactory does
+    return events
 
 
 def read_eager(file: str, tree: str = "Events", start: int | None = None,

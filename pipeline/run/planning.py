@@ -116,13 +116,16 @@ class Planner:
     """Builds the graphs of a run's datasets, tracing once per analysis shape (the plans
     are taken from, and saved to, ``cache`` when given).
 
-    ``traced`` and ``cached`` count the plans traced and those taken from the cache.
+    ``traced`` and ``cached`` count the plans traced and those taken from the cache;
+    ``read`` holds the lazy events of the first NanoAOD dataset of each shape and uproot
+    options: the others are read by their read function (no file opened, no form rebuilt).
     """
 
     cfg: AnalysisConfig
     params: Any
     cache: PlanCache | None = None
     plans: dict[str, TracedPlan] = field(default_factory=dict)
+    read: dict[str, Any] = field(default_factory=dict)
     traced: int = 0
     cached: int = 0
 
@@ -131,18 +134,30 @@ class Planner:
         """The graph of ``dataset`` (its chunk tasks writing the tables' parts into
         ``sinks``), from the plan of its shape: traced here if no dataset of its shape was
         planned before (in this run, or one with the same identity when cached)."""
-        events = read_events(dataset)
-        shape = analysis_shape(dataset, self.cfg, events._meta)
+        # with the digest preprocessing found, no file is opened for the shape
+        events = None if dataset.form_digest is not None else read_events(dataset)
+        shape = analysis_shape(dataset, self.cfg, None if events is None else events._meta)
         key = json.dumps(shape, sort_keys=True, default=str)
         plan = self.plans.get(key)
         if plan is None and self.cache is not None:
             plan = self.cache.load(shape)
             self.cached += plan is not None
         if plan is None:
+            events = read_events(dataset) if events is None else events
             plan = trace_plan(dataset, self.cfg, self.params, events, sinks)
             self.traced += 1
             if self.cache is not None:
                 self.cache.save(shape, plan)
+        elif events is None:
+            events = self._read(dataset, key, plan)
         self.plans[key] = plan
         return build_dataset_graph(dataset, self.cfg, self.params, sinks, traced=plan,
                                    events=events)
+
+    def _read(self, dataset: Dataset, key: str, plan: TracedPlan) -> Any:
+        """The lazy NanoEvents of ``dataset`` (of shape ``key``), no input file opened."""
+        like_key = json.dumps([key, dataset.uproot_options()], sort_keys=True, default=str)
+        like = self.read.get(like_key)
+        events = read_events(dataset, plan.base_form, like)
+        self.read.setdefault(like_key, events)
+        return events
