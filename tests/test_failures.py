@@ -25,38 +25,11 @@ import numpy as np
 import psutil
 import pytest
 import uproot
-import yaml
+from demo_job import write_job
 
 from pipeline.cli import main
 from pipeline.inputs.datafiles import find_data_file
 from pipeline.ml import open_table
-
-CHUNKSIZE = 20  # the 200-event demo file in 10 chunks
-
-
-def write_job(tmp: Path, name: str, files: list[str] | None = None, workers: int = 1,
-              calibrators: list[str] | None = None) -> Path:
-    """The demo analysis, its dataset ``tt`` reading ``files`` (default: the demo file),
-    its calibrator sequence ``calibrators`` (default: the demo's)."""
-    project = Path(__file__).resolve().parent.parent
-    config = yaml.safe_load((project / "configs" / "demo.yaml").read_text())
-    config["parameters"] = [str(project / "configs" / p) for p in config["parameters"]]
-    if calibrators is not None:
-        config["calibrators"] = calibrators
-    (spec,) = config["datasets"].values()
-    spec["files"] = files or [str(find_data_file("nano_tt_v12.root"))]
-    config["datasets"] = {"tt": spec}
-    # a few variations are enough here (and keep each chunk short): the full calibrator
-    # chain runs, the electron and MET variations and the pileup weight's are carried
-    config["variations"] = {"shape": {"common": {"inclusive": [
-        "electron_scale_and_smearing", "met_rescaling"]}},
-        "weights": {"common": {"inclusive": ["pileup"]}}}
-    cfg = tmp / f"{name}.analysis.yaml"
-    cfg.write_text(yaml.safe_dump(config))
-    job = tmp / f"{name}.job.yaml"
-    job.write_text(f"config: {cfg.name}\noutput: {tmp / name}\nchunksize: {CHUNKSIZE}\n"
-                   f"workers: {workers}\n")
-    return job
 
 
 def histograms(out: Path) -> dict:

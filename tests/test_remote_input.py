@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import demo_job
 import numpy as np
 import pytest
 import uproot
@@ -30,23 +31,9 @@ TT = "nano_tt_v12.root"
 
 
 def write_job(tmp: Path, name: str, files: list[str], chunksize: int = 50) -> Path:
-    """The demo analysis with a few variations, its dataset ``tt`` reading ``files``."""
-    project = Path(__file__).resolve().parent.parent
-    config = yaml.safe_load((project / "configs" / "demo.yaml").read_text())
-    config["parameters"] = [str(project / "configs" / p) for p in config["parameters"]]
-    (spec,) = config["datasets"].values()
-    spec["files"] = files
-    config["datasets"] = {"tt": spec}
-    config["variations"] = {"shape": {"common": {"inclusive": [
-        "electron_scale_and_smearing", "met_rescaling"]}},
-        "weights": {"common": {"inclusive": ["pileup"]}}}
-    cfg = tmp / f"{name}.analysis.yaml"
-    cfg.write_text(yaml.safe_dump(config))
-    job = tmp / f"{name}.job.yaml"
-    job.write_text(f"config: {cfg.name}\noutput: {tmp / name}\nchunksize: {chunksize}\n"
-                   "workers: 1\n"
-                   "remote: {timeout_s: 10, retries: 1}\n")
-    return job
+    """The demo job of tests/demo_job.py over ``files``, with short remote timeouts."""
+    return demo_job.write_job(tmp, name, files, chunksize=chunksize,
+                              job_keys="remote: {timeout_s: 10, retries: 1}\n")
 
 
 def histogram_bytes(out: Path) -> dict[str, bytes]:
