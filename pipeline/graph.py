@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,11 +193,12 @@ class DatasetGraph:
         return list(self._chunk_tasks)
 
     def total(self) -> Delayed:
-        """A delayed float64 vector: the histograms of all chunks, summed by
-        :func:`tree_sum`'s tree (fan-in 8), so that both give the same bits."""
+        """A delayed float64 vector: the histograms of all chunks, summed along the tree of
+        :func:`tree_levels` (fan-in 8), as the run's workers do, so that both give the same
+        bits."""
         level: list[Any] = self.chunk_tasks()
         while True:
-            level = [dask.delayed(_sum_vectors)(level[i : i + SUM_FAN_IN])
+            level = [dask.delayed(sum_vectors)(level[i : i + SUM_FAN_IN])
                      for i in range(0, len(level), SUM_FAN_IN)]
             if len(level) == 1:
                 return level[0]
@@ -212,8 +213,15 @@ class DatasetGraph:
         return columns
 
 
-def _sum_vectors(parts: Iterable[Any]) -> np.ndarray | None:
-    """The sum of ``parts`` in their order (``None`` entries, failed chunks, are left out)."""
+def sum_vectors(parts: Iterable[Any]) -> np.ndarray | None:
+    """The sum of ``parts`` in their order (``None`` entries, failed chunks, are left out);
+    ``None`` if all are.
+
+    Examples
+    --------
+    >>> sum_vectors([np.array([1.0]), None, np.array([2.0])])
+    array([3.])
+    """
     total = None
     for part in parts:
         if part is None:
@@ -225,31 +233,25 @@ def _sum_vectors(parts: Iterable[Any]) -> np.ndarray | None:
     return total
 
 
-def tree_sum(load: Callable[[int], np.ndarray | None], n: int) -> np.ndarray | None:
-    """Sum the vectors ``load(0) ... load(n - 1)`` along the tree of :meth:`DatasetGraph.total`
-    (groups of ``SUM_FAN_IN`` in order, level by level): the same additions in the same
-    order, so the same bits, holding one partial sum per level in memory.
+def tree_levels(n: int) -> list[int]:
+    """The number of nodes on each level of the sum tree of ``n`` chunks (that of
+    :meth:`DatasetGraph.total`: groups of ``SUM_FAN_IN`` in order, level by level), from the
+    chunks up to the one root.
+    Summing along it (as the workers do, :mod:`pipeline.run.reduction`) makes the same
+    additions in the same order, so the same bits.
 
     Examples
     --------
-    >>> import numpy as np
-    >>> tree_sum(lambda i: np.array([float(i)]), 20)
-    array([190.])
+    >>> tree_levels(20)
+    [20, 3, 1]
+    >>> tree_levels(1)
+    [1, 1]
     """
     sizes = [n]
     while True:
         sizes.append(-(-sizes[-1] // SUM_FAN_IN))
         if sizes[-1] <= 1:
-            break
-
-    def node(level: int, index: int) -> np.ndarray | None:
-        if level == 0:
-            return load(index)
-        first = index * SUM_FAN_IN
-        return _sum_vectors(node(level - 1, i)
-                            for i in range(first, min(first + SUM_FAN_IN, sizes[level - 1])))
-
-    return node(len(sizes) - 1, 0) if n else None
+            return sizes
 
 
 class ChunkTask:

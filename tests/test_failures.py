@@ -30,6 +30,7 @@ from demo_job import write_job
 from pipeline.cli import main
 from pipeline.inputs.datafiles import find_data_file
 from pipeline.ml import open_table
+from pipeline.run.checkpoints import saved_chunks
 
 
 def histograms(out: Path) -> dict:
@@ -82,7 +83,7 @@ def test_interrupted_run_resumes_to_identical_outputs(reference, tmp_path, proje
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(checkpoints.glob("chunk-*.npy"))) < 3:
+    while time.time() < deadline and len(saved_chunks(checkpoints)) < 3:
         time.sleep(0.1)
     if how == signal.SIGINT:
         proc.send_signal(signal.SIGINT)  # Ctrl-C of the client only
@@ -92,7 +93,7 @@ def test_interrupted_run_resumes_to_identical_outputs(reference, tmp_path, proje
     if how == signal.SIGINT:
         assert proc.returncode == 130, output
         assert "rerun the same command to resume" in " ".join(output.split())
-    kept = sorted(p.name for p in checkpoints.glob("chunk-*.npy"))
+    kept = saved_chunks(checkpoints)
     assert 3 <= len(kept) < 10, kept
     assert not (tmp_path / "interrupted" / "tt" / "histograms.pkl").exists()
     # after Ctrl-C the user asks to start again (--fresh); after the kill, the run resumes
@@ -120,7 +121,7 @@ def test_killed_worker_changes_nothing(reference, tmp_path):
 
     def kill_one() -> None:
         deadline = time.time() + 300
-        while time.time() < deadline and not list(checkpoints.glob("chunk-*.npy")):
+        while time.time() < deadline and not saved_chunks(checkpoints):
             time.sleep(0.05)
         workers = _worker_processes()
         if workers:
@@ -211,7 +212,7 @@ def test_unreadable_chunks_are_reported_and_skipped_or_fail(reference, tmp_path,
     # the finished chunks stay checkpointed: once the files are repaired, a rerun computes
     # only the chunks left out and fills the table's missing parts
     checkpoints = tmp_path / "bad" / "tt" / ".chunks"
-    assert len(list(checkpoints.glob("chunk-*.npy"))) == 10
+    assert len(saved_chunks(checkpoints)) == 10
     for copy in (truncated, corrupted):
         shutil.copy(good, copy)
     assert main(["run", str(job), "--no-progress"]) == 0
@@ -497,7 +498,7 @@ def test_a_full_disk_is_named_and_loses_no_computed_chunk(reference, tmp_path, m
     assert f"cannot write {tmp_path / 'full' / 'tt' / 'histograms.root'}" in err
     assert "No space left on device" in err and "rerun the same command" in err
     checkpoints = tmp_path / "full" / "tt" / ".chunks"
-    assert len(list(checkpoints.glob("chunk-*.npy"))) == 10  # nothing computed is lost
+    assert len(saved_chunks(checkpoints)) == 10  # nothing computed is lost
     assert report(tmp_path / "full")["status"] == "failed"
 
     assert main(["run", str(job), "--no-progress"]) == 0

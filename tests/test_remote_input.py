@@ -25,6 +25,7 @@ from pipeline.inputs.datasets import Dataset, count_entries, preprocess, resolve
 from pipeline.inputs.filesets import dataset_from_spec, fileset_files
 from pipeline.inputs.remote import xrootd_environment
 from pipeline.ml import open_table
+from pipeline.run.checkpoints import saved_chunks
 
 METADATA = {"sample": "TTbar", "year": "2022_preEE", "isMC": True}
 TT = "nano_tt_v12.root"
@@ -110,7 +111,7 @@ def test_remote_entries_are_counted_once_and_cached(xrootd_server, monkeypatch):
     ds = preprocess(Dataset("tt", [url], {}), chunksize=50)
     assert [(c.start, c.stop) for c in ds.chunks] == [(0, 50), (50, 100), (100, 150),
                                                       (150, 200)]
-    import pipeline.inputs.datasets as module
+    import pipeline.inputs.scanning as module
 
     def fail(*args, **kwargs):
         raise AssertionError("file was opened again")
@@ -228,7 +229,7 @@ def test_server_stopped_mid_run_is_named_then_the_rerun_resumes(xrootd_server, t
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and len(list(checkpoints.glob("chunk-*.npy"))) < 2:
+        while time.monotonic() < deadline and len(saved_chunks(checkpoints)) < 2:
             time.sleep(0.05)
         subprocess.run([*script, "stop"], check=True, capture_output=True, timeout=120)
         output, _ = proc.communicate(timeout=600)
@@ -241,7 +242,7 @@ def test_server_stopped_mid_run_is_named_then_the_rerun_resumes(xrootd_server, t
     failed = json.loads((tmp_path / "remote" / "report.json").read_text())
     assert failed["status"] == "failed"
     assert {f["file"] for f in failed["chunks_failed"]} == {f"{xrootd_server}/{TT}"}
-    kept = len(list(checkpoints.glob("chunk-*.npy")))
+    kept = len(saved_chunks(checkpoints))
     assert 2 <= kept < 10
 
     assert main(["run", str(local), "--no-progress"]) == 0

@@ -1,31 +1,21 @@
-"""Datasets and their preprocessing into entry-range chunks (cached on disk)."""
+"""Datasets and their preprocessing into entry-range chunks (files scanned in parallel,
+cached on disk: :mod:`pipeline.inputs.scanning`)."""
 
 from __future__ import annotations
 
 import glob
-import hashlib
-import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uproot
-
 from pipeline.config.models import RemoteSpec
 from pipeline.errors import InputFileError
-from pipeline.inputs.datafiles import cache_dir, find_data_file
-from pipeline.inputs.parquet import is_parquet, parquet_rows
-from pipeline.inputs.remote import (
-    has_glob,
-    is_remote,
-    list_remote,
-    remote_identity,
-    storage_options,
-    with_retries,
-)
+from pipeline.inputs.datafiles import find_data_file
+from pipeline.inputs.parquet import is_parquet
+from pipeline.inputs.remote import has_glob, is_remote, list_remote, storage_options
+from pipeline.inputs.scanning import ScanMap, ScanResult, ScanTask, scan_file, scan_files
 
 
 @dataclass(frozen=True)
@@ -52,8 +42,8 @@ class Dataset:
     tree: str = "Events"
     chunks: list[Chunk] = field(default_factory=list)
     remote: RemoteSpec = field(default_factory=RemoteSpec)
-    #: the :func:`scan_file` digest of the first file's branches (set by :func:`preprocess`;
-    #: ``None`` before, and for Parquet)
+    #: the digest of the first file's branches (:class:`~pipeline.inputs.scanning.FileScan`,
+    #: set by :func:`preprocess_datasets`; ``None`` before, and for Parquet)
     form_digest: str | None = None
 
     @property
@@ -92,6 +82,10 @@ class Dataset:
             if options:
                 return options
         return {}
+
+
+#: ``on_error(dataset, file, error)``: told of a file of ``dataset`` that cannot be opened
+OnError = Callable[[Dataset, str, InputFileError], None]
 
 
 def resolve_files(files: list[str], base: Path | None = None,
@@ -164,98 +158,68 @@ def split_entries(num_entries: int, chunksize: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _preprocess_cache() -> Path:
-    return cache_dir() / "preprocess"
-
-
-@dataclass(frozen=True)
-class FileScan:
-    """What preprocessing learns of one input file: its entries and, for ROOT, a digest of
-    its tree's branches (names, types and titles: equal digests, equal events forms)."""
-
-    entries: int
-    form_digest: str | None = None
-
-
 def count_entries(file: str, tree: str = "Events", remote: RemoteSpec | None = None) -> int:
-    """Number of entries of ``tree`` in ``file`` (:func:`scan_file`)."""
+    """Number of entries of ``tree`` in ``file`` (:func:`~pipeline.inputs.scanning.scan_file`)."""
     return scan_file(file, tree, remote).entries
 
 
-def scan_file(file: str, tree: str = "Events", remote: RemoteSpec | None = None) -> FileScan:
-    """Entries and branch digest of ``tree`` in ``file``; cached by path, size and mtime (a
-    remote file: URL, size and the server's mtime or ETag).
-
-    Raises :class:`InputFileError` naming the file when it is missing, unreadable or has
-    no such tree; a remote file is tried again ``remote.retries`` times first.
-    """
-    remote = remote or RemoteSpec()
-    key_parts: list[Any] = [file, tree]
-    if is_remote(file):
-        key_parts += remote_identity(file, remote)
-    else:
-        try:
-            stat = os.stat(file)
-        except FileNotFoundError:
-            raise InputFileError(f"input file not found: {file}") from None
-        key_parts += [stat.st_size, stat.st_mtime_ns]
-    key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:32]
-    cached = _preprocess_cache() / f"{key}.json"
-    if cached.exists():
-        try:
-            entry = json.loads(cached.read_text())
-            return FileScan(int(entry["entries"]), str(entry["form_digest"]))
-        except (ValueError, KeyError):
-            pass  # a damaged (or older, digest-less) cache entry is simply recomputed
-    if is_parquet(file):
-        return FileScan(parquet_rows(file))
-    scan = with_retries(lambda: _scan_tree(file, tree, remote), file, remote)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"file": file, "tree": tree, "entries": scan.entries,
-                               "form_digest": scan.form_digest}))
-    tmp.replace(cached)
-    return scan
-
-
-def _scan_tree(file: str, tree: str, remote: RemoteSpec) -> FileScan:
-    """Entries and branch digest of ``tree`` in the ROOT file ``file``; an ``OSError`` of a
-    remote file passes through (to be retried), every other failure is an
-    :class:`InputFileError` naming it."""
-    try:
-        with uproot.open(file, **storage_options(file, remote)) as handle:
-            if tree not in handle:
-                raise InputFileError(f"{file}: no tree {tree!r} in the file")
-            ttree = handle[tree]
-            branches = sorted((name, branch.typename, branch.title) for name, branch
-                              in ttree.items(recursive=True, full_paths=True))
-            digest = hashlib.sha256(json.dumps(branches).encode()).hexdigest()[:32]
-            return FileScan(int(ttree.num_entries), digest)
-    except InputFileError:
-        raise
-    except Exception as err:
-        if is_remote(file) and isinstance(err, (OSError, TimeoutError)):
-            raise
-        raise InputFileError(f"cannot read input file {file}: {type(err).__name__}: "
-                             f"{err}") from err
-
-
 def preprocess(dataset: Dataset, chunksize: int,
-               on_error: Callable[[str, InputFileError], None] | None = None) -> Dataset:
-    """Fill ``dataset.chunks`` with entry ranges of at most ``chunksize`` entries per file.
-
-    A file that cannot be opened raises :class:`InputFileError`, or, with ``on_error``, is
-    passed to it and removed from ``dataset.files``. ``dataset.form_digest`` is set to the
-    first readable file's branch digest (the files of a dataset normally share it).
+               on_error: Callable[[str, InputFileError], None] | None = None,
+               scan_map: ScanMap | None = None) -> Dataset:
+    """Fill ``dataset.chunks`` with entry ranges of at most ``chunksize`` entries per file:
+    :func:`preprocess_datasets` of this one dataset, ``on_error`` given the file and error.
     """
+    report = None if on_error is None else _without_dataset(on_error)
+    (done,) = preprocess_datasets([dataset], chunksize, report, scan_map)
+    return done
+
+
+def _without_dataset(on_error: Callable[[str, InputFileError], None]) -> OnError:
+    return lambda _, file, err: on_error(file, err)
+
+
+def preprocess_datasets(datasets: list[Dataset], chunksize: int,
+                        on_error: OnError | None = None,
+                        scan_map: ScanMap | None = None) -> list[Dataset]:
+    """Fill each dataset's ``chunks`` with entry ranges of at most ``chunksize`` entries per
+    file, its files scanned together (:func:`~pipeline.inputs.scanning.scan_files`): the
+    cached ones looked up here, the others opened through ``scan_map`` (default: here,
+    remote files on threads; the run passes one that maps over its cluster's workers), each
+    file once.
+
+    A file that cannot be opened raises its :class:`InputFileError` (the first in the
+    datasets' order), or, with ``on_error``, is passed to it with its dataset and removed
+    from ``dataset.files``. ``dataset.form_digest`` is set to the first readable file's
+    branch digest (the files of a dataset normally share it).
+
+    Examples
+    --------
+    >>> from pipeline.inputs.datafiles import find_data_file
+    >>> tt = str(find_data_file("nano_tt_v12.root"))
+    >>> a, b = preprocess_datasets([Dataset("a", [tt], {}), Dataset("b", [tt], {})], 120)
+    >>> [(c.start, c.stop) for c in b.chunks]
+    [(0, 100), (100, 200)]
+    """
+    tasks: dict[tuple[str, str], ScanTask] = {}
+    for dataset in datasets:
+        for file in dataset.files:
+            tasks.setdefault((file, dataset.tree), ScanTask(file, dataset.tree, dataset.remote))
+    scans = dict(zip(tasks, scan_files(list(tasks.values()), scan_map)))
+    for dataset in datasets:
+        _fill_chunks(dataset, [scans[file, dataset.tree] for file in dataset.files],
+                     chunksize, on_error)
+    return datasets
+
+
+def _fill_chunks(dataset: Dataset, scans: list[ScanResult], chunksize: int,
+                 on_error: OnError | None) -> None:
+    """Set ``dataset``'s chunks, readable files and form digest from its files' scans."""
     chunks, readable, digests = [], [], []
-    for file in dataset.files:
-        try:
-            scan = scan_file(file, dataset.tree, dataset.remote)
-        except InputFileError as err:
+    for file, scan in zip(dataset.files, scans):
+        if isinstance(scan, InputFileError):
             if on_error is None:
-                raise
-            on_error(file, err)
+                raise scan
+            on_error(dataset, file, scan)
             continue
         readable.append(file)
         digests.append(scan.form_digest)
@@ -263,4 +227,3 @@ def preprocess(dataset: Dataset, chunksize: int,
                    for start, stop in split_entries(scan.entries, chunksize)]
     dataset.files, dataset.chunks = readable, chunks
     dataset.form_digest = digests[0] if digests else None
-    return dataset

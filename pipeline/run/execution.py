@@ -1,8 +1,10 @@
 """Compute the chunks of a run on a Dask client: resume, retries, bad files, progress.
 
-Each chunk task is submitted on its own (with ``retries``); as its histogram vector arrives
-it is saved as a checkpoint (:mod:`pipeline.run.checkpoints`), so an interrupted run (Ctrl-C,
-a killed client, a lost worker) resumes without redoing it. The chunks finished by an
+Each chunk task is submitted on its own (with ``retries``). The worker that computed it
+saves its histogram vector as a checkpoint (:mod:`pipeline.run.checkpoints`), so an
+interrupted run (Ctrl-C, a killed client, a lost worker) resumes without redoing it, and
+the workers sum the chunks along the tree (:mod:`pipeline.run.reduction`): the client
+receives a small receipt per chunk and one vector per dataset. The chunks finished by an
 earlier run of the same identity are not submitted at all.
 
 A chunk whose analysis fails deterministically (an expression's, a calibrator's or a table
@@ -27,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import dask
 import numpy as np
 from rich.markup import escape
 
@@ -35,18 +38,23 @@ from pipeline.errors import (
     CalibrewError,
     ChunkError,
     ChunkFault,
-    OutputError,
     UnreadableInputError,
     raised_by_reader,
     with_context,
 )
 from pipeline.graph import DatasetGraph
 from pipeline.run.checkpoints import ChunkCheckpoints
-from pipeline.run.progress import ChunkAttemptsPlugin, ProgressBoard, chunk_attempts
+from pipeline.run.progress import (
+    ChunkAttemptsPlugin,
+    ProgressBoard,
+    chunk_attempts,
+    chunk_task_seconds,
+)
+from pipeline.run.reduction import REDUCE_PRIORITY, ReductionTree, settle_chunk
 
 OnBadFile = Literal["fail", "skip"]
-__all__ = ["READER_MODULES", "ChunkFailure", "DatasetRun", "OnBadFile", "compute_chunks",
-           "is_unreadable_input"]
+__all__ = ["READER_MODULES", "ChunkFailure", "ComputeTimes", "DatasetRun", "OnBadFile",
+           "compute_chunks", "is_unreadable_input"]
 
 
 @dataclass
@@ -86,6 +94,8 @@ class DatasetRun:
     retried: dict[int, int] = field(default_factory=dict)  # chunk -> attempts
     events_computed: int = 0
     seconds: float = 0.0
+    #: the future of the dataset's summed vector, on a worker (:mod:`pipeline.run.reduction`)
+    total: Any = None
 
     @property
     def name(self) -> str:
@@ -95,9 +105,12 @@ class DatasetRun:
     def failed_chunks(self) -> set[int]:
         return {f.chunk for f in self.failed}
 
-    def load_vector(self, index: int) -> np.ndarray | None:
-        """Chunk ``index``'s histogram vector, ``None`` for a chunk left out."""
-        return None if index in self.failed_chunks else self.checkpoints.load(index)
+    def vector(self) -> np.ndarray:
+        """The dataset's histogram vector: the sum of its chunks, fetched from the worker
+        that summed them (zeros when every chunk was left out)."""
+        vector = self.total.result() if self.total is not None else None
+        self.total = None  # the worker may forget it
+        return vector if vector is not None else np.zeros(self.graph.plan.vector_size)
 
     def report(self) -> dict[str, Any]:
         return {
@@ -137,9 +150,20 @@ def _error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}".strip()
 
 
+@dataclass
+class ComputeTimes:
+    """When the computation's first chunk finished (seconds from its start; ``None`` when
+    no chunk was computed) and the seconds the workers spent computing chunk tasks, all
+    attempts together (``None`` when the scheduler cannot count them)."""
+
+    first_chunk_s: float | None = None
+    chunk_task_s: float | None = None
+
+
 def compute_chunks(client: Any, runs: Sequence[DatasetRun], retries: int,
-                   on_bad_file: OnBadFile, board: ProgressBoard) -> None:
-    """Compute every chunk of ``runs`` not yet checkpointed; checkpoint each as it finishes.
+                   on_bad_file: OnBadFile, board: ProgressBoard) -> ComputeTimes:
+    """Compute every chunk of ``runs`` not yet checkpointed, and sum each dataset's chunks,
+    on the workers (each run's :attr:`DatasetRun.total` is then the future of its vector).
 
     Raises :class:`ChunkError` when a chunk fails and the run must stop, or the chunk's own
     :class:`CalibrewError` (naming the config key, calibrator or column at fault); the
@@ -152,23 +176,40 @@ def compute_chunks(client: Any, runs: Sequence[DatasetRun], retries: int,
     except Exception as problem:  # a scheduler started elsewhere may not import calibrew
         board.print(f"[yellow]note:[/] retried chunks cannot be counted on this scheduler "
                     f"({_error_text(problem)})")
-    where: dict[Any, tuple[DatasetRun, int]] = {}
-    tasks = []
+
+    def submit(function: Any, *args: Any, key: str) -> Any:
+        return client.submit(function, *args, key=key, retries=retries,
+                             priority=REDUCE_PRIORITY)
+
+    where: dict[Any, tuple[DatasetRun, int, Any]] = {}
+    tasks: list[Any] = []
+    trees: dict[str, ReductionTree] = {}
     for run in runs:
+        trees[run.name] = ReductionTree(submit, run.checkpoints, len(run.graph.dataset.chunks),
+                                        run.name, run.resumed)
         done = set(run.resumed)
         for index, task in enumerate(run.graph.chunk_tasks()):
             if index not in done:
-                where[task.key] = (run, index)
-                tasks.append(task)
-    if not tasks:
-        return
+                saved = dask.delayed(settle_chunk, pure=True)(task, run.checkpoints, index,
+                                                              run.name)
+                where[saved.key] = (run, index, task.key)
+                tasks.append(saved)
+    times = ComputeTimes()
     start = time.perf_counter()
-    futures = client.compute(tasks, retries=retries)
+    sums = {t.root.key: name for name, t in trees.items() if t.root is not None}  # resumed
+    # the chunk tasks are optimised already (DatasetGraph.chunk_tasks): kept whole, so that
+    # their keys (counted by the attempts plugin) stay theirs
+    computed = client.compute(tasks, retries=retries, optimize_graph=False) if tasks else []
+    futures = computed + [t.root for t in trees.values() if t.root is not None]
     pending = set(futures)
+    completed = as_completed(futures)
     try:
-        for future in as_completed(futures):
+        for future in completed:
             pending.discard(future)
-            run, index = where[future.key]
+            if future.key in sums:  # a dataset's sum
+                _check_total(future, sums[future.key])
+                continue
+            run, index, chunk_key = where[future.key]
             chunk = run.graph.dataset.chunks[index]
             result = future.result() if future.status == "finished" else None
             if isinstance(result, ChunkFault):  # the analysis' fault: not retried
@@ -181,10 +222,12 @@ def compute_chunks(client: Any, runs: Sequence[DatasetRun], retries: int,
                                         "not retried: it would fail the same way "
                                         "again") from None
             if future.status == "finished":
-                _save(run, index, result)
+                if times.first_chunk_s is None:
+                    times.first_chunk_s = time.perf_counter() - start
                 run.computed.append(index)
                 run.events_computed += chunk.entries
                 board.advance(run.name, chunk.entries)
+                submitted = trees[run.name].settle(index)
             elif future.status == "cancelled":
                 raise ChunkError(f"{run.name}: chunk {index} ({chunk.file}) was cancelled by "
                                  "the scheduler (lost connection or restart); the chunks "
@@ -193,7 +236,7 @@ def compute_chunks(client: Any, runs: Sequence[DatasetRun], retries: int,
                 err = future.exception()
                 failure = ChunkFailure(run.name, index, chunk.file, chunk.start, chunk.stop,
                                        _error_text(err), is_unreadable_input(err))
-                failure.attempts = _attempts_of(client, future.key, retries)
+                failure.attempts = _attempts_of(client, chunk_key, retries)
                 run.failed.append(failure)
                 board.advance(run.name, 0, failed=True)
                 if isinstance(err, CalibrewError) and not failure.bad_file:
@@ -207,23 +250,37 @@ def compute_chunks(client: Any, runs: Sequence[DatasetRun], retries: int,
                     raise ChunkError(f"{failure.describe()}\nThe chunks finished are kept: "
                                      f"rerun the same command to resume{hint}.") from err
                 board.print(f"[yellow]skipped[/] {escape(failure.describe())}")
+                submitted = trees[run.name].settle(index, left_out=True)
             run.seconds = time.perf_counter() - start
+            sums.update((f.key, run.name) for f in submitted)
+            pending.update(submitted)
+            completed.update(submitted)
             future.release()
     finally:
         if pending:
             client.cancel(list(pending))
         _record_attempts(client, runs, where)
+    for run in runs:
+        run.total = trees[run.name].root
+    times.chunk_task_s = chunk_task_seconds(client)
+    return times
 
 
-def _save(run: DatasetRun, index: int, vector: Any) -> None:
-    """Checkpoint chunk ``index``; a disk that is full or read-only stops the run, naming
-    the file (the chunks saved before are kept)."""
-    try:
-        run.checkpoints.save(index, vector)
-    except OutputError as err:
-        raise OutputError(f"dataset {run.name!r}: cannot save finished chunk {index}: {err}; "
-                          "the chunks saved before are kept: rerun the same command to "
-                          "resume once the output directory can be written") from None
+def _check_total(future: Any, name: str) -> None:
+    """Raise the error of dataset ``name``'s sum (a checkpoint that cannot be read or
+    written, a worker lost again and again)."""
+    if future.status == "finished":
+        return
+    if future.status == "cancelled":
+        raise ChunkError(f"dataset {name!r}: the sum of its chunks was cancelled by the "
+                         "scheduler (lost connection or restart); the chunks finished are "
+                         "kept: rerun the same command to resume")
+    err = future.exception()
+    if isinstance(err, CalibrewError):
+        raise err
+    raise ChunkError(f"dataset {name!r}: the sum of its chunks failed: {_error_text(err)}; "
+                     "the chunks finished are kept: rerun the same command to "
+                     "resume") from err
 
 
 def _attempts_of(client: Any, key: Any, retries: int) -> int:
@@ -232,8 +289,9 @@ def _attempts_of(client: Any, key: Any, retries: int) -> int:
 
 
 def _record_attempts(client: Any, runs: Sequence[DatasetRun],
-                     where: dict[Any, tuple[DatasetRun, int]]) -> None:
+                     where: dict[Any, tuple[DatasetRun, int, Any]]) -> None:
+    chunks = {chunk_key: (run, index) for run, index, chunk_key in where.values()}
     for key, count in chunk_attempts(client).items():
-        if count > 1 and key in where:
-            run, index = where[key]
+        if count > 1 and key in chunks:
+            run, index = chunks[key]
             run.retried[index] = count

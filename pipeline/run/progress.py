@@ -25,19 +25,42 @@ class ChunkAttemptsPlugin(SchedulerPlugin):
     def __init__(self, prefix: str = CHUNK_PREFIX) -> None:
         self.prefix = prefix
         self.attempts: dict[str, int] = {}
+        #: seconds the workers spent computing chunk tasks (those that finished)
+        self.compute_s = 0.0
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        if finish != "processing" or not isinstance(key, tuple) or len(key) != 2:
+        if finish not in ("processing", "memory") or not isinstance(key, tuple) \
+                or len(key) != 2:
             return
         name, index = key
-        if isinstance(name, str) and name.startswith(self.prefix):
+        if not (isinstance(name, str) and name.startswith(self.prefix)):
+            return
+        if finish == "processing":
             label = f"{name}/{int(index)}"
             self.attempts[label] = self.attempts.get(label, 0) + 1
+        else:
+            self.compute_s += sum(s["stop"] - s["start"] for s in kwargs.get("startstops") or ()
+                                  if s.get("action") == "compute")
 
 
 def _attempts(dask_scheduler: Any = None) -> dict[str, int]:
     plugin = dask_scheduler.plugins.get(PLUGIN_NAME)
     return dict(plugin.attempts) if plugin else {}
+
+
+def _compute_seconds(dask_scheduler: Any = None) -> float | None:
+    plugin = dask_scheduler.plugins.get(PLUGIN_NAME)
+    return plugin.compute_s if plugin else None
+
+
+def chunk_task_seconds(client: Any) -> float | None:
+    """The seconds the workers spent computing chunk tasks, as the scheduler's plugin
+    counted them (``None`` when it could not be installed there)."""
+    try:
+        seconds = client.run_on_scheduler(_compute_seconds)
+    except Exception:
+        return None
+    return float(seconds) if seconds is not None else None
 
 
 def chunk_attempts(client: Any) -> dict[tuple[str, int], int]:

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.markup import escape
 
@@ -29,13 +28,14 @@ from pipeline.errors import (
     OutputError,
     with_context,
 )
-from pipeline.graph import DatasetGraph, tree_sum
+from pipeline.graph import DatasetGraph
 from pipeline.inputs.bytes_read import chunk_bytes
-from pipeline.inputs.datasets import Dataset, preprocess
+from pipeline.inputs.datasets import Dataset, preprocess_datasets
 from pipeline.inputs.filesets import dataset_from_spec
 from pipeline.inputs.remote import xrootd_environment
+from pipeline.inputs.scanning import ScanMap
 from pipeline.outputs.atomic import describe_os_error
-from pipeline.outputs.histograms import write_pickle, write_root
+from pipeline.outputs.histograms import WrittenHistograms, write_pickle, write_root
 from pipeline.outputs.lock import OutputLock
 from pipeline.outputs.provenance import provenance
 from pipeline.outputs.report import write_json
@@ -46,21 +46,24 @@ from pipeline.run.checkpoints import (
     outputs_identity,
     record_outputs_identity,
 )
-from pipeline.run.execution import DatasetRun, OnBadFile, compute_chunks
+from pipeline.run.execution import ComputeTimes, DatasetRun, OnBadFile, compute_chunks
 from pipeline.run.identity import output_identity, plan_identity, table_identity
 from pipeline.run.planning import PlanCache, Planner
 from pipeline.run.progress import ProgressBoard
-from pipeline.sites import check_site, describe, load_site, start_site, workers_override
+from pipeline.run.site_session import SiteOnDemand
+from pipeline.sites import check_site, describe, load_site, workers_override
 from pipeline.table_layout import TableError, merge_part_attrs
 
 CHECKPOINTS = ".chunks"
+HISTOGRAMS_PICKLE = "histograms.pkl"
 
 
 @dataclass
 class RunResult:
-    """What a run produced: histograms per dataset and the report."""
+    """What a run produced: histograms per dataset (read from their files when asked for)
+    and the report."""
 
-    histograms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    histograms: WrittenHistograms = field(default_factory=WrittenHistograms)
     report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -78,35 +81,37 @@ def make_datasets(cfg: AnalysisConfig, names: list[str] | str, config_dir: Path 
                   chunksize: int, on_bad_file: OnBadFile = "fail",
                   bad_files: list[dict[str, str]] | None = None,
                   console: Console | None = None,
-                  remote: RemoteSpec | None = None) -> list[Dataset]:
+                  remote: RemoteSpec | None = None,
+                  scan_map: ScanMap | None = None) -> list[Dataset]:
     """The job's datasets, files resolved (globs, folders, coffea filesets; remote files
-    with ``remote``'s timeouts and retries) and preprocessed into chunks.
+    with ``remote``'s timeouts and retries) and preprocessed into chunks, each file scanned
+    once: from the cache, else through ``scan_map`` (the run's: on its cluster's workers;
+    default: here).
 
     A file that cannot be opened stops the run (:class:`InputFileError` naming it), or with
     ``on_bad_file="skip"`` is left out, printed and appended to ``bad_files``.
     """
     selected = list(cfg.datasets) if names == "all" else list(names)
-    out = []
-    for name in selected:
-        dataset = dataset_from_spec(name, cfg.datasets[name], config_dir, remote)
-        n_files = len(dataset.files)
-        skip = on_bad_file == "skip"
-        out.append(preprocess(dataset, chunksize, on_error=_skip_file(
-            name, bad_files, console) if skip else None))
+    datasets = [dataset_from_spec(name, cfg.datasets[name], config_dir, remote)
+                for name in selected]
+    listed = [len(dataset.files) for dataset in datasets]
+    skip = _skip_file(bad_files, console) if on_bad_file == "skip" else None
+    preprocess_datasets(datasets, chunksize, on_error=skip, scan_map=scan_map)
+    for dataset, n_files in zip(datasets, listed):
         if n_files and not dataset.files:
-            raise InputFileError(f"dataset {name!r}: none of its {n_files} file(s) can be "
-                                 "read")
-    return out
+            raise InputFileError(f"dataset {dataset.name!r}: none of its {n_files} file(s) "
+                                 "can be read")
+    return datasets
 
 
-def _skip_file(dataset: str, bad_files: list[dict[str, str]] | None,
-               console: Console | None) -> Callable[[str, InputFileError], None]:
-    def record(file: str, err: InputFileError) -> None:
+def _skip_file(bad_files: list[dict[str, str]] | None,
+               console: Console | None) -> Callable[[Dataset, str, InputFileError], None]:
+    def record(dataset: Dataset, file: str, err: InputFileError) -> None:
         if bad_files is not None:
-            bad_files.append({"dataset": dataset, "file": file, "error": str(err),
+            bad_files.append({"dataset": dataset.name, "file": file, "error": str(err),
                               "stage": "open"})
         if console is not None:
-            console.print(f"[yellow]skipped[/] {escape(dataset)}: {escape(str(err))}",
+            console.print(f"[yellow]skipped[/] {escape(dataset.name)}: {escape(str(err))}",
                           highlight=False)
     return record
 
@@ -166,7 +171,7 @@ def write_dataset_outputs(output: Path, graph: DatasetGraph, writers: dict[str, 
     summary = dataset_summary(graph, histograms)
     try:
         written = [
-            write_pickle(histograms, folder / "histograms.pkl"),
+            write_pickle(histograms, folder / HISTOGRAMS_PICKLE),
             write_root(histograms, folder / "histograms.root"),
             *finalize_tables(graph, writers, summary, cfg, params, skipped),
             write_json(summary, folder / "summary.json"),
@@ -207,6 +212,8 @@ class _RunState:
     #: by dataset, then table: the feature tables' writers (the chunk tasks' sinks)
     writers: dict[str, dict[str, TableWriter]] = field(default_factory=dict)
     build_s: float = 0.0
+    #: when the first chunk finished and the workers' seconds in chunk tasks
+    times: ComputeTimes = field(default_factory=ComputeTimes)
     #: the traced plans: traced in this run, and taken from the plan cache
     plans: dict[str, int] = field(default_factory=dict)
     compute_s: float = 0.0
@@ -255,6 +262,17 @@ def run_job(job_path: str | Path, options: RunOptions | None = None,
 
 def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out_dir: Path,
          opts: RunOptions, console: Console, state: _RunState) -> RunResult:
+    cluster = SiteOnDemand(site, state.site["name"], console)
+    try:
+        return _run_on(cluster, job_path, job, cfg, out_dir, opts, console, state)
+    finally:
+        cluster.close()
+
+
+def _run_on(cluster: SiteOnDemand, job_path: str | Path, job: JobSpec, cfg: AnalysisConfig,
+            out_dir: Path, opts: RunOptions, console: Console, state: _RunState) -> RunResult:
+    """The run on ``cluster``: started to scan uncached files, else once the graphs are
+    built (a configuration error found while planning starts nothing)."""
     config_dir = (Path(job_path).parent / job.config).resolve().parent
     params = load_parameters([*cfg.parameters, *job.parameters])
     chunksize = job.chunksize or cfg.chunksize
@@ -263,11 +281,11 @@ def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out
     for key, value in xrootd_environment(job.remote).items():
         os.environ.setdefault(key, value)  # workers inherit them; a user's XRD_* wins
     datasets = make_datasets(cfg, job.datasets, config_dir, chunksize, on_bad_file,
-                             state.bad_files, console, job.remote)
+                             state.bad_files, console, job.remote, cluster.scan_map)
     for ds in datasets:
         console.print(f"[bold]{escape(ds.name)}[/]: {len(ds.files)} file(s), "
                       f"{ds.entries:,} events, {len(ds.chunks)} chunk(s) of <= {chunksize:,}")
-    # the graphs are built (and every expression checked) before any cluster starts
+    # the graphs are built (and every expression checked) before any computation
     state.report_failure = False
     t0 = time.perf_counter()
     state.writers = {ds.name: table_writers(ds, cfg, params, out_dir) for ds in datasets}
@@ -312,24 +330,18 @@ def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out
             console.print(f"{escape(graph.dataset.name)}: {len(state.runs[-1].resumed)} of "
                           f"{len(graph.dataset.chunks)} chunk(s) finished by an earlier run "
                           f"are kept ({store.folder})")
-    console.print(f"site {escape(state.site['name'])} ({state.site['type']}): "
-                  f"{escape(state.site['description'])}")
-    session = start_site(site, warn=lambda message: console.print(
-        f"[yellow]warning:[/] {escape(message)}", highlight=False))
+    client = cluster.client()
+    compute_start = time.perf_counter()
+    state.report_failure = True
     try:
-        console.print(f"Dask dashboard: [link={session.dashboard_link}]"
-                      f"{session.dashboard_link}[/]")
-        compute_start = time.perf_counter()
-        state.report_failure = True
-        try:
-            _compute(session.client, state.runs, retries, on_bad_file, opts, console)
-        finally:
-            state.compute_s = time.perf_counter() - compute_start
-        # every output is written before the cluster closes: a close that fails or times
-        # out (distributed's nanny join, under load) cannot lose them
-        return _write_outputs(out_dir, job, cfg, params, state, console)
+        state.times = _compute(client, state.runs, retries, on_bad_file, opts, console)
+        if state.times.first_chunk_s is not None:  # from the run's start
+            state.times.first_chunk_s += compute_start - state.started
     finally:
-        close_session(session, console)
+        state.compute_s = time.perf_counter() - compute_start
+    # every output is written before the cluster closes: a close that fails or times out
+    # (distributed's nanny join, under load) cannot lose them
+    return _write_outputs(out_dir, job, cfg, params, state, console)
 
 
 def _plan(planner: Planner, dataset: Dataset, writers: dict[str, TableWriter]) -> DatasetGraph:
@@ -363,26 +375,8 @@ def _check_output_directory(out_dir: Path, cfg: AnalysisConfig, params: Any,
             "them (or --fresh, which also computes every chunk again).")
 
 
-def close_session(session: Any, console: Console) -> None:
-    """Close the site's client and cluster; a failure is printed as a warning, not raised.
-
-    Called once the outputs are written (or the run has failed for its own reason): what
-    the cluster does while it shuts down cannot change or lose them.
-    """
-    try:
-        session.close()
-    except CalibrewError as err:  # the site's own account (what, why, what is left)
-        console.print(f"[yellow]warning:[/] {escape(str(err))}; the run's outputs were "
-                      "written before", highlight=False)
-    except Exception as err:  # TimeoutError of a nanny join, a lost scheduler, ...
-        detail = f"{type(err).__name__}: {err}".strip().rstrip(":")
-        console.print(f"[yellow]warning:[/] the Dask cluster did not close cleanly "
-                      f"({escape(detail)}); the run's outputs were written before, "
-                      "its worker processes may still be ending", highlight=False)
-
-
 def _compute(client: Any, runs: list[DatasetRun], retries: int, on_bad_file: OnBadFile,
-             opts: RunOptions, console: Console) -> None:
+             opts: RunOptions, console: Console) -> ComputeTimes:
     from distributed import performance_report
 
     board = ProgressBoard({r.name: (len(r.graph.dataset.chunks), len(r.resumed))
@@ -390,24 +384,23 @@ def _compute(client: Any, runs: list[DatasetRun], retries: int, on_bad_file: OnB
     report = (performance_report(filename=str(opts.performance_report))
               if opts.performance_report else contextlib.nullcontext())
     with report, board:
-        compute_chunks(client, runs, retries, on_bad_file, board)
+        times = compute_chunks(client, runs, retries, on_bad_file, board)
     if opts.performance_report:
         console.print(f"Dask performance report: {opts.performance_report}")
+    return times
 
 
 def _write_outputs(out_dir: Path, job: JobSpec, cfg: AnalysisConfig, params: Any,
                    state: _RunState, console: Console) -> RunResult:
-    """Sum each dataset's chunks (in the graph's order), write its outputs, and write the
-    report. Checkpoints are removed once written, but for a dataset with chunks left out:
-    a later run then computes only those."""
+    """Write each dataset's outputs from its summed vector (fetched from the worker, one
+    dataset at a time), and write the report. Checkpoints are removed once written, but
+    for a dataset with chunks left out: a later run then computes only those."""
     result = RunResult()
     summaries = {}
     for run in state.runs:
         graph = run.graph
-        vector = tree_sum(run.load_vector, len(graph.dataset.chunks))
-        histograms = graph.plan.unpack(vector if vector is not None
-                                       else np.zeros(graph.plan.vector_size))
-        result.histograms[run.name] = histograms
+        histograms = graph.plan.unpack(run.vector())
+        result.histograms.paths[run.name] = out_dir / run.name / HISTOGRAMS_PICKLE
         try:
             summary = write_dataset_outputs(out_dir, graph, state.writers[run.name],
                                             histograms, cfg, params,
@@ -471,6 +464,8 @@ def _write_report(out_dir: Path, job: JobSpec, cfg: AnalysisConfig, state: _RunS
         "graph_build_s": state.build_s,
         "plans": state.plans,
         "compute_s": state.compute_s,
+        "first_chunk_s": state.times.first_chunk_s,
+        "chunk_task_s": state.times.chunk_task_s,
         "events_per_s": events / state.compute_s if state.compute_s else None,
         "outputs": [p for s in summaries.values() for p in s.get("outputs", [])],
     }
