@@ -38,3 +38,26 @@ def write_job(tmp: Path, name: str, files: list[str] | None = None, workers: int
     job.write_text(f"config: {cfg.name}\noutput: {tmp / name}\nchunksize: {chunksize}\n"
                    f"workers: {workers}\n{job_keys}")
     return job
+
+
+def write_large_histogram_job(tmp: Path, name: str, files: list[str], chunksize: int,
+                              bins: int, workers: int = 2) -> Path:
+    """Write a synthetic job into ``tmp`` (output ``tmp / name``): one dataset per file
+    (``big0``, ``big1``, ...), no calibrator, one category and one 2D histogram of
+    ``bins x bins`` bins (with its variances: 36 MB per chunk at 1500 bins), so that the
+    histograms' size and the number of chunks can be chosen apart from the physics."""
+    metadata = {"sample": "TTbar", "year": "2022_preEE", "isMC": True}
+    config = {
+        "datasets": {f"big{i}": {"files": [file], "metadata": metadata}
+                     for i, file in enumerate(files)},
+        "calibrators": [],
+        "categories": {"inclusive": "True"},
+        "histograms": {"jet_eta_pt": {"axes": [
+            {"expr": "Jet.eta", "name": "eta", "bins": bins, "start": -5, "stop": 5},
+            {"expr": "Jet.pt", "name": "pt", "bins": bins, "start": 0, "stop": 500}]}},
+    }
+    (tmp / f"{name}.analysis.yaml").write_text(yaml.safe_dump(config))
+    job = tmp / f"{name}.job.yaml"
+    job.write_text(f"config: {name}.analysis.yaml\noutput: {tmp / name}\n"
+                   f"chunksize: {chunksize}\nworkers: {workers}\n")
+    return job

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import pickle
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from demo_job import write_large_histogram_job
 from distributed import Client, Future, LocalCluster
 
 from pipeline.graph import SUM_FAN_IN
@@ -114,25 +113,6 @@ def test_an_unreadable_checkpoint_names_the_chunk(client, tmp_path):
 BINS = 1500  # a 1502 x 1502 histogram with its variances: 36 MB per chunk
 
 
-def _big_job(tmp: Path, name: str, files: list[str], chunksize: int) -> Path:
-    """A job of one dataset per file (``big0``, ``big1``, ...) and one large histogram."""
-    metadata = {"sample": "TTbar", "year": "2022_preEE", "isMC": True}
-    config = {
-        "datasets": {f"big{i}": {"files": [file], "metadata": metadata}
-                     for i, file in enumerate(files)},
-        "calibrators": [],
-        "categories": {"inclusive": "True"},
-        "histograms": {"jet_eta_pt": {"axes": [
-            {"expr": "Jet.eta", "name": "eta", "bins": BINS, "start": -5, "stop": 5},
-            {"expr": "Jet.pt", "name": "pt", "bins": BINS, "start": 0, "stop": 500}]}},
-    }
-    (tmp / f"{name}.analysis.yaml").write_text(yaml.safe_dump(config))
-    job = tmp / f"{name}.job.yaml"
-    job.write_text(f"config: {name}.analysis.yaml\noutput: {tmp / name}\n"
-                   f"chunksize: {chunksize}\nworkers: 2\n")
-    return job
-
-
 def test_client_receives_one_vector_per_dataset(tmp_path, monkeypatch):
     """Five datasets of 40 chunks of five events each, 36 MB of histograms each: the client
     fetches small receipts and one vector per dataset; the sums equal a run in one chunk
@@ -152,7 +132,7 @@ def test_client_receives_one_vector_per_dataset(tmp_path, monkeypatch):
         return value
 
     monkeypatch.setattr(Future, "result", recording)
-    many = run_job(_big_job(tmp_path, "many", files, chunksize=5), show_progress=False)
+    many = run_job(write_large_histogram_job(tmp_path, "many", files, 5, BINS), show_progress=False)
     monkeypatch.setattr(Future, "result", original)
     report = json.loads((tmp_path / "many" / "report.json").read_text())
     assert sum(d["chunks_computed"] for d in report["datasets"].values()) == 200
@@ -161,7 +141,7 @@ def test_client_receives_one_vector_per_dataset(tmp_path, monkeypatch):
     assert len(large) == len(files), sorted(fetched)[-10:]
     assert max(size for size in fetched if size not in large) < 10_000  # receipts
 
-    few = run_job(_big_job(tmp_path, "few", files, chunksize=200), show_progress=False)
+    few = run_job(write_large_histogram_job(tmp_path, "few", files, 200, BINS), show_progress=False)
     for dataset in few.histograms:
         big, reference = many.histograms[dataset], few.histograms[dataset]
         assert reference["jet_eta_pt"].sum().value > 0
