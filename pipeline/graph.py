@@ -27,7 +27,9 @@ import awkward as ak
 import dask
 import dask_awkward as dak
 import numpy as np
+from dask._task_spec import DataNode, GraphNode, Task, TaskRef
 from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 from dask_awkward.layers import AwkwardInputLayer
 from dask_awkward.manual import optimize_columns
 
@@ -189,7 +191,8 @@ class DatasetGraph:
         used.
         """
         if self._chunk_tasks is None:
-            self._chunk_tasks = list(self.chunks.to_delayed(optimize_graph=True))
+            self._chunk_tasks = share_common_arguments(
+                self.chunks.to_delayed(optimize_graph=True), f"{self.chunks.name}-shared")
         return list(self._chunk_tasks)
 
     def total(self) -> Delayed:
@@ -211,6 +214,49 @@ class DatasetGraph:
         for cols in dak.report_necessary_columns(self.chunks).values():
             columns |= set(cols or ())
         return columns
+
+
+def share_common_arguments(tasks: list[Delayed], prefix: str) -> list[Delayed]:
+    """``tasks`` (delayed, of one graph) with each argument object that all of them hold
+    (the fused read-and-process subgraph: uproot's reader, with the file's whole form, and
+    the chunk function, a quarter of a megabyte) moved into a task of its own, key
+    ``(prefix, i)``, that every task depends on.
+
+    The scheduler ships each task's spec to a worker on its own, so an argument held by
+    every chunk task would be serialised once per chunk, on the client's machine (where
+    the scheduler runs, locally and on batch); as a dependency it reaches each worker once.
+
+    Examples
+    --------
+    >>> from dask._task_spec import Task
+    >>> big = {"reader": "a large object"}
+    >>> tasks = [Delayed(("chunk", i), {("chunk", i): Task(("chunk", i), len, big)})
+    ...          for i in range(2)]
+    >>> shared = share_common_arguments(tasks, "chunk-shared")
+    >>> dict(shared[0].dask)[("chunk", 0)].dependencies
+    frozenset({('chunk-shared', 0)})
+    >>> dask.compute(*shared, scheduler="sync")
+    (1, 1)
+    """
+    graph = {key: task for t in tasks for key, task in dict(t.dask).items()}
+    specs = [graph[t.key] for t in tasks]
+    if len(specs) < 2 or not all(isinstance(s, Task) for s in specs):
+        return list(tasks)
+    first = specs[0]
+    common = [i for i, arg in enumerate(first.args)
+              if isinstance(arg, dict) or callable(arg)
+              if not isinstance(arg, GraphNode)
+              if all(len(s.args) == len(first.args) and s.args[i] is arg for s in specs)]
+    if not common:
+        return list(tasks)
+    graph.update({(prefix, i): DataNode((prefix, i), first.args[i]) for i in common})
+    for key, spec in zip((t.key for t in tasks), specs, strict=True):
+        args = [TaskRef((prefix, i)) if i in common else arg
+                for i, arg in enumerate(spec.args)]
+        graph[key] = Task(key, spec.func, *args, _data_producer=spec.data_producer,
+                          **spec.kwargs)
+    one = HighLevelGraph({prefix: graph}, {prefix: set()})  # one layer: merged once
+    return [Delayed(t.key, one, layer=prefix) for t in tasks]
 
 
 def sum_vectors(parts: Iterable[Any]) -> np.ndarray | None:
