@@ -42,6 +42,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 _LAZY: dict[str, str] = {
     # running a job
     "run_job": "pipeline.run.runner",
+    "merge_job": "pipeline.run.runner",
+    "load_merged": "pipeline.outputs.merged",
     "RunOptions": "pipeline.run.runner",
     "RunResult": "pipeline.run.runner",
     "make_datasets": "pipeline.run.runner",
@@ -117,9 +119,11 @@ __all__ = [
     "get_calibrator",
     "load_config",
     "load_job",
+    "load_merged",
     "load_parameters",
     "make_datasets",
     "make_sample",
+    "merge_job",
     "open_table",
     "plot_output",
     "print_table",
@@ -157,9 +161,10 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
         xgboost_iterator,
     )
     from pipeline.outputs.inspect_table import describe_table, print_table
+    from pipeline.outputs.merged import load_merged
     from pipeline.outputs.plot import plot_output
     from pipeline.recipes.derive import derive_correction
-    from pipeline.run.runner import RunOptions, RunResult, make_datasets, run_job
+    from pipeline.run.runner import RunOptions, RunResult, make_datasets, merge_job, run_job
     from pipeline.weights import Weight
 
 

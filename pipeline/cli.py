@@ -1,5 +1,5 @@
-"""The ``calibrew`` command line: ``run``, ``sites``, ``job-script``, ``preprocess``, ``plot``,
-``inspect``, ``derive``, ``make-sample``."""
+"""The ``calibrew`` command line: ``run``, ``merge``, ``sites``, ``job-script``, ``preprocess``,
+``plot``, ``inspect``, ``derive``, ``make-sample``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,17 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_merge(args: argparse.Namespace, console: Console) -> int:
+    results = pipeline.merge_job(args.job, args.output)
+    assert results.merged is not None
+    console.print(f"merged {sum(len(p.datasets) for p in results.merged.processes.values())} "
+                  f"dataset(s) into {len(results.merged.processes)} process(es): "
+                  + ", ".join(escape(str(p)) for p in results.paths), highlight=False)
+    for note in results.merged.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    return 0
+
+
 def _cmd_sites(args: argparse.Namespace, console: Console) -> int:
     console.print("site profiles are looked for in, in this order (the first of a name wins):")
     for folder in site_folders():
@@ -90,8 +101,10 @@ def _cmd_preprocess(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace, console: Console) -> int:
-    files = pipeline.plot_output(Path(args.output), Path(args.dest) if args.dest else None)
-    console.print(f"{len(files)} plot(s) written to {files[0].parent.parent if files else '-'}")
+    dest = Path(args.dest) if args.dest else Path(args.output) / "plots"
+    files = pipeline.plot_output(Path(args.output), dest, variations=args.variations,
+                                 top=args.top, formats=[f for f in args.format.split(",") if f])
+    console.print(f"{len(files)} plot(s) written to {escape(str(dest))}", highlight=False)
     return 0
 
 
@@ -172,13 +185,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_site_options(script)
     script.set_defaults(func=_cmd_job_script)
 
+    merge = sub.add_parser("merge", help="merge a job's per-dataset outputs into normalised "
+                           "processes and write the statistical models again (nothing is "
+                           "computed)")
+    merge.add_argument("job")
+    merge.add_argument("--output", help="the output directory (default: the job's)")
+    merge.set_defaults(func=_cmd_merge)
+
     pre = sub.add_parser("preprocess", help="split a job's files into chunks (cached)")
     pre.add_argument("job")
     pre.set_defaults(func=_cmd_preprocess)
 
-    plot = sub.add_parser("plot", help="draw every histogram of a run output as PNG")
+    plot = sub.add_parser("plot", help="draw the merged result of a run: data against the "
+                          "stacked processes, per histogram and category")
     plot.add_argument("output", help="the run's output directory")
     plot.add_argument("--dest", help="where to write the plots (default: OUTPUT/plots)")
+    plot.add_argument("--variations", action="store_true", help="also plot each "
+                      "systematic's up and down over the nominal (into DEST/variations)")
+    plot.add_argument("--top", type=int, default=5, metavar="N", help="in the variation "
+                      "plots, colour and label the N largest systematics (default 5)")
+    plot.add_argument("--format", default="png", metavar="FMT[,FMT]", help="file formats, "
+                      "comma-separated: png, pdf, svg (default png)")
     plot.set_defaults(func=_cmd_plot)
 
     inspect = sub.add_parser("inspect", help="schema, rows, variations and provenance of a "

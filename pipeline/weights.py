@@ -33,7 +33,8 @@ from pipeline.selection import Expression
 
 def generator_weight(events: Any, metadata: Mapping[str, Any]) -> Any:
     """The generator weight for MC (``genWeight``, or the column named by the metadata's
-    ``generator_weight``) as float64, ones for data.
+    ``generator_weight``) as float64; ones for data, and for MC whose ``generator_weight``
+    is ``none`` (then the sum of generator weights is the number of events).
 
     Examples
     --------
@@ -42,9 +43,12 @@ def generator_weight(events: Any, metadata: Mapping[str, Any]) -> Any:
     [2.0]
     >>> generator_weight(ak.Array([{"run": 1}]), {"isMC": False}).tolist()
     [1.0]
+    >>> generator_weight(ak.Array([{"run": 1, "genWeight": 2.0}]),
+    ...                  {"isMC": True, "generator_weight": "none"}).tolist()
+    [1.0]
     """
-    if metadata.get("isMC"):
-        column = str(metadata.get("generator_weight") or "genWeight")
+    column = str(metadata.get("generator_weight") or "genWeight")
+    if metadata.get("isMC") and column.lower() != "none":
         if column not in events.fields:
             raise InputFileError(
                 f"dataset {metadata.get('dataset', '?')!r} is MC but its events have no "

@@ -15,6 +15,14 @@ from pipeline.inputs.datafiles import find_data_file
 PROJECT = Path(__file__).resolve().parent.parent
 
 
+def with_datasets(config: dict, datasets: dict) -> dict:
+    """The demo config (as a dict) with ``datasets`` in place of its one, all of them in its
+    ttbar process."""
+    config["datasets"] = datasets
+    config["processes"]["ttbar"]["datasets"] = list(datasets)
+    return config
+
+
 def write_job(tmp: Path, name: str, files: list[str] | None = None, workers: int = 1,
               calibrators: list[str] | None = None, chunksize: int = 20,  # 10 chunks
               job_keys: str = "") -> Path:
@@ -28,7 +36,7 @@ def write_job(tmp: Path, name: str, files: list[str] | None = None, workers: int
         config["calibrators"] = calibrators
     (spec,) = config["datasets"].values()
     spec["files"] = files or [str(find_data_file("nano_tt_v12.root"))]
-    config["datasets"] = {"tt": spec}
+    with_datasets(config, {"tt": spec})
     config["variations"] = {"shape": {"common": {"inclusive": [
         "electron_scale_and_smearing", "met_rescaling"]}},
         "weights": {"common": {"inclusive": ["pileup"]}}}

@@ -30,6 +30,7 @@ from demo_job import write_job
 from pipeline.cli import main
 from pipeline.inputs.datafiles import find_data_file
 from pipeline.ml import open_table
+from pipeline.outputs.merged import load_merged
 from pipeline.run.checkpoints import saved_chunks
 
 
@@ -203,6 +204,14 @@ def test_unreadable_chunks_are_reported_and_skipped_or_fail(reference, tmp_path,
     assert {f["chunk"] for f in summary["chunks_retried"]} >= set(failures)
     assert summary["events"] == 200  # the good file's events only
     assert_same_histograms(histograms(reference), histograms(tmp_path / "bad"))
+    # the merged result is normalised to the events processed, and says so
+    results = report(tmp_path / "bad")["results"]
+    assert any("'tt': 20 chunk(s) left out" in note for note in results["notes"])
+    assert "20 chunk(s) left out" in out
+    merged = load_merged(tmp_path / "bad")
+    scale = 98.04 * 1000 * 7.9804 / summary["sum_genweights"]  # xsec x lumi / sum of weights
+    np.testing.assert_allclose(merged.histograms["jet_pt"][{"process": "ttbar"}].values(),
+                               scale * histograms(reference)["jet_pt"].values(), rtol=1e-12)
     table = open_table(tmp_path / "bad" / "tt" / "features.zarr")
     assert table.attrs["skipped_parts"] == list(range(10, 30))
     reference_table = table_columns(reference)
@@ -481,21 +490,23 @@ def test_an_output_directory_that_cannot_be_written_is_named(tmp_path, monkeypat
 
 def test_a_full_disk_is_named_and_loses_no_computed_chunk(reference, tmp_path, monkeypatch,
                                                           capsys):
-    """The disk fills up as the outputs are written (simulated: writing the ROOT file
-    raises ENOSPC as the kernel would): the file is named, the computed chunks are kept,
-    and a rerun once there is space writes the outputs without computing again."""
-    import uproot as uproot_module
+    """The disk fills up as the outputs are written (simulated: writing the dataset's
+    histograms raises ENOSPC as the kernel would): the file is named, the computed chunks
+    are kept, and a rerun once there is space writes the outputs without computing again."""
+    write_bytes = Path.write_bytes
 
-    def full_disk(path, *args, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    def full_disk(path, data):
+        if path.name.startswith(".histograms.pkl"):  # its temporary file (atomic_path)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return write_bytes(path, data)
 
     job = write_job(tmp_path, "full")
     with monkeypatch.context() as patch:
-        patch.setattr(uproot_module, "recreate", full_disk)
+        patch.setattr(Path, "write_bytes", full_disk)
         assert main(["run", str(job), "--no-progress"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "Traceback" not in err
-    assert f"cannot write {tmp_path / 'full' / 'tt' / 'histograms.root'}" in err
+    assert f"cannot write {tmp_path / 'full' / 'tt' / 'histograms.pkl'}" in err
     assert "No space left on device" in err and "rerun the same command" in err
     checkpoints = tmp_path / "full" / "tt" / ".chunks"
     assert len(saved_chunks(checkpoints)) == 10  # nothing computed is lost

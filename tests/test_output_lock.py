@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from demo_job import with_datasets
 
 from pipeline.cli import main
 from pipeline.errors import OutputLockedError
@@ -45,7 +46,7 @@ def write_job(tmp: Path, name: str, output: Path, jet_bins: int = 30,
     config["parameters"] = [str(project / "configs" / p) for p in config["parameters"]]
     (spec,) = config["datasets"].values()
     spec["files"] = [str(find_data_file("nano_tt_v12.root"))]
-    config["datasets"] = {"tt": spec}
+    with_datasets(config, {"tt": spec})
     config["variations"] = {"shape": {"common": {"inclusive": ["met_rescaling"]}},
                             "weights": {"common": {"inclusive": []}}}
     config["histograms"]["jet_pt"]["axes"][0]["bins"] = jet_bins

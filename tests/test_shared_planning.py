@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import uproot
 import yaml
+from demo_job import with_datasets
 
 from pipeline.analysis.loading import load_parameters
 from pipeline.calibration import Calibrator
@@ -198,8 +199,8 @@ def write_job(tmp: Path, output: Path) -> Path:
     cfg["parameters"] = [str(project / "configs" / p) for p in cfg["parameters"]]
     (spec,) = cfg["datasets"].values()
     spec["files"] = [str(find_data_file("nano_tt_v12.root"))]
-    cfg["datasets"] = {"tt_a": spec, "tt_b": {**spec, "metadata": {**spec["metadata"],
-                                                                   "xsec": 1.0}}}
+    with_datasets(cfg, {"tt_a": spec, "tt_b": {**spec, "metadata": {**spec["metadata"],
+                                                                     "xsec": 1.0}}})
     cfg["variations"] = {"shape": {"common": {"inclusive": ["met_rescaling"]}},
                          "weights": {"common": {"inclusive": ["pileup"]}}}
     (tmp / "shared.analysis.yaml").write_text(yaml.safe_dump(cfg))

@@ -44,7 +44,8 @@ class DatasetMetadata(Strict):
     era: str | None = Field(default=None, description="run era of collision data, e.g. C")
     xsec: float | None = Field(default=None, description="cross-section in pb (MC)")
     generator_weight: str = Field(
-        default="genWeight", description="the per-event generator weight column (MC)"
+        default="genWeight", description="the per-event generator weight column (MC); "
+        "'none' switches it off (events count 1, normalised by cross-section only)"
     )
 
     @model_validator(mode="after")
@@ -276,6 +277,53 @@ class TableSpec(Strict):
                 for name, spec in self.columns.items()}
 
 
+class ProcessSpec(Strict):
+    """A process of the results: datasets merged, with a kind, a label and a colour.
+
+    ``label`` is matplotlib text (``$t\\bar{t}$``); it is turned into ROOT's TLatex for
+    ROOT files. Collision data and simulation never share a process.
+    """
+
+    datasets: list[str] = Field(min_length=1, description="the datasets merged into it")
+    kind: Literal["data", "background", "signal"] = Field(
+        default="background", description="data, background or signal (the fit's "
+        "parameter of interest scales the signals)")
+    label: str | None = Field(default=None, description="legend text (default: the name)")
+    color: str | None = Field(default=None, description="a matplotlib colour")
+
+
+class NormalisationSystematic(Strict):
+    """A log-normal uncertainty on the yield of some processes (``lnN`` in combine)."""
+
+    value: float = Field(gt=0, description="the factor for one standard deviation up, "
+                         "e.g. 1.014 for 1.4 %")
+    processes: list[str] | None = Field(
+        default=None, description="the processes it applies to (default: all simulated)")
+
+
+class PseudoDataSpec(Strict):
+    """Pseudo-data made from the simulation when the analysis has no collision data: per
+    histogram, category and bin, the simulated processes' nominal total, Poisson-fluctuated
+    with a fixed seed (or not: an Asimov data set). Always labelled as what it is."""
+
+    label: str = Field(default="Pseudo-data (simulation)", description="legend text")
+    fluctuate: bool = Field(default=True, description="Poisson-fluctuate the total "
+                            "(false: the expected counts, an Asimov data set)")
+    seed: int = Field(default=0, ge=0, description="seed of the fluctuation")
+
+
+class FitSpec(Strict):
+    """What the statistical models (combine datacard, pyhf workspace) fit."""
+
+    histogram: str = Field(description="the histogram fitted (one observable axis)")
+    categories: list[str] | None = Field(
+        default=None, description="the categories fitted, one channel each (default: all "
+        "the histogram fills)")
+    normalisation: dict[str, NormalisationSystematic] = Field(
+        default_factory=dict, description="log-normal yield uncertainties by name, e.g. "
+        "lumi: {value: 1.014}")
+
+
 class AnalysisConfig(Strict):
     """The analysis: datasets, calibrators, variations, selection, categories, histograms."""
 
@@ -311,6 +359,13 @@ class AnalysisConfig(Strict):
         default_factory=dict, description="feature tables, written per dataset as <name>.zarr"
     )
     chunksize: int = Field(default=100_000, gt=0)
+    processes: dict[str, ProcessSpec] = Field(
+        default_factory=dict, description="datasets grouped into the processes of the "
+        "merged results, in stacking order (default: one process per sample)")
+    pseudo_data: PseudoDataSpec | None = Field(
+        default=None, description="pseudo-data from the simulation, as the data of the "
+        "merged results (only without collision data)")
+    fit: FitSpec | None = Field(default=None, description="the statistical models' fit")
 
     @field_validator("categories")
     @classmethod
@@ -318,6 +373,44 @@ class AnalysisConfig(Strict):
         if not value:
             raise ValueError("at least one category is needed")
         return value
+
+    @model_validator(mode="after")
+    def _results_consistent(self) -> AnalysisConfig:
+        problems = _process_problems(self.processes, self.datasets)
+        if self.pseudo_data is not None and any(
+                p.kind == "data" for p in self.process_specs().values()):
+            problems.append("pseudo_data: the analysis has collision data (a process of kind "
+                            "'data'); pseudo-data is only made without it")
+        if self.fit is not None:
+            problems += _fit_problems(self.fit, self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def process_specs(self) -> dict[str, ProcessSpec]:
+        """The processes of the results: ``processes``, or by default one per sample (in the
+        order of the datasets; data when the sample is collision data).
+
+        Examples
+        --------
+        >>> meta = {"year": "2022_preEE", "isMC": True}
+        >>> cfg = AnalysisConfig.model_validate({"datasets": {
+        ...     "tt_a": {"files": ["a.root"], "metadata": {**meta, "sample": "TTbar"}},
+        ...     "tt_b": {"files": ["b.root"], "metadata": {**meta, "sample": "TTbar"}}}})
+        >>> {name: p.datasets for name, p in cfg.process_specs().items()}
+        {'TTbar': ['tt_a', 'tt_b']}
+        """
+        if self.processes:
+            return dict(self.processes)
+        out: dict[str, ProcessSpec] = {}
+        for name, spec in self.datasets.items():
+            meta = spec.metadata
+            if meta.sample in out:
+                out[meta.sample].datasets.append(name)
+            else:
+                out[meta.sample] = ProcessSpec(datasets=[name],
+                                               kind="background" if meta.isMC else "data")
+        return out
 
     def variations_for_sample(self, sample: str) -> list[str]:
         """Calibrators whose variations run for ``sample``: common ones, then by sample."""
@@ -333,14 +426,58 @@ class AnalysisConfig(Strict):
 
     def digest(self) -> str:
         """A short hash of the configuration (for provenance and caches)."""
-        # without functions, the digest is the one from before the key existed
-        payload = self.model_dump(mode="json", exclude={"calibrators", *(
-            () if self.functions else ("functions",))})
+        # without functions, the digest is the one from before the key existed; the
+        # results' keys are left out: they change no chunk (the merge is redone)
+        payload = self.model_dump(mode="json", exclude={
+            "calibrators", "processes", "pseudo_data", "fit",
+            *(() if self.functions else ("functions",))})
         payload["calibrators"] = [
             c if isinstance(c, str) else f"{c.__module__}:{c.__qualname__}"
             for c in self.calibrators
         ]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _process_problems(processes: dict[str, ProcessSpec],
+                      datasets: dict[str, DatasetSpec]) -> list[str]:
+    problems = []
+    owner: dict[str, str] = {}
+    for name, process in processes.items():
+        for dataset in process.datasets:
+            if dataset not in datasets:
+                problems.append(f"processes.{name}: unknown dataset {dataset!r} (datasets: "
+                                f"{', '.join(datasets)})")
+                continue
+            if dataset in owner:
+                problems.append(f"processes.{name}: dataset {dataset!r} is already in "
+                                f"process {owner[dataset]!r}")
+            owner[dataset] = name
+            simulated = datasets[dataset].metadata.isMC
+            if simulated == (process.kind == "data"):
+                what = "simulation (isMC: true)" if simulated else "collision data"
+                problems.append(f"processes.{name}: dataset {dataset!r} is {what}, the "
+                                f"process is kind {process.kind!r}")
+    return problems
+
+
+def _fit_problems(fit: FitSpec, cfg: AnalysisConfig) -> list[str]:
+    spec = cfg.histograms.get(fit.histogram)
+    if spec is None:
+        return [f"fit.histogram: unknown histogram {fit.histogram!r} (histograms: "
+                f"{', '.join(cfg.histograms) or 'none'})"]
+    problems = []
+    if len(spec.axes) != 1:
+        problems.append(f"fit.histogram: {fit.histogram!r} has {len(spec.axes)} axes; a "
+                        "fitted histogram has one")
+    filled = spec.categories or list(cfg.categories)
+    problems += [f"fit.categories: {c!r} is not a category histogram {fit.histogram!r} "
+                 f"fills ({', '.join(filled)})" for c in fit.categories or () if c not in filled]
+    processes = cfg.process_specs()
+    for name, syst in fit.normalisation.items():
+        problems += [f"fit.normalisation.{name}.processes: unknown process {p!r} (processes: "
+                     f"{', '.join(processes)})" for p in syst.processes or ()
+                     if p not in processes]
+    return problems
 
 
 class JobSpec(Strict):

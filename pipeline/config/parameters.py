@@ -157,7 +157,8 @@ def valid_sections(calibrators: Iterable[type[Any]]) -> list[str]:
     --------
     >>> valid_sections([])
     ['calibrators_enabled', 'electron_scale_and_smearing', 'event_weights', \
-'jets_calibration', 'met_rescaling', 'photon_scale_and_smearing', 'selections']
+'jets_calibration', 'luminosity', 'met_rescaling', 'photon_scale_and_smearing', \
+'selections']
     """
     return sorted({*default_sections(), *declared_sections(calibrators)})
 

@@ -1,8 +1,8 @@
 """The histogram files written per dataset.
 
 Per dataset calibrew writes ``histograms.pkl`` (a dict of :class:`hist.Hist`, the ``cutflow``
-among them) and ``histograms.root`` (one TH1/TH2/TH3 per histogram, category and variation).
-The histograms' layout and filling are :mod:`pipeline.analysis.histogram_fill`'s.
+among them). The histograms' layout and filling are :mod:`pipeline.analysis.histogram_fill`'s;
+the ROOT export is the merged result's (:mod:`pipeline.outputs.merge`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 
 import hist
 
-from pipeline.analysis.histogram_fill import CUTFLOW
 from pipeline.outputs.atomic import atomic_path
 
 
@@ -50,24 +49,4 @@ def write_pickle(histograms: Mapping[str, hist.Hist], path: Path) -> Path:
     """Write ``{name: Hist}`` to ``path`` atomically (never a half-written file)."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(pickle.dumps(dict(histograms), protocol=pickle.HIGHEST_PROTOCOL))
-    return path
-
-
-def write_root(histograms: Mapping[str, hist.Hist], path: Path) -> Path:
-    """Export to ROOT: ``<category>/<hist>`` (nominal) and ``<category>/<hist>_<variation>``.
-
-    The cutflow goes to ``cutflow`` (weighted) and ``cutflow_events`` (raw counts).
-    """
-    import uproot
-
-    with atomic_path(path) as tmp, uproot.recreate(tmp) as out:
-        for name, h in histograms.items():
-            if name == CUTFLOW:
-                out["cutflow"] = h[:, "weighted"]
-                out["cutflow_events"] = h[:, "events"]
-                continue
-            for category in h.axes["category"]:
-                for variation in h.axes["variation"]:
-                    key = name if variation == "nominal" else f"{name}_{variation}"
-                    out[f"{category}/{key}"] = h[{"category": category, "variation": variation}]
     return path

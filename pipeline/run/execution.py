@@ -1,8 +1,8 @@
 """Compute the chunks of a run on a Dask client: resume, retries, bad files, progress.
 
-Each chunk task is submitted on its own (with ``retries``). The worker that computed it
-saves its histogram vector as a checkpoint (:mod:`pipeline.run.checkpoints`), so an
-interrupted run (Ctrl-C, a killed client, a lost worker) resumes without redoing it, and
+Each chunk task is submitted on its own (with ``retries``). The chunk task itself saves its
+histogram vector as a checkpoint (:mod:`pipeline.run.checkpoints`), so an interrupted run
+(Ctrl-C, a killed client, a lost worker) resumes without redoing it, and
 the workers sum the chunks along the tree (:mod:`pipeline.run.reduction`): the client
 receives a small receipt per chunk and one vector per dataset. The chunks finished by an
 earlier run of the same identity are not submitted at all.
@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import dask
 import numpy as np
 from rich.markup import escape
 
@@ -50,7 +49,7 @@ from pipeline.run.progress import (
     chunk_attempts,
     chunk_task_seconds,
 )
-from pipeline.run.reduction import REDUCE_PRIORITY, ReductionTree, settle_chunk
+from pipeline.run.reduction import REDUCE_PRIORITY, ReductionTree, settling
 
 OnBadFile = Literal["fail", "skip"]
 __all__ = ["READER_MODULES", "ChunkFailure", "ComputeTimes", "DatasetRun", "OnBadFile",
@@ -181,19 +180,20 @@ def compute_chunks(client: Any, runs: Sequence[DatasetRun], retries: int,
         return client.submit(function, *args, key=key, retries=retries,
                              priority=REDUCE_PRIORITY)
 
-    where: dict[Any, tuple[DatasetRun, int, Any]] = {}
+    where: dict[Any, tuple[DatasetRun, int]] = {}  # chunk task key -> its dataset, index
     tasks: list[Any] = []
     trees: dict[str, ReductionTree] = {}
     for run in runs:
         trees[run.name] = ReductionTree(submit, run.checkpoints, len(run.graph.dataset.chunks),
                                         run.name, run.resumed)
         done = set(run.resumed)
-        for index, task in enumerate(run.graph.chunk_tasks()):
-            if index not in done:
-                saved = dask.delayed(settle_chunk, pure=True)(task, run.checkpoints, index,
-                                                              run.name)
-                where[saved.key] = (run, index, task.key)
-                tasks.append(saved)
+        chunks = run.graph.chunk_tasks()
+        todo = [index for index in range(len(chunks)) if index not in done]
+        if todo:
+            for index, task in zip(todo, settling([chunks[i] for i in todo], todo,
+                                                  run.checkpoints, run.name), strict=True):
+                where[task.key] = (run, index)
+                tasks.append(task)
     times = ComputeTimes()
     start = time.perf_counter()
     sums = {t.root.key: name for name, t in trees.items() if t.root is not None}  # resumed
@@ -209,7 +209,7 @@ def compute_chunks(client: Any, runs: Sequence[DatasetRun], retries: int,
             if future.key in sums:  # a dataset's sum
                 _check_total(future, sums[future.key])
                 continue
-            run, index, chunk_key = where[future.key]
+            run, index = where[future.key]
             chunk = run.graph.dataset.chunks[index]
             result = future.result() if future.status == "finished" else None
             if isinstance(result, ChunkFault):  # the analysis' fault: not retried
@@ -236,7 +236,7 @@ def compute_chunks(client: Any, runs: Sequence[DatasetRun], retries: int,
                 err = future.exception()
                 failure = ChunkFailure(run.name, index, chunk.file, chunk.start, chunk.stop,
                                        _error_text(err), is_unreadable_input(err))
-                failure.attempts = _attempts_of(client, chunk_key, retries)
+                failure.attempts = _attempts_of(client, future.key, retries)
                 run.failed.append(failure)
                 board.advance(run.name, 0, failed=True)
                 if isinstance(err, CalibrewError) and not failure.bad_file:
@@ -259,7 +259,7 @@ def compute_chunks(client: Any, runs: Sequence[DatasetRun], retries: int,
     finally:
         if pending:
             client.cancel(list(pending))
-        _record_attempts(client, runs, where)
+        _record_attempts(client, where)
     for run in runs:
         run.total = trees[run.name].root
     times.chunk_task_s = chunk_task_seconds(client)
@@ -288,10 +288,8 @@ def _attempts_of(client: Any, key: Any, retries: int) -> int:
     return attempts.get(key, retries + 1) if isinstance(key, tuple) else retries + 1
 
 
-def _record_attempts(client: Any, runs: Sequence[DatasetRun],
-                     where: dict[Any, tuple[DatasetRun, int, Any]]) -> None:
-    chunks = {chunk_key: (run, index) for run, index, chunk_key in where.values()}
+def _record_attempts(client: Any, where: dict[Any, tuple[DatasetRun, int]]) -> None:
     for key, count in chunk_attempts(client).items():
-        if count > 1 and key in chunks:
-            run, index = chunks[key]
+        if count > 1 and key in where:
+            run, index = where[key]
             run.retried[index] = count

@@ -1,13 +1,13 @@
 """Reduce a dataset's chunks on the workers, along the sum tree, keeping them resumable.
 
-A chunk task's histogram vector never travels to the client. On the worker that computed
-it, :func:`settle_chunk` saves it as the chunk's checkpoint (atomically, in the output
-directory: a shared filesystem on batch) and hands the client only a receipt. As the chunks
-of a group (the first level of the tree, ``SUM_FAN_IN`` chunks in order) are all settled,
-the client submits :func:`reduce_group`: a worker sums their checkpoints, saves the sum in
-their place and keeps it in memory for the next level; the levels above are summed by
-:func:`~pipeline.graph.sum_vectors` on the workers as their children are submitted
-(:class:`ReductionTree`). The client receives one vector per dataset: the root's.
+A chunk task's histogram vector never travels to the client. In the chunk's task
+(:func:`settling`), :func:`settle_chunk` saves it as the chunk's checkpoint (atomically, in
+the output directory: a shared filesystem on batch) and hands the client only a receipt.
+As the chunks of a group (the first level of the tree, ``SUM_FAN_IN`` chunks in order) are
+all settled, the client submits :func:`reduce_group`: a worker sums their checkpoints,
+saves the sum in their place and keeps it in memory for the next level; the levels above are
+summed by :func:`~pipeline.graph.sum_vectors` on the workers as their children are
+submitted (:class:`ReductionTree`). The client receives one vector per dataset: the root's.
 
 The additions are those of :meth:`~pipeline.graph.DatasetGraph.total`, in the same order, so
 the sums are the same bits whatever the workers, the retries or the resumes. A chunk left
@@ -32,10 +32,13 @@ array([4., 6.])
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from dask._task_spec import Task
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from pipeline.errors import ChunkFault, OutputError
 from pipeline.graph import SUM_FAN_IN, sum_vectors, tree_levels
@@ -63,6 +66,39 @@ def settle_chunk(result: Any, store: ChunkCheckpoints, index: int,
                           "the chunks saved before are kept: rerun the same command to "
                           "resume once the output directory can be written") from None
     return None
+
+
+def settling(tasks: Sequence[Delayed], indices: Sequence[int], store: ChunkCheckpoints,
+             dataset: str) -> list[Delayed]:
+    """The chunk tasks ``tasks`` (delayed, of one graph; chunks ``indices`` of ``dataset``)
+    each fused with :func:`settle_chunk`: one task per chunk, under the chunk task's own key,
+    that computes the chunk, saves its checkpoint in ``store`` and returns the receipt.
+
+    One scheduler task per chunk instead of two: the scheduler (in the client's process on
+    a local cluster and under dask-jobqueue) handles half as many.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from dask._task_spec import Task
+    >>> from dask.delayed import Delayed
+    >>> store = ChunkCheckpoints(Path(tempfile.mkdtemp()), {"config": "abc"})
+    >>> _ = store.open()
+    >>> chunk = Delayed(("chunk", 3), {("chunk", 3): Task(("chunk", 3), np.ones, 2)})
+    >>> (task,) = settling([chunk], [3], store, "tt")
+    >>> task.key, task.compute(scheduler="sync"), store.load(3)
+    (('chunk', 3), None, array([1., 1.]))
+    """
+    graph = {key: spec for task in tasks for key, spec in dict(task.dask).items()}
+    name = f"{REDUCE_PREFIX}-settle-{uuid.uuid4().hex}"
+    for task, index in zip(tasks, indices, strict=True):
+        spec = graph[task.key]
+        chunk = Task(None, spec.func, *spec.args, **spec.kwargs)
+        graph[task.key] = Task(task.key, settle_chunk, chunk, store, index, dataset,
+                               _data_producer=spec.data_producer)
+    layer = HighLevelGraph({name: graph}, {name: set()})
+    return [Delayed(task.key, layer, layer=name) for task in tasks]
 
 
 def reduce_group(store: ChunkCheckpoints, first: int, stop: int, left_out: frozenset[int],

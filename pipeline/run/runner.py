@@ -22,6 +22,7 @@ from pipeline.config.models import AnalysisConfig, JobSpec, RemoteSpec
 from pipeline.errors import (
     CalibrationError,
     CalibrewError,
+    ConfigError,
     ExpressionError,
     InputFileError,
     OutputConflictError,
@@ -35,10 +36,11 @@ from pipeline.inputs.filesets import dataset_from_spec
 from pipeline.inputs.remote import xrootd_environment
 from pipeline.inputs.scanning import ScanMap
 from pipeline.outputs.atomic import describe_os_error
-from pipeline.outputs.histograms import WrittenHistograms, write_pickle, write_root
+from pipeline.outputs.histograms import WrittenHistograms, write_pickle
 from pipeline.outputs.lock import OutputLock
 from pipeline.outputs.provenance import provenance
 from pipeline.outputs.report import write_json
+from pipeline.outputs.results import Results, check_results, write_results, written_datasets
 from pipeline.outputs.table_writer import TableWriter
 from pipeline.run.checkpoints import (
     ChunkCheckpoints,
@@ -65,6 +67,8 @@ class RunResult:
 
     histograms: WrittenHistograms = field(default_factory=WrittenHistograms)
     report: dict[str, Any] = field(default_factory=dict)
+    #: the merged, normalised results and the statistical models
+    results: Results = field(default_factory=Results)
 
 
 def table_writers(dataset: Dataset, cfg: AnalysisConfig, params: Any,
@@ -165,14 +169,13 @@ def finalize_tables(graph: DatasetGraph, writers: dict[str, TableWriter],
 def write_dataset_outputs(output: Path, graph: DatasetGraph, writers: dict[str, TableWriter],
                           histograms: dict[str, Any], cfg: AnalysisConfig, params: Any,
                           skipped: Sequence[int] = ()) -> dict[str, Any]:
-    """Write histograms.pkl, histograms.root, summary.json and finalize the tables (their
-    ``writers``)."""
+    """Write histograms.pkl, summary.json and finalize the tables (their ``writers``); the
+    ROOT export is the merged result's (:mod:`pipeline.outputs.results`)."""
     folder = output / graph.dataset.name
-    summary = dataset_summary(graph, histograms)
+    summary = {**dataset_summary(graph, histograms), "chunks_left_out": list(skipped)}
     try:
         written = [
             write_pickle(histograms, folder / HISTOGRAMS_PICKLE),
-            write_root(histograms, folder / "histograms.root"),
             *finalize_tables(graph, writers, summary, cfg, params, skipped),
             write_json(summary, folder / "summary.json"),
         ]
@@ -260,6 +263,26 @@ def run_job(job_path: str | Path, options: RunOptions | None = None,
             raise
 
 
+def merge_job(job_path: str | Path, output: str | Path | None = None) -> Results:
+    """Merge the per-dataset outputs a job wrote (into ``output``, default the job's) and
+    write the results again (:func:`~pipeline.outputs.results.write_results`): after a
+    change of the config's processes or fit, or after a merge that failed. Nothing is
+    computed. Raises :class:`~pipeline.errors.OutputError` when no dataset's outputs are
+    there, :class:`~pipeline.errors.ConfigError` when the simulation cannot be normalised.
+    """
+    job, cfg = load_job(job_path)
+    params = load_parameters([*cfg.parameters, *job.parameters])
+    out_dir = Path(output or job.output)
+    with OutputLock(out_dir, str(job_path)):
+        if not written_datasets(out_dir, cfg):
+            raise OutputError(f"{out_dir}: no dataset of {job.config} has outputs there; "
+                              f"run the job first (calibrew run {job_path})")
+        results = write_results(out_dir, cfg, params)
+    if results.merged is None:
+        raise ConfigError(str(job_path), [("processes", results.skipped or "")])
+    return results
+
+
 def _run(job_path: str | Path, job: JobSpec, cfg: AnalysisConfig, site: Any, out_dir: Path,
          opts: RunOptions, console: Console, state: _RunState) -> RunResult:
     cluster = SiteOnDemand(site, state.site["name"], console)
@@ -295,6 +318,7 @@ def _run_on(cluster: SiteOnDemand, job_path: str | Path, job: JobSpec, cfg: Anal
 
     planner = Planner(cfg, params, PlanCache(plan_identity(cfg, params), note=note))
     graphs = [_plan(planner, ds, state.writers[ds.name]) for ds in datasets]
+    check_results(cfg, params, [ds.name for ds in datasets])  # before any computation
     state.plans = {"traced": planner.traced, "from_cache": planner.cached}
     _check_output_directory(out_dir, cfg, params, opts)
     writers = [writer for tables in state.writers.values() for writer in tables.values()]
@@ -413,7 +437,13 @@ def _write_outputs(out_dir: Path, job: JobSpec, cfg: AnalysisConfig, params: Any
         summaries[run.name] = {**summary, **run.report(), **_bytes_read(run, summary)}
         if not run.failed:
             run.checkpoints.clear()
-    result.report = _write_report(out_dir, job, cfg, state, summaries)
+    try:
+        result.results = write_results(out_dir, cfg, params)
+    except CalibrewError as err:
+        raise with_context(err, "merging the results; every dataset's outputs are written: "
+                                "fix it, then `calibrew merge` with the same job file "
+                                "merges them") from err
+    result.report = _write_report(out_dir, job, cfg, state, summaries, result.results)
     events = sum(r.events_computed for r in state.runs)
     failures = [f for r in state.runs for f in r.failed]
     for failure in failures:
@@ -427,7 +457,20 @@ def _write_outputs(out_dir: Path, job: JobSpec, cfg: AnalysisConfig, params: Any
                   f"({rate:,.0f} events/s in compute)"
                   + (f", {left_out} input(s) left out" if left_out else "")
                   + f"; report: {escape(str(out_dir / 'report.json'))}")
+    _print_results(result.results, console)
     return result
+
+
+def _print_results(results: Results, console: Console) -> None:
+    if results.merged is None:
+        console.print(f"[yellow]note:[/] {escape(results.skipped or '')}", highlight=False)
+        return
+    merged = results.merged
+    console.print(f"results: {len(merged.processes)} process(es), "
+                  f"{merged.total_luminosity():.3g} fb^-1: "
+                  + ", ".join(escape(str(p)) for p in results.paths), highlight=False)
+    for line in merged.notes:
+        console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
 
 
 def _bytes_read(run: DatasetRun, summary: dict[str, Any]) -> dict[str, Any]:
@@ -444,8 +487,8 @@ def _bytes_read(run: DatasetRun, summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_report(out_dir: Path, job: JobSpec, cfg: AnalysisConfig, state: _RunState,
-                  summaries: dict[str, Any], status: str = "complete",
-                  error: str | None = None) -> dict[str, Any]:
+                  summaries: dict[str, Any], results: Results | None = None,
+                  status: str = "complete", error: str | None = None) -> dict[str, Any]:
     events = sum(r.events_computed for r in state.runs)
     report = {
         "status": status,
@@ -468,6 +511,7 @@ def _write_report(out_dir: Path, job: JobSpec, cfg: AnalysisConfig, state: _RunS
         "chunk_task_s": state.times.chunk_task_s,
         "events_per_s": events / state.compute_s if state.compute_s else None,
         "outputs": [p for s in summaries.values() for p in s.get("outputs", [])],
+        **({"results": results.report()} if results is not None else {}),
     }
     write_json(report, out_dir / "report.json")
     return report

@@ -54,7 +54,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
+from demo_job import with_datasets  # noqa: E402
 from results_doc import publish  # noqa: E402
 
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -125,7 +127,7 @@ def write_job(folder: Path, files: dict[str, list[str]], chunksize: int) -> Path
     config = yaml.safe_load(DEMO.read_text())
     config["parameters"] = [str(DEMO.parent / p) for p in config["parameters"]]
     (spec,) = config["datasets"].values()
-    config["datasets"] = {name: {**spec, "files": paths} for name, paths in files.items()}
+    with_datasets(config, {name: {**spec, "files": paths} for name, paths in files.items()})
     (folder / "analysis.yaml").write_text(yaml.safe_dump(config))
     job = folder / "job.yaml"
     job.write_text(yaml.safe_dump({"config": "analysis.yaml", "output": str(folder / "output"),

@@ -33,8 +33,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from bench import sample_file  # noqa: E402
+from demo_job import with_datasets  # noqa: E402
 from results_doc import publish  # noqa: E402
 
 from pipeline.run.runner import RunOptions, run_job  # noqa: E402
@@ -46,7 +48,7 @@ def write_job(folder: Path, sample: Path, chunksize: int) -> Path:
     config["parameters"] = [str(ROOT / "configs" / p) for p in config["parameters"]]
     (spec,) = config["datasets"].values()
     spec["files"] = [str(sample)]
-    config["datasets"] = {"bench": spec}
+    with_datasets(config, {"bench": spec})
     (folder / "analysis.yaml").write_text(yaml.safe_dump(config))
     job = folder / "job.yaml"
     job.write_text(f"config: analysis.yaml\noutput: {folder / 'out'}\nchunksize: {chunksize}\n")
