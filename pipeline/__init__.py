@@ -13,7 +13,7 @@ Examples
 --------
 >>> import pipeline
 >>> sorted(name for name in pipeline.__all__ if name.startswith("load_"))
-['load_config', 'load_job', 'load_parameters']
+['load_config', 'load_job', 'load_merged', 'load_parameters']
 >>> issubclass(pipeline.ConfigError, pipeline.CalibrewError)
 True
 

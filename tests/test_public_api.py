@@ -49,7 +49,8 @@ def test_ml_reader_api():
 PUBLIC = [
     "__version__",
     "run_job", "RunOptions", "RunResult", "make_datasets", "make_sample",
-    "plot_output", "describe_table", "print_table", "derive_correction",
+    "plot_output", "merge_job", "load_merged", "describe_table", "print_table",
+    "derive_correction",
     "load_job", "load_config", "AnalysisConfig", "JobSpec", "load_parameters",
     "NOMINAL", "Calibrator", "CalibratorsManager", "get_calibrator", "Weight", "Cut",
     "open_table", "Table", "TableStream", "torch_dataset", "xgboost_iterator",
