@@ -113,7 +113,8 @@ def load_merged(output: str | Path) -> MergedResult:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise InputFileError(f"{' and '.join(missing)} not found: is {folder} the output of "
-                             "a finished calibrew run? (`calibrew merge` writes them)")
+                             "a finished calibrew run? A run writes them when its simulation "
+                             "can be normalised; `calibrew merge JOB` writes them again")
     try:
         histograms = pickle.loads(paths[0].read_bytes())
         info = json.loads(paths[1].read_text())
