@@ -238,7 +238,7 @@ def share_common_arguments(tasks: list[Delayed], prefix: str) -> list[Delayed]:
     >>> dask.compute(*shared, scheduler="sync")
     (1, 1)
     """
-    graph = {key: task for t in tasks for key, task in dict(t.dask).items()}
+    graph = low_level_graph(tasks)
     specs = [graph[t.key] for t in tasks]
     if len(specs) < 2 or not all(isinstance(s, Task) for s in specs):
         return list(tasks)
@@ -255,8 +255,19 @@ def share_common_arguments(tasks: list[Delayed], prefix: str) -> list[Delayed]:
                 for i, arg in enumerate(spec.args)]
         graph[key] = Task(key, spec.func, *args, _data_producer=spec.data_producer,
                           **spec.kwargs)
-    one = HighLevelGraph({prefix: graph}, {prefix: set()})  # one layer: merged once
-    return [Delayed(t.key, one, layer=prefix) for t in tasks]
+    return one_layer(graph, [t.key for t in tasks], prefix)
+
+
+def low_level_graph(tasks: Iterable[Delayed]) -> dict[Any, Any]:
+    """The tasks of ``tasks``' graphs, by key."""
+    return {key: spec for t in tasks for key, spec in dict(t.dask).items()}
+
+
+def one_layer(graph: Mapping[Any, Any], keys: Iterable[Any], name: str) -> list[Delayed]:
+    """Delayed objects of ``keys`` in ``graph``, all in one layer ``name``: combined (in a
+    sum, in one ``compute``), their graphs are merged into one copy, not one per object."""
+    layer = HighLevelGraph({name: dict(graph)}, {name: set()})
+    return [Delayed(key, layer, layer=name) for key in keys]
 
 
 def sum_vectors(parts: Iterable[Any]) -> np.ndarray | None:

@@ -20,6 +20,7 @@ Examples
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import pickle
@@ -95,14 +96,14 @@ class _Sums:
     """One histogram's sums: by process, by variation, the values and variances (flow
     bins included) of every category."""
 
-    template: hist.Hist
+    axes: tuple[Any, ...]  # the first dataset's axes (copies: not its contents)
     values: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     variances: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     variations: list[str] = field(default_factory=list)
 
     def add(self, process: str, h: hist.Hist, scale: float, where: str) -> None:
-        if [ax.name for ax in h.axes] != [ax.name for ax in self.template.axes] or list(
-                h.axes["category"]) != list(self.template.axes["category"]):
+        if [ax.name for ax in h.axes] != [ax.name for ax in self.axes] or list(
+                h.axes["category"]) != list(self._axis("category")):
             raise InputFileError(f"{where}: its axes or categories differ from the other "
                                  "datasets' (written by another configuration?)")
         view: Any = h.view(flow=True)
@@ -126,6 +127,14 @@ class _Sums:
             if variation not in self.variations:
                 self.variations.append(variation)
 
+    @classmethod
+    def like(cls, h: hist.Hist) -> _Sums:
+        """Empty sums for histograms of ``h``'s axes."""
+        return cls(tuple(copy.deepcopy(ax) for ax in h.axes))
+
+    def _axis(self, name: str) -> Any:
+        return next(ax for ax in self.axes if ax.name == name)
+
     def add_pseudo_data(self, name: str, simulated: list[str], spec: PseudoDataSpec,
                         histogram: str) -> None:
         """Add process ``name``: the nominal total of the ``simulated`` processes, Poisson
@@ -142,11 +151,10 @@ class _Sums:
     def merged(self, processes: list[str]) -> hist.Hist:
         """The merged histogram; a process' missing variations hold its nominal."""
         order = [NOMINAL, *[v for v in self.variations if v != NOMINAL]]
-        observables = [ax for ax in self.template.axes if ax.name not in ("category",
-                                                                           "variation")]
+        observables = [ax for ax in self.axes if ax.name not in ("category", "variation")]
         out = hist.Hist(
             hist.axis.StrCategory(processes, name="process", label="Process", overflow=False),
-            self.template.axes["category"],
+            self._axis("category"),
             hist.axis.StrCategory(order, name="variation", label="Variation", overflow=False),
             *observables, storage=hist.storage.Weight())
         view: Any = out.view(flow=True)
@@ -191,6 +199,9 @@ def merge_run(output: str | Path, cfg: AnalysisConfig, params: Any,
     """
     output = Path(output)
     ran = list(cfg.datasets) if datasets is None else list(datasets)
+    problems = normalisation_problems(cfg, params, ran)
+    if problems:
+        raise ConfigError("analysis config and parameters", problems)
     known = periods(params)
     sums: dict[str, _Sums] = {}
     cutflow: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
@@ -204,7 +215,6 @@ def merge_run(output: str | Path, cfg: AnalysisConfig, params: Any,
         if not members:
             continue
         process_periods: list[str] = []
-        variations: list[str] = []
         for dataset in members:
             summary, histograms = _read_dataset(output, dataset)
             meta = cfg.datasets[dataset].metadata
@@ -226,10 +236,10 @@ def merge_run(output: str | Path, cfg: AnalysisConfig, params: Any,
                         cutflow[name] = (steps, weighted, events)
                     continue
                 if hname not in sums:
-                    sums[hname] = _Sums(h)
+                    sums[hname] = _Sums.like(h)
                 sums[hname].add(name, h, scale, f"dataset {dataset!r}, histogram {hname!r}")
-                variations += [v for v in h.axes["variation"] if v not in variations]
             del histograms
+        variations = [v for one in sums.values() for v in one.values.get(name, {})]
         infos[name] = _process_info(name, spec, members, process_periods, variations)
     unplaced = [d for d in ran if d not in placed]
     if unplaced:
@@ -294,18 +304,11 @@ def normalisation_problems(cfg: AnalysisConfig, params: Any,
 
 def _scale(dataset: str, metadata: dict[str, Any], summary: Mapping[str, Any],
            known: Mapping[str, Period], used: dict[str, Period]) -> float:
+    """The dataset's scale (its cross-section and period checked by
+    :func:`normalisation_problems`); its period is recorded in ``used``."""
     if not metadata.get("isMC"):
         return 1.0
     period = str(metadata["year"])
-    if period not in known:
-        raise ConfigError("parameters", [(f"luminosity.{period}", f"no integrated "
-                                          f"luminosity for the period of dataset "
-                                          f"{dataset!r}; known periods: "
-                                          f"{', '.join(sorted(known)) or 'none'}")])
-    if metadata.get("xsec") is None:
-        raise ConfigError("analysis config", [(f"datasets.{dataset}.metadata.xsec",
-                                               "simulation needs its cross-section (pb) "
-                                               "to be normalised")])
     sum_genweights = float(summary["sum_genweights"])
     if sum_genweights == 0:
         raise OutputError(f"dataset {dataset!r}: its generator weights sum to zero; it "
@@ -316,7 +319,7 @@ def _scale(dataset: str, metadata: dict[str, Any], summary: Mapping[str, Any],
 
 def _process_info(name: str, spec: ProcessSpec, members: list[str], process_periods: list[str],
                   variations: list[str]) -> ProcessInfo:
-    ordered = [NOMINAL, *[v for v in variations if v != NOMINAL]]
+    ordered = [NOMINAL, *[v for v in dict.fromkeys(variations) if v != NOMINAL]]
     return ProcessInfo(name, spec.kind, spec.label or name, spec.color, tuple(members),
                        tuple(process_periods), tuple(ordered))
 

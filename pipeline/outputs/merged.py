@@ -42,6 +42,8 @@ ProcessKind = Literal["data", "background", "signal"]
 MERGED_HISTOGRAMS = "histograms.pkl"
 MERGED_ROOT = "histograms.root"
 MERGED_INFO = "merged.json"
+#: the first axes of a merged histogram, before its observables
+MERGED_AXES = ("process", "category", "variation")
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,19 @@ class MergedResult:
     def total_luminosity(self) -> float:
         """The integrated luminosity of all periods, fb^-1."""
         return float(sum(self.luminosity.values()))
+
+    def layout_problem(self, histogram: str) -> str | None:
+        """What is wrong with the layout of merged ``histogram`` (it must be there), or
+        ``None``: its first axes are ``process``, ``category`` and ``variation``, and every
+        process of the result is on its process axis."""
+        h = self.histograms[histogram]
+        names = [ax.name for ax in h.axes]
+        if tuple(names[:3]) != MERGED_AXES:
+            return f"it has the axes {names}; a merged histogram's first are {list(MERGED_AXES)}"
+        missing = [p for p in self.processes if p not in set(h.axes["process"])]
+        if missing:
+            return f"the processes {', '.join(missing)} are not on its process axis"
+        return None
 
     def info(self) -> dict[str, Any]:
         """What ``merged.json`` holds (everything but the histograms)."""

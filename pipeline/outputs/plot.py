@@ -44,7 +44,7 @@ import numpy as np
 
 from pipeline.analysis.histogram_fill import CUTFLOW
 from pipeline.errors import InputFileError, OutputError, UnknownNameError
-from pipeline.outputs.merged import MergedResult, ProcessInfo, load_merged
+from pipeline.outputs.merged import MERGED_AXES, MergedResult, ProcessInfo, load_merged
 from pipeline.outputs.systematics import NOMINAL, shape_systematics, up_down
 
 #: colours of the processes whose config names none, in stacking order: the colour-blind
@@ -58,7 +58,6 @@ BAND_LABEL = "Syst. + stat. unc."
 #: the file formats :func:`plot_merged` writes
 FORMATS = ("png", "pdf", "svg")
 DPI = 100
-_AXES = ("process", "category", "variation")
 
 
 class Band(NamedTuple):
@@ -83,10 +82,9 @@ class _Slice:
             raise UnknownNameError("histogram", histogram, result.histograms)
         h = result.histograms[histogram]
         self.name, self.h = histogram, h
-        names = [ax.name for ax in h.axes]
-        if tuple(names[:3]) != _AXES:
-            raise InputFileError(f"histogram {histogram!r} has the axes {names}; a merged "
-                                 f"histogram's first axes are {list(_AXES)}")
+        problem = result.layout_problem(histogram)
+        if problem is not None:
+            raise InputFileError(f"histogram {histogram!r}: {problem}; rerun `calibrew merge`")
         try:
             index = h.axes["category"].index(category)
         except KeyError:
@@ -98,10 +96,6 @@ class _Slice:
         self._process = {name: i for i, name in enumerate(h.axes["process"])}
         self._variation = {name: i for i, name in enumerate(h.axes["variation"])}
         self.variations = list(self._variation)
-        for process in result.processes:
-            if process not in self._process:
-                raise InputFileError(f"histogram {histogram!r} has no process {process!r} "
-                                     "on its process axis; rerun `calibrew merge`")
         if NOMINAL not in self._variation:
             raise InputFileError(f"histogram {histogram!r} has no {NOMINAL!r} variation")
         self.mc = result.mc()
@@ -412,7 +406,7 @@ def figure_variations(result: MergedResult, histogram: str, category: str, top: 
 
 
 def _observables(h: Any) -> int:
-    return len(h.axes) - len(_AXES)
+    return len(h.axes) - len(MERGED_AXES)
 
 
 def _save(fig: Any, path: Path, formats: Sequence[str]) -> list[Path]:

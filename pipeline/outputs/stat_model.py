@@ -55,7 +55,7 @@ import numpy as np
 
 from pipeline.config.models import FitSpec
 from pipeline.errors import OutputError
-from pipeline.outputs.merged import MergedResult, ProcessInfo
+from pipeline.outputs.merged import MERGED_AXES, MergedResult, ProcessInfo
 from pipeline.outputs.root_names import root_name
 from pipeline.outputs.systematics import NOMINAL, shape_systematics, up_down
 
@@ -162,7 +162,6 @@ def stat_model(result: MergedResult, fit: FitSpec) -> StatModel:
             f"fit: no signal process; the fit's parameter of interest {POI!r} scales the "
             "signals: set `processes.<name>.kind: signal` in the config for the signal "
             f"process(es) (simulated processes: {', '.join(p.name for p in mc) or 'none'})")
-    _check_processes(h, fit.histogram, result)
     variations = list(h.axes["variation"])
     systematics = shape_systematics(variations)
     names = _unique_names([(p.name, "processes") for p in mc]
@@ -198,24 +197,19 @@ def _fitted_histogram(result: MergedResult, fit: FitSpec) -> Any:
     if h is None:
         raise OutputError(f"fit.histogram: {fit.histogram!r} is not in the merged result "
                           f"(histograms: {', '.join(result.histograms) or 'none'})")
-    names = [a.name for a in h.axes]
-    if names[:3] != ["process", "category", "variation"] or len(names) != 4:
-        raise OutputError(f"fit.histogram: {fit.histogram!r} has the axes {names}; a fitted "
-                          "histogram has process, category, variation and one observable")
+    problem = result.layout_problem(fit.histogram)
+    if problem is not None:
+        raise OutputError(f"histogram {fit.histogram!r}: {problem}; rerun `calibrew merge`")
+    if len(h.axes) != len(MERGED_AXES) + 1:
+        raise OutputError(f"fit.histogram: {fit.histogram!r} has the axes "
+                          f"{[a.name for a in h.axes]}; a fitted histogram has process, "
+                          "category, variation and one observable")
     if "variance" not in (h.view(flow=False).dtype.names or ()):
         storage = type(h.storage_type()).__name__
         raise OutputError(f"fit.histogram: {fit.histogram!r} has no variances ({storage} "
                           "storage); the fit's MC statistical uncertainties need Weight "
                           "storage (rerun `calibrew merge`)")
     return h
-
-
-def _check_processes(h: Any, name: str, result: MergedResult) -> None:
-    on_axis = set(h.axes["process"])
-    missing = [p for p in result.processes if p not in on_axis]
-    if missing:
-        raise OutputError(f"histogram {name!r}: the processes {', '.join(missing)} are not "
-                          "on its process axis; rerun `calibrew merge`")
 
 
 def _unique_names(names: list[tuple[str, str]]) -> dict[str, str]:

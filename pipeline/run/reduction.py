@@ -38,10 +38,9 @@ from typing import Any
 import numpy as np
 from dask._task_spec import Task
 from dask.delayed import Delayed
-from dask.highlevelgraph import HighLevelGraph
 
 from pipeline.errors import ChunkFault, OutputError
-from pipeline.graph import SUM_FAN_IN, sum_vectors, tree_levels
+from pipeline.graph import SUM_FAN_IN, low_level_graph, one_layer, sum_vectors, tree_levels
 from pipeline.run.checkpoints import ChunkCheckpoints
 
 REDUCE_PREFIX = "calibrew-reduce"
@@ -90,15 +89,14 @@ def settling(tasks: Sequence[Delayed], indices: Sequence[int], store: ChunkCheck
     >>> task.key, task.compute(scheduler="sync"), store.load(3)
     (('chunk', 3), None, array([1., 1.]))
     """
-    graph = {key: spec for task in tasks for key, spec in dict(task.dask).items()}
+    graph = low_level_graph(tasks)
     name = f"{REDUCE_PREFIX}-settle-{uuid.uuid4().hex}"
     for task, index in zip(tasks, indices, strict=True):
         spec = graph[task.key]
         chunk = Task(None, spec.func, *spec.args, **spec.kwargs)
         graph[task.key] = Task(task.key, settle_chunk, chunk, store, index, dataset,
                                _data_producer=spec.data_producer)
-    layer = HighLevelGraph({name: graph}, {name: set()})
-    return [Delayed(task.key, layer, layer=name) for task in tasks]
+    return one_layer(graph, [task.key for task in tasks], name)
 
 
 def reduce_group(store: ChunkCheckpoints, first: int, stop: int, left_out: frozenset[int],

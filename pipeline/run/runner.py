@@ -457,17 +457,20 @@ def _write_outputs(out_dir: Path, job: JobSpec, cfg: AnalysisConfig, params: Any
                   f"({rate:,.0f} events/s in compute)"
                   + (f", {left_out} input(s) left out" if left_out else "")
                   + f"; report: {escape(str(out_dir / 'report.json'))}")
-    _print_results(result.results, console)
+    print_results(result.results, console)
     return result
 
 
-def _print_results(results: Results, console: Console) -> None:
+def print_results(results: Results, console: Console) -> None:
+    """Say what :func:`~pipeline.outputs.results.write_results` wrote (or why nothing),
+    and the merge's notes."""
     if results.merged is None:
         console.print(f"[yellow]note:[/] {escape(results.skipped or '')}", highlight=False)
         return
     merged = results.merged
-    console.print(f"results: {len(merged.processes)} process(es), "
-                  f"{merged.total_luminosity():.3g} fb^-1: "
+    datasets = sum(len(p.datasets) for p in merged.processes.values())
+    console.print(f"results: merged {datasets} dataset(s) into {len(merged.processes)} "
+                  f"process(es), {merged.total_luminosity():.3g} fb^-1: "
                   + ", ".join(escape(str(p)) for p in results.paths), highlight=False)
     for line in merged.notes:
         console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
