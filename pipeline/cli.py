@@ -49,9 +49,13 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace, console: Console) -> int:
-    from pipeline.run.runner import print_results
-
-    print_results(pipeline.merge_job(args.job, args.output), console)
+    results = pipeline.merge_job(args.job, args.output)
+    assert results.merged is not None
+    console.print(f"merged {sum(len(p.datasets) for p in results.merged.processes.values())} "
+                  f"dataset(s) into {len(results.merged.processes)} process(es): "
+                  + ", ".join(escape(str(p)) for p in results.paths), highlight=False)
+    for note in results.merged.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     return 0
 
 
