@@ -8,7 +8,7 @@ of the user's own module, named by import path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import awkward as ak
@@ -19,7 +19,7 @@ from pipeline.config.parameters import section
 from pipeline.config.plugins import Registry
 from pipeline.corrections import get_correction
 from pipeline.errors import ConfigError
-from pipeline.selection import Expression
+from pipeline.selection import Expression, Vocabulary
 
 
 class Cut:
@@ -106,9 +106,9 @@ class JetVetoMap(Cut):
 
 
 def make_cut(text: str, where: str, params: Any, metadata: Mapping[str, Any],
-             functions: Mapping[str, Callable[..., Any]] | None = None) -> Any:
-    """An :class:`Expression` (calling ``functions`` too), or the :class:`Cut` of a text
-    ``"@name"`` or ``"@module:Class"``.
+             vocabulary: Vocabulary | None = None) -> Any:
+    """An :class:`Expression` (using ``vocabulary``: the analysis' functions and
+    definitions), or the :class:`Cut` of a text ``"@name"`` or ``"@module:Class"``.
 
     Examples
     --------
@@ -121,4 +121,4 @@ def make_cut(text: str, where: str, params: Any, metadata: Mapping[str, Any],
     """
     if text.startswith("@"):
         return CUTS.resolve(text[1:], where)(params, metadata, where)
-    return Expression(text, where, functions)
+    return Expression(text, where, vocabulary)

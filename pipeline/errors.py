@@ -1,10 +1,15 @@
-"""Exceptions that name what is at fault: a file, a key path, a calibrator, a column."""
+"""Exceptions that name what is at fault: a file, a key path, a calibrator, a weight, a
+column."""
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import re
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 #: modules whose errors mean that an input file cannot be opened or read
@@ -66,6 +71,11 @@ class CalibrationError(CalibrewError):
     """A calibrator broke the calibrator contract (undeclared column, wrong structure...)."""
 
 
+class WeightError(CalibrewError):
+    """A weight failed (its ``compute`` raised) or broke the weight contract (a factor that
+    is not one number per event, variation names)."""
+
+
 class InputFileError(CalibrewError):
     """A data or payload file is missing, unreadable, or lacks something we need."""
 
@@ -111,6 +121,95 @@ def raised_by_reader(err: BaseException) -> bool:
                for frame, _ in traceback.walk_tb(err.__traceback__)]
     modules.append(type(err).__module__)
     return any(m == r or m.startswith(r + ".") for m in modules for r in READER_MODULES)
+
+
+def describe_failure(err: BaseException, cls: type | None = None) -> str:
+    """What went wrong in a calibrator or a weight, in one line: a column the input lacks
+    is named as the NanoAOD branch (``FatJet_genJetAK8Idx``); any other error by its type
+    and first line, and the line of the class' own source (``cls``) it was raised from.
+
+    Examples
+    --------
+    >>> import awkward as ak
+    >>> try:
+    ...     ak.Array([{"pt": [1.0]}]).eta
+    ... except AttributeError as err:
+    ...     describe_failure(err)
+    "the input has no column 'eta'"
+    """
+    text = str(err)
+    field = re.search(r"no field (?:named )?'([^']+)'", text)
+    if field is not None:
+        collection = _record_name(err)
+        if collection and collection != "NanoEvents":
+            return (f"the input has no column {collection}.{field.group(1)} (NanoAOD branch "
+                    f"{collection}_{field.group(1)})")
+        return f"the input has no column {field.group(1)!r}"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    where = ""
+    source = _source_file(cls)
+    if source is not None:
+        frames = [f for f in traceback.extract_tb(err.__traceback__)
+                  if Path(f.filename).resolve() == source]
+        if frames:
+            where = f" (raised at {source.name}:{frames[-1].lineno})"
+    return f"{type(err).__name__}: {first}".rstrip(": ") + where
+
+
+@contextlib.contextmanager
+def plugin_call(error: type[CalibrewError], who: str, cls: type, stage: str,
+                variation: str | None = None) -> Iterator[None]:
+    """Run a call into a plugin class ``cls`` (a calibrator's or a weight's constructor or
+    method ``stage``); an error that is not calibrew's own is raised as ``error``, naming the
+    plugin (``who``), the stage, the variation and the column or line at fault
+    (:func:`describe_failure`). An error raised inside a file reader (the input cannot be
+    read) passes unchanged.
+
+    Examples
+    --------
+    >>> with plugin_call(CalibrationError, "calibrator 'c'", object, "calibrate", "jesUp"):
+    ...     raise ValueError("no payload for run 1")
+    Traceback (most recent call last):
+    ...
+    pipeline.errors.CalibrationError: calibrator 'c' failed in calibrate() of variation ...
+    """
+    try:
+        yield
+    except CalibrewError:
+        raise
+    except Exception as err:
+        if raised_by_reader(err):
+            raise
+        during = f"{stage}()" + (f" of variation {variation!r}" if variation else "")
+        raise error(f"{who} failed in {during}: {describe_failure(err, cls)}") from err
+
+
+def _record_name(err: BaseException) -> str:
+    """The record (collection) name of the array a missing field was asked of: from
+    awkward's note on the error, or the array in the innermost frame that holds one."""
+    notes = " ".join(getattr(err, "__notes__", None) or [])
+    owner = re.search(r"<(\w+?)Array", notes)
+    if owner:
+        return owner.group(1)
+    for frame, _ in reversed(list(traceback.walk_tb(err.__traceback__))):
+        array = frame.f_locals.get("self")
+        layout = getattr(array, "layout", None)
+        if layout is not None and hasattr(layout, "purelist_parameter"):
+            try:
+                name = layout.purelist_parameter("__record__")
+            except Exception:  # not an awkward layout after all
+                continue
+            if isinstance(name, str):
+                return name
+    return ""
+
+
+def _source_file(cls: type | None) -> Path | None:
+    try:
+        name = inspect.getsourcefile(cls) if cls is not None else None
+    except TypeError:
+        return None
+    return Path(name).resolve() if name else None
 
 
 def with_context(err: CalibrewError, context: str) -> CalibrewError:

@@ -33,7 +33,7 @@ from dask.highlevelgraph import HighLevelGraph
 from dask_awkward.layers import AwkwardInputLayer
 from dask_awkward.manual import optimize_columns
 
-from pipeline.analysis.loading import calibrator_classes
+from pipeline.analysis.loading import analysis_vocabulary, calibrator_classes
 from pipeline.analysis.plan import ProcessingPlan, make_plan
 from pipeline.analysis.processor import ChunkProcessor, TableSink, is_typetracer
 from pipeline.calibration.manager import CalibratorsManager
@@ -78,7 +78,7 @@ def plan_variations(cfg: AnalysisConfig, params: Any, metadata: dict[str, Any],
     shape = manager.variations_to_run(variation_calibrators)
     weights = weight_variation_names(
         metadata, params, cfg.weights_for_sample(sample),
-        cfg.weight_variations_for_sample(sample), events_meta)
+        cfg.weight_variations_for_sample(sample), events_meta, analysis_vocabulary(cfg))
     return shape, [w for w in weights if w not in shape]
 
 

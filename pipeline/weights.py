@@ -6,7 +6,8 @@ the weights whose variations run (``variations.weights...``), by name or by impo
 (``my_module:MyWeight``). Each weight is a small class in the :data:`WEIGHTS` registry
 that returns its nominal per-event factor and, optionally, its
 variations ``{name}Up`` / ``{name}Down`` (or ``{name}_{source}Up/Down`` for several
-sources). Weights apply to simulation only. Payloads and settings come from the
+sources). A source the class declares in ``one_sided`` has the ``Up`` alone (the results
+mirror it). Weights apply to simulation only. Payloads and settings come from the
 ``event_weights.<period>.<weight>`` parameters.
 
 Built-in weights: ``pileup`` (LUM), ``btag_shape`` (BTV ``deepJet_shape`` with its
@@ -15,20 +16,27 @@ systematics), ``electron_id`` (EGM), ``muon_id_iso`` (MUO, ID times isolation).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import awkward as ak
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.calibration import ops
-from pipeline.config.parameters import section
+from pipeline.config.parameters import format_validation_error, section
 from pipeline.config.plugins import Registry
 from pipeline.corrections import get_correction
-from pipeline.errors import ConfigError, InputFileError
-from pipeline.selection import Expression
+from pipeline.errors import ConfigError, InputFileError, WeightError, plugin_call
+from pipeline.selection import Expression, Vocabulary
+from pipeline.variations import (
+    check_one_sided,
+    validate_variation_names,
+    without_one_sided_downs,
+)
 
 
 def generator_weight(events: Any, metadata: Mapping[str, Any]) -> Any:
@@ -68,24 +76,41 @@ class WeightValues:
 
 class Weight:
     """Base class of an event weight. Subclasses set ``name`` and implement ``compute``;
-    defining one registers it in :data:`WEIGHTS` (a name used twice is an error)."""
+    defining one registers it in :data:`WEIGHTS` (a name used twice is an error).
+
+    ``compute`` returns variations in pairs, ``{source}Up`` and ``{source}Down``, except for
+    the sources of ``one_sided``: their ``Up`` alone (a ``Down`` returned is dropped).
+    """
 
     name: ClassVar[str] = ""
     settings_model: ClassVar[type[BaseModel] | None] = None
+    #: Sources varied one way only (``{source}Up``, no ``{source}Down``): the results mirror
+    #: the ``Up`` around the nominal. E.g. ``one_sided = ("topPt",)``.
+    one_sided: ClassVar[tuple[str, ...]] = ()
+    #: The analysis' functions and definitions its ``selection`` may use (set by
+    #: :func:`compute_weights`; None: the built-in functions only).
+    vocabulary: Vocabulary | None = None
+    #: The names the ``selection`` read (collected by :func:`compute_weights`; None: not
+    #: collected).
+    selection_reads: set[str] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("name"):
+            check_one_sided("weight", cls.name, cls.one_sided)
             WEIGHTS[cls.name] = cls
 
     def __init__(self, settings: Mapping[str, Any] | None, metadata: Mapping[str, Any]) -> None:
         self.metadata = dict(metadata)
         if self.settings_model is not None:
+            where = f"event_weights.{metadata.get('year')}.{self.name}"
             if settings is None:
-                raise ConfigError("parameters", [(
-                    f"event_weights.{metadata.get('year')}.{self.name}",
-                    "missing: no settings for this weight and period")])
-            self.settings: Any = self.settings_model.model_validate(dict(settings))
+                raise ConfigError("parameters", [
+                    (where, "missing: no settings for this weight and period")])
+            try:
+                self.settings: Any = self.settings_model.model_validate(dict(settings))
+            except ValidationError as err:
+                raise ConfigError("parameters", format_validation_error(err, where)) from None
 
     def compute(self, events: Any, variations: bool) -> WeightValues:
         raise NotImplementedError
@@ -96,9 +121,11 @@ class Weight:
         return None
 
     def selected(self, events: Any, collection: str) -> Any:
-        """The objects of ``collection`` that pass the settings' ``selection`` expression."""
+        """The objects of ``collection`` that pass the settings' ``selection`` expression
+        (which may call the analysis' functions and use its definitions)."""
         where = f"event_weights.{self.metadata.get('year')}.{self.name}.selection"
-        return events[collection][Expression(self.settings.selection, where).evaluate(events)]
+        expression = Expression(self.settings.selection, where, self.vocabulary)
+        return events[collection][expression.evaluate(events, used=self.selection_reads)]
 
 
 #: Weight classes by name: the built-in ones, then the ``calibrew.weights`` entry points.
@@ -294,8 +321,9 @@ class MuonIdIsoWeight(Weight):
 
 @dataclass
 class EventWeights:
-    """The total event weight, the totals of every weight variation, and the per-weight
-    nominal factors with the collections each read (None: unknown)."""
+    """The total event weight, the totals of every weight variation, the per-weight nominal
+    factors, and the collections each weight computed here read: those its ``inputs()``
+    declares and those its selection read (None, or absent: unknown)."""
 
     nominal: Any
     variations: dict[str, Any]
@@ -314,16 +342,127 @@ class EventWeights:
         return out
 
 
+def import_path(cls: type) -> str:
+    """``module:Qualname`` of a class.
+
+    Examples
+    --------
+    >>> import_path(PileupWeight)
+    'pipeline.weights:PileupWeight'
+    """
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def canonical_weight_names(names: Iterable[str]) -> tuple[str, ...]:
+    """The weights ``names`` (registry names or import paths) as a fresh worker finds them:
+    the registry name of a built-in weight or of an entry point's, the import path
+    ``module:Qualname`` of any other (a user's weight, whose module a worker imports only
+    when a name leads it there). Resolved here, on the client: an unknown name fails now.
+
+    Examples
+    --------
+    >>> canonical_weight_names(["pileup", "pipeline.weights:BtagShapeWeight"])
+    ('pileup', 'btag_shape')
+    """
+    return tuple(_canonical(WEIGHTS.resolve(name)) for name in names)
+
+
+def _canonical(cls: type[Weight]) -> str:
+    point = WEIGHTS.entry_points().get(cls.name)
+    if cls.__module__ == __name__ or (
+            point is not None and f"{point.module}:{point.attr}" == import_path(cls)):
+        return cls.name
+    module = sys.modules.get(cls.__module__)
+    if getattr(module, cls.__qualname__, None) is not cls:  # not importable by its path
+        return cls.name
+    return import_path(cls)
+
+
+def _described(cls: type[Weight]) -> str:
+    return f"weight {cls.name!r} ({import_path(cls)})"
+
+
+@contextlib.contextmanager
+def weight_call(cls: type[Weight], stage: str, variation: str | None = None) -> Iterator[None]:
+    """Run a call into weight ``cls`` (its constructor or ``compute``); an error that is not
+    calibrew's own is raised as :class:`~pipeline.errors.WeightError` naming the weight, its
+    class, the stage, the variation and the column or line at fault. An error raised inside
+    a file reader (the input cannot be read) passes unchanged.
+
+    Examples
+    --------
+    >>> with weight_call(PileupWeight, "compute", "jesUp"):
+    ...     raise ValueError("no payload for run 1")
+    Traceback (most recent call last):
+    ...
+    pipeline.errors.WeightError: weight 'pileup' (pipeline.weights:PileupWeight) failed in ...
+    """
+    with plugin_call(WeightError, _described(cls), cls, stage, variation):
+        yield
+
+
+def _known_length(array: Any) -> int | None:
+    """The length of an eager array (None for a typetracer or a lazy array)."""
+    if isinstance(array, np.ndarray):
+        return len(array)
+    if isinstance(array, ak.Array) and ak.backend(array) == "cpu":
+        return len(array)
+    return None
+
+
+def _check_factor(cls: type[Weight], what: str, factor: Any, n_events: int | None) -> None:
+    """Check that ``factor`` is a number, or an array of one number per event."""
+    ndim = getattr(factor, "ndim", 0)
+    if ndim > 1:
+        raise WeightError(
+            f"{_described(cls)} gave a {what} factor of type {factor.type}: a weight gives "
+            "one number per event (of per-object factors, take the product: "
+            "ak.prod(factors, axis=1))")
+    length = _known_length(factor) if ndim == 1 else None
+    if length is not None and n_events is not None and length != n_events:
+        raise WeightError(f"{_described(cls)} gave a {what} factor of {length} values for "
+                          f"{n_events} events: a weight gives one number per event")
+
+
+def _checked(cls: type[Weight], values: Any, n_events: int | None) -> WeightValues:
+    """The weight's values, checked: one number per event, variation names in pairs (or the
+    ``Up`` of a one-sided source); the ``Down`` of a one-sided source dropped."""
+    if not isinstance(values, WeightValues):
+        raise WeightError(f"{_described(cls)} returned {type(values).__name__}; compute() "
+                          "must return a WeightValues")
+    _check_factor(cls, "nominal", values.nominal, n_events)
+    validate_variation_names("weight", cls.name, list(values.variations), cls.one_sided)
+    kept = without_one_sided_downs(list(values.variations), cls.one_sided)
+    for name in kept:
+        _check_factor(cls, f"{name!r}", values.variations[name], n_events)
+    return WeightValues(values.nominal, {name: values.variations[name] for name in kept})
+
+
+def _read(weight: Weight) -> set[str] | None:
+    """The collections a computed weight read: those it declares and those its selection
+    read (None: unknown)."""
+    declared = weight.inputs()
+    read = weight.selection_reads or set()
+    if declared is None or "events" in read:
+        return None
+    return declared | read
+
+
 def compute_weights(events: Any, metadata: Mapping[str, Any], params: Any,
                     names: list[str], varied: list[str],
-                    reuse: Mapping[str, Any] | None = None) -> EventWeights:
+                    reuse: Mapping[str, Any] | None = None,
+                    vocabulary: Vocabulary | None = None,
+                    variation: str | None = None) -> EventWeights:
     """Generator weight times the named weights; the variations of the ``varied`` ones.
 
     ``names`` and ``varied`` hold weight names or import paths (``my_module:MyWeight``);
-    a weight's settings are the parameters ``event_weights.<period>.<its name>``. A
-    variation's total replaces that weight's nominal factor by its varied factor.
-    ``reuse`` gives nominal factors already known (of a weight whose inputs did not change);
-    those weights are not evaluated again. Data get weight one and no variations.
+    a weight is varied if its class is one of ``varied``'s. A weight's settings are the
+    parameters ``event_weights.<period>.<its name>``. A variation's total replaces that
+    weight's nominal factor by its varied factor. ``reuse`` gives nominal factors already
+    known (of a weight whose inputs did not change); those weights are not evaluated
+    again. ``vocabulary`` (the analysis' functions and definitions) is what the weights'
+    selections may use; ``variation`` (the shape variation of ``events``) is named in the
+    message of a weight that fails. Data get weight one and no variations.
     """
     total = generator_weight(events, metadata)
     if not metadata.get("isMC"):
@@ -332,14 +471,20 @@ def compute_weights(events: Any, metadata: Mapping[str, Any], params: Any,
     inputs: dict[str, set[str] | None] = {}
     period = str(metadata.get("year", ""))
     varied_classes = {WEIGHTS.resolve(v) for v in varied}
+    n_events = _known_length(events)
     for name in names:
         cls = WEIGHTS.resolve(name)
-        weight = cls(section(params, "event_weights", period, cls.name), metadata)
-        inputs[name] = weight.inputs()
+        with weight_call(cls, "__init__"):
+            weight = cls(section(params, "event_weights", period, cls.name), metadata)
+        weight.vocabulary = vocabulary
         if reuse is not None and name in reuse and cls not in varied_classes:
             values[name] = WeightValues(reuse[name])
-        else:
-            values[name] = weight.compute(events, variations=cls in varied_classes)
+            continue
+        weight.selection_reads = set()
+        with weight_call(cls, "compute", variation):
+            out = weight.compute(events, variations=cls in varied_classes)
+        values[name] = _checked(cls, out, n_events)
+        inputs[name] = _read(weight)
     nominal = total
     for v in values.values():
         nominal = nominal * v.nominal
@@ -356,12 +501,16 @@ def compute_weights(events: Any, metadata: Mapping[str, Any], params: Any,
 
 
 def weight_variation_names(metadata: Mapping[str, Any], params: Any, names: list[str],
-                           varied: list[str], events_meta: Any) -> list[str]:
-    """The weight variations a dataset will fill (found on its typetracer)."""
+                           varied: list[str], events_meta: Any,
+                           vocabulary: Vocabulary | None = None) -> list[str]:
+    """The weight variations a dataset will fill (found on its typetracer: a weight that
+    fails, or gives variations not in pairs, fails here, before any chunk)."""
     if not metadata.get("isMC") or not varied:
         return []
-    return list(compute_weights(events_meta, metadata, params, names, varied).variations)
+    return list(compute_weights(events_meta, metadata, params, names, varied,
+                                vocabulary=vocabulary).variations)
 
 
-__all__ = ["WEIGHTS", "EventWeights", "Weight", "WeightValues", "compute_weights",
-           "generator_weight"]
+__all__ = ["WEIGHTS", "EventWeights", "Weight", "WeightValues", "canonical_weight_names",
+           "compute_weights", "generator_weight", "import_path", "weight_call",
+           "weight_variation_names"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,16 @@ def xrootd_server(project_root, tt_file, data_file):
     yield XROOTD_URL + XROOTD_EXPORT
     if started:
         subprocess.run([*script, "stop"], capture_output=True, timeout=120)
+
+
+@pytest.fixture()
+def user_modules(tmp_path, monkeypatch) -> Path:
+    """A folder of user modules (unique names per test) importable by the client and by the
+    workers, fresh processes that inherit ``PYTHONPATH``."""
+    folder = tmp_path / "usermods"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(folder), os.environ.get("PYTHONPATH")) if p))
+    importlib.invalidate_caches()
+    return folder

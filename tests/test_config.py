@@ -286,18 +286,6 @@ def _load_error(path: Path) -> str:
     return text
 
 
-@pytest.fixture()
-def user_modules(tmp_path, monkeypatch):
-    """A folder on ``sys.path`` for user modules, unique names per test."""
-    import importlib
-
-    folder = tmp_path / "usermods"
-    folder.mkdir()
-    monkeypatch.syspath_prepend(str(folder))
-    importlib.invalidate_caches()
-    return folder
-
-
 def test_user_module_not_found(tmp_path, user_modules):
     text = _load_error(_config_with_calibrator(tmp_path, "calibrew_no_such_module_x:Cal"))
     assert "module 'calibrew_no_such_module_x' not found" in text

@@ -175,5 +175,6 @@ def test_expression_errors_name_the_config_key(tt_file):
         graph.total()
     cfg = make_config(preselection={"x": "Jets.pt > 1"})
     graph = build_dataset_graph(dataset(tt_file, 100), cfg, load_parameters())
-    with pytest.raises(ExpressionError, match="preselection.x: .*no collection or column 'Jets'"):
+    with pytest.raises(ExpressionError,
+                       match="preselection.x: .*no collection, column or definition 'Jets'"):
         graph.total()

@@ -7,8 +7,6 @@ key; the recipes are plugins found through their entry points, never imported by
 
 from __future__ import annotations
 
-import importlib
-import os
 import pickle
 import re
 import subprocess
@@ -282,18 +280,6 @@ histograms:
 """
 
 
-@pytest.fixture()
-def user_modules(tmp_path, monkeypatch):
-    """A folder of user modules importable by the client and the workers (PYTHONPATH)."""
-    folder = tmp_path / "usermods"
-    folder.mkdir()
-    monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        p for p in (str(folder), os.environ.get("PYTHONPATH")) if p))
-    importlib.invalidate_caches()
-    return folder
-
-
 def _analysis(tmp_path: Path, weight: str = "calibrew_user_weight:DoubleWeight",
               cut: str = "@calibrew_user_cut:MinJets",
               function: str = "calibrew_user_function:leading_pt") -> Path:
@@ -312,9 +298,21 @@ def _write_user_modules(folder: Path) -> None:
 
 
 @pytest.mark.slow
-def test_user_weight_cut_and_function_by_import_path_in_a_run(tmp_path, user_modules):
+@pytest.mark.parametrize("varied_by", ["import path", "registry name"])
+def test_user_weight_cut_and_function_by_import_path_in_a_run(tmp_path, user_modules,
+                                                              varied_by):
+    """With ``variations.weights`` naming the user's weight by its registry name (and
+    ``weights`` by import path), the worker, a fresh process, still finds it: the plan names
+    it by its import path."""
     _write_user_modules(user_modules)
     config = _analysis(tmp_path)
+    if varied_by == "registry name":
+        text = config.read_text()
+        by_path = ("variations:\n  weights:\n    common: {inclusive: "
+                   "['calibrew_user_weight:DoubleWeight']}")
+        assert by_path in text
+        config.write_text(text.replace(by_path, "variations:\n  weights:\n    common: "
+                                       "{inclusive: ['calibrew_test_double']}"))
     job = tmp_path / "job.yaml"
     job.write_text(f"config: {config.name}\noutput: {tmp_path / 'out'}\nworkers: 1\n")
     assert main(["run", str(job), "--no-progress"]) == 0
@@ -387,6 +385,6 @@ def test_an_analysis_function_is_the_analysis_own(tmp_path, user_modules):
     records = [{"Jet": [{"pt": 50.0}, {"pt": 30.0}]}, {"Jet": []}]
     own = Expression("leading_pt(Jet)", "histograms.lead.axes[0].expr", functions)
     assert own.evaluate(ak.Array(records)).tolist() == [50.0, -1.0]
-    with pytest.raises(ExpressionError, match="no collection or column 'leading_pt'"):
+    with pytest.raises(ExpressionError, match="no collection, column or definition 'leading_pt'"):
         Expression("leading_pt(Jet)", "histograms.lead.axes[0].expr").evaluate(
             ak.Array(records))

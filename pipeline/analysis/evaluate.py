@@ -10,16 +10,26 @@ eager arrays; the accumulators see their numpy conversion (:mod:`pipeline.analys
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.analysis.plan import ProcessingPlan
 from pipeline.analysis.table_values import TableEvaluator, TableValues
-from pipeline.calibration.manager import NOMINAL, CalibratorsManager
-from pipeline.errors import CalibrationError
-from pipeline.selection import ExpressionCache, cumulative_masks, event_mask, forget_subexpressions
+from pipeline.analysis.value_checks import observable
+from pipeline.calibration.manager import CalibratorsManager
+from pipeline.errors import CalibrationError, CalibrewError, with_context
+from pipeline.selection import (
+    Expression,
+    ExpressionCache,
+    cumulative_masks,
+    event_mask,
+    forget_subexpressions,
+)
 from pipeline.table_layout import IDENTITY
+from pipeline.variations import NOMINAL
 from pipeline.weights import EventWeights, compute_weights, generator_weight
 
 
@@ -29,6 +39,10 @@ class Observables:
 
     categories: tuple[str, ...]
     values: list[Any]
+    #: the axes' expressions (their config keys name a failure to fill)
+    expressions: tuple[Expression, ...]
+    #: the events the values are of (a mask: those of the categories); None: every event
+    subset: Any = None
 
 
 @dataclass(frozen=True)
@@ -101,8 +115,13 @@ def _variations(plan: ProcessingPlan, events: Any, manager: CalibratorsManager,
                 "variations for every chunk"
             )
         changed = manager.changed_collections(variation)
-        cache.start(variation, changed)
-        yield _variation(plan, variation, calibrated, changed, cache, weights, tables)
+        cache.start(variation, changed, calibrated)
+        try:
+            values = _variation(plan, variation, calibrated, changed, cache, weights, tables)
+        except CalibrewError as err:  # its message names the key; the variation is added
+            raise with_context(err, f"variation {variation!r}") from err.__cause__
+        yield values
+        del values  # not held here while the next variation is calibrated
     forget_subexpressions()
 
 
@@ -120,12 +139,13 @@ class _Weights:
         plan = self.plan
         if variation == NOMINAL:
             self.nominal = compute_weights(events, plan.metadata, plan.params,
-                                           list(plan.weights), list(plan.varied_weights))
+                                           list(plan.weights), list(plan.varied_weights),
+                                           vocabulary=plan.vocabulary, variation=variation)
             return self.nominal, False
         assert self.nominal is not None
         reuse = self.nominal.reusable(changed)
         weights = compute_weights(events, plan.metadata, plan.params, list(plan.weights), [],
-                                  reuse=reuse)
+                                  reuse=reuse, vocabulary=plan.vocabulary, variation=variation)
         return weights, bool(self.nominal.factors) and set(reuse) != set(self.nominal.factors)
 
 
@@ -148,11 +168,39 @@ def _variation(plan: ProcessingPlan, variation: str, events: Any, changed: set[s
         categories=categories,
         # at the nominal, each weight variation fills its own slot of the variation axis
         slots=[(variation, weights.nominal), *weights.variations.items()],
-        observables={layout.name: Observables(layout.categories,
-                                              [cache.evaluate(e, events) for e in exprs])
-                     for layout, exprs in plan.histograms if variation in layout.variations},
+        observables=_observables(plan, variation, events, categories, cache),
         tables=table_values,
     )
+
+
+def _observables(plan: ProcessingPlan, variation: str, events: Any,
+                 categories: list[tuple[str, Any]],
+                 cache: ExpressionCache) -> dict[str, Observables]:
+    """The observables of the histograms that have ``variation``: on every event, or for
+    those of ``plan.on_selected``, on the events of the histogram's categories only (the
+    same values for those events: an observable is computed per event)."""
+    masks = dict(categories)
+    subsets: dict[tuple[str, ...], tuple[Any, Any, frozenset[str] | None]] = {}
+    out = {}
+    for layout, exprs in plan.histograms:
+        if variation not in layout.variations:
+            continue
+        names = tuple(c for c in layout.categories if c in masks)
+        on, subset, key = events, None, None
+        reads: frozenset[str] | None = frozenset()
+        if layout.name in plan.on_selected and names:
+            if names not in subsets:
+                mask = functools.reduce(operator.or_, (masks[c] for c in names))
+                read = cache.reads([*(cut for _, cut in plan.preselection),
+                                    *(e for c, e in plan.categories if c in names)])
+                subsets[names] = (mask, None if isinstance(mask, bool) else events[mask], read)
+            mask, selected, read = subsets[names]
+            if selected is not None:  # else every event (or none) is in the categories
+                on, subset, reads, key = selected, mask, read, " | ".join(names)
+        values = [observable(cache.evaluate(e, on, key and f"{e.text} on {key}", reads), e)
+                  for e in exprs]
+        out[layout.name] = Observables(layout.categories, values, exprs, subset)
+    return out
 
 
 def _selection(plan: ProcessingPlan, events: Any, cache: ExpressionCache) -> tuple[

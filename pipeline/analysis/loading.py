@@ -32,7 +32,7 @@ from pipeline.config.models import AnalysisConfig, JobSpec, read_yaml, validate
 from pipeline.config.plugins import ImportPathError, Registry, definition
 from pipeline.cuts import CUTS
 from pipeline.errors import ConfigError, UnknownNameError
-from pipeline.selection import FUNCTIONS, reserved_name
+from pipeline.selection import FUNCTIONS, Vocabulary, reserved_name
 from pipeline.weights import WEIGHTS
 
 
@@ -85,6 +85,31 @@ def analysis_functions(cfg: AnalysisConfig,
     return out
 
 
+def analysis_vocabulary(cfg: AnalysisConfig, source: str = "analysis config") -> Vocabulary:
+    """The analysis' own functions and definitions, which every expression may use by name.
+
+    A definition named like a table's alias is a :class:`ConfigError` (the alias would
+    never be seen).
+
+    Examples
+    --------
+    >>> cfg = AnalysisConfig.model_validate({
+    ...     "datasets": {"d": {"files": ["a.root"], "metadata": {
+    ...         "sample": "s", "year": "2022_preEE", "isMC": True}}},
+    ...     "definitions": {"jets": "Jet[Jet.pt > 30]", "ht": "ak.sum(jets.pt, axis=1)"}})
+    >>> list(analysis_vocabulary(cfg).definitions)
+    ['jets', 'ht']
+    """
+    vocabulary = Vocabulary(analysis_functions(cfg, source), cfg.definitions, source)
+    clashes = [(f"tables.{t}.aliases.{alias}", f"{alias!r} is already a definition "
+                f"(definitions.{alias}); give the alias another name or use the definition")
+               for t, table in cfg.tables.items() for alias in table.aliases
+               if alias in vocabulary.definitions]
+    if clashes:
+        raise ConfigError(source, clashes)
+    return vocabulary
+
+
 def _resolve(registry: Registry[Any], name: str, where: str,
              problems: list[tuple[str, str]]) -> Any:
     """``registry.resolve(name)``; ``None`` after adding why it failed to ``problems``."""
@@ -106,13 +131,13 @@ def _problem(err: UnknownNameError | ImportPathError) -> tuple[str, str]:
 
 
 def check_names(cfg: AnalysisConfig, source: str) -> None:
-    """Check the names of calibrators, weights, cuts, functions, samples and categories;
-    raise naming the key path."""
+    """Check the names of calibrators, weights, cuts, functions, definitions, samples and
+    categories; raise naming the key path."""
     try:
         classes = calibrator_classes(cfg)
     except (UnknownNameError, ImportPathError) as err:
         raise ConfigError(source, [_problem(err)]) from None
-    analysis_functions(cfg, source)
+    analysis_vocabulary(cfg, source)
     problems: list[tuple[str, str]] = []
     names = [c.name for c in classes]
     shape = cfg.variations.shape

@@ -9,7 +9,7 @@ a :class:`TablePlan` by :func:`make_table_plan`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,14 +23,15 @@ from pipeline.analysis.histogram_fill import (
     from_vector,
     to_vector,
 )
-from pipeline.analysis.loading import analysis_functions, calibrator_classes
+from pipeline.analysis.loading import analysis_vocabulary, calibrator_classes
 from pipeline.calibration.calibrator import Calibrator
-from pipeline.calibration.manager import NOMINAL
 from pipeline.config.models import AnalysisConfig, CollectionSpec, ColumnSpec, TableSpec
 from pipeline.cuts import make_cut
 from pipeline.errors import ConfigError
-from pipeline.selection import Expression
+from pipeline.selection import Expression, Vocabulary
 from pipeline.table_layout import folds_attr, json_float
+from pipeline.variations import NOMINAL
+from pipeline.weights import canonical_weight_names
 
 #: the first step of every cutflow
 ALL_EVENTS = "all events"
@@ -93,9 +94,9 @@ class TablePlan:
 
 def make_table_plan(name: str, spec: TableSpec, params: Any, metadata: Mapping[str, Any],
                     shape_variations: Sequence[str], weight_variations: Sequence[str],
-                    functions: Mapping[str, Callable[..., Any]] | None = None) -> TablePlan:
+                    vocabulary: Vocabulary | None = None) -> TablePlan:
     """Compile table ``name`` for one dataset; unknown variation names are config errors.
-    ``functions``: the analysis' own expression functions (``functions:`` of the config)."""
+    ``vocabulary``: the analysis' own expression functions and definitions."""
     where = f"tables.{name}"
     if not metadata.get("isMC"):
         carried: list[str] = []  # collision data have no shape variations
@@ -114,7 +115,7 @@ def make_table_plan(name: str, spec: TableSpec, params: Any, metadata: Mapping[s
     preselection = None
     if spec.preselection is not None:
         preselection = tuple((cut, make_cut(text, f"{where}.preselection.{cut}", params,
-                                            metadata, functions))
+                                            metadata, vocabulary))
                              for cut, text in spec.preselection.items())
     sample = str(metadata.get("sample"))
     label = spec.class_names().index(spec.labels[sample]) if sample in spec.labels else None
@@ -122,19 +123,20 @@ def make_table_plan(name: str, spec: TableSpec, params: Any, metadata: Mapping[s
         name=name,
         spec=spec,
         preselection=preselection,
-        aliases=tuple((a, Expression(text, f"{where}.aliases.{a}", functions))
+        aliases=tuple((a, Expression(text, f"{where}.aliases.{a}", vocabulary))
                       for a, text in spec.aliases.items()),
-        objects=Expression(spec.objects, f"{where}.objects", functions) if spec.objects else None,
-        select=Expression(spec.select, f"{where}.select", functions) if spec.select else None,
-        columns=tuple((c, Expression(s.expr, f"{where}.columns.{c}", functions), s)
+        objects=(Expression(spec.objects, f"{where}.objects", vocabulary) if spec.objects
+                 else None),
+        select=Expression(spec.select, f"{where}.select", vocabulary) if spec.select else None,
+        columns=tuple((c, Expression(s.expr, f"{where}.columns.{c}", vocabulary), s)
                       for c, s in spec.column_specs().items()),
         collections=tuple((c, Expression(s.expr, f"{where}.collections.{c}.expr",
-                                                 functions), s)
+                                                 vocabulary), s)
                           for c, s in spec.collections.items()),
         variations=tuple(carried),
         weight_variations=tuple(weight_variations) if spec.weight_variations else (),
         label=label,
-        label_expr=Expression(spec.label, f"{where}.label", functions) if spec.label else None,
+        label_expr=Expression(spec.label, f"{where}.label", vocabulary) if spec.label else None,
         is_data=not bool(metadata.get("isMC")),
     )
 
@@ -154,6 +156,10 @@ class ProcessingPlan:
     categories: tuple[tuple[str, Expression], ...]
     histograms: tuple[tuple[HistogramLayout, tuple[Expression, ...]], ...]
     tables: tuple[TablePlan, ...] = ()
+    #: the analysis' functions and definitions (for the weights' selections)
+    vocabulary: Vocabulary | None = None
+    #: the histograms whose observables are computed on the events of their categories only
+    on_selected: frozenset[str] = frozenset()
 
     @property
     def cutflow_steps(self) -> list[str]:
@@ -196,21 +202,21 @@ def make_plan(
     ``shape_variations`` (default: all of ``variations``) are those of the calibrators, the
     others being weight variations.
     """
-    functions = analysis_functions(cfg)
-    categories = tuple((name, Expression(expr, f"categories.{name}", functions))
+    vocabulary = analysis_vocabulary(cfg)
+    categories = tuple((name, Expression(expr, f"categories.{name}", vocabulary))
                        for name, expr in cfg.categories.items())
     histograms = []
     for hname, spec in cfg.histograms.items():
         cats = tuple(spec.categories or cfg.categories)
         hvars = tuple(variations) if spec.variations else (NOMINAL,)
         layout = HistogramLayout(hname, spec, cats, hvars)
-        exprs = tuple(Expression(a.expr, f"histograms.{hname}.axes[{i}].expr", functions)
+        exprs = tuple(Expression(a.expr, f"histograms.{hname}.axes[{i}].expr", vocabulary)
                       for i, a in enumerate(spec.axes))
         histograms.append((layout, exprs))
     shape = list(variations if shape_variations is None else shape_variations)
     weight_variations = [v for v in variations if v not in shape]
     tables = tuple(make_table_plan(name, spec, params, metadata, shape, weight_variations,
-                                   functions)
+                                   vocabulary)
                    for name, spec in cfg.tables.items())
     return ProcessingPlan(
         tables=tables,
@@ -218,15 +224,42 @@ def make_plan(
         params=params,
         metadata=dict(metadata),
         variation_calibrators=tuple(cfg.variations_for_sample(str(metadata["sample"]))),
-        weights=tuple(cfg.weights_for_sample(str(metadata["sample"]))),
-        varied_weights=tuple(cfg.weight_variations_for_sample(str(metadata["sample"]))),
+        weights=canonical_weight_names(cfg.weights_for_sample(str(metadata["sample"]))),
+        varied_weights=canonical_weight_names(
+            cfg.weight_variations_for_sample(str(metadata["sample"]))),
         variations=tuple(variations),
         preselection=tuple(
-            (name, make_cut(expr, f"preselection.{name}", params, metadata, functions))
+            (name, make_cut(expr, f"preselection.{name}", params, metadata, vocabulary))
             for name, expr in cfg.preselection.items()),
         categories=categories,
         histograms=tuple(histograms),
+        vocabulary=vocabulary,
+        on_selected=frozenset(layout.name for layout, exprs in histograms
+                              if on_selected(layout.spec.evaluate_on, exprs)),
     )
 
 
-__all__ = ["ALL_EVENTS", "ProcessingPlan", "TablePlan", "make_plan", "make_table_plan"]
+#: the functions whose work grows faster than the objects (``auto`` computes the
+#: observables calling them on the events of the histogram's categories only)
+COMBINATORICS = frozenset({"ak.combinations", "ak.argcombinations", "ak.cartesian",
+                           "ak.argcartesian"})
+
+
+def on_selected(evaluate_on: str, expressions: Sequence[Expression]) -> bool:
+    """Whether observables are computed on the events of their histogram's categories only:
+    ``evaluate_on`` says so (``selected``), or is ``auto`` and they call combinatorics.
+
+    Examples
+    --------
+    >>> on_selected("auto", [Expression("ak.combinations(Jet, 3).slot0.pt", "doc")])
+    True
+    >>> on_selected("auto", [Expression("ak.sum(Jet.pt, axis=1)", "doc")])
+    False
+    """
+    if evaluate_on == "auto":
+        return any(e.calls & COMBINATORICS for e in expressions)
+    return evaluate_on == "selected"
+
+
+__all__ = ["ALL_EVENTS", "COMBINATORICS", "ProcessingPlan", "TablePlan", "make_plan",
+           "make_table_plan", "on_selected"]

@@ -36,8 +36,8 @@ from pipeline.analysis.histogram_fill import HistogramFiller
 from pipeline.analysis.plan import ProcessingPlan
 from pipeline.analysis.table_rows import TableRows
 from pipeline.analysis.to_numpy import chunk_arrays, variation_arrays
-from pipeline.calibration.manager import NOMINAL
 from pipeline.table_layout import Column
+from pipeline.variations import NOMINAL
 
 Tables = dict[str, tuple[dict[str, Column], dict[str, Any]]]
 

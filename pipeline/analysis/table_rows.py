@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from pipeline.analysis.plan import TablePlan
-from pipeline.calibration.manager import NOMINAL
 from pipeline.errors import ExpressionError
 from pipeline.rng import hash_identity
 from pipeline.table_layout import (
@@ -45,6 +44,7 @@ from pipeline.table_layout import (
     part_attrs,
     variation_prefix,
 )
+from pipeline.variations import NOMINAL
 
 
 def fold_of(run: Any, lumi: Any, event: Any) -> np.ndarray:

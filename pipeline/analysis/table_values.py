@@ -23,11 +23,12 @@ import awkward as ak
 import numpy as np
 
 from pipeline.analysis.plan import TablePlan
-from pipeline.calibration.manager import NOMINAL
+from pipeline.analysis.value_checks import NotNumbers, not_numbers, value_kind
 from pipeline.config.models import CollectionSpec
 from pipeline.errors import ConfigError, ExpressionError
 from pipeline.selection import Expression, cumulative_masks
 from pipeline.table_layout import EVENT, IDENTITY
+from pipeline.variations import NOMINAL
 
 #: a column that reads one of these may change in every variation
 _ANY_COLLECTION = "events"
@@ -172,6 +173,9 @@ class TableEvaluator:
 
     def _per_row(self, value: Any, template: Any, expr: Expression) -> Any:
         """``value`` checked: one per event, or (object levels) one per row."""
+        problem = not_numbers(value, expr.text)
+        if problem is not None:
+            raise ExpressionError(f"{expr.where}: {problem.describe('a table holds numbers')}")
         if not isinstance(value, ak.Array):  # a constant
             return ak.full_like(self.event, value, dtype=np.asarray(value).dtype)
         if value.ndim == 1 or template is None:
@@ -235,6 +239,14 @@ class TableEvaluator:
         if missing:
             raise ExpressionError(f"{expr.where}: no field(s) {', '.join(missing)} in "
                                   f"{expr.text!r}; its fields are: {', '.join(value.fields)}")
+        for name in spec.fields:
+            field_text = f"{expr.text}[{name!r}]"
+            problem = not_numbers(value[name], field_text)
+            if problem is None and value_kind(value[name])[0] != depth:
+                problem = NotNumbers(field_text, "lists in each object", value[name])
+            if problem is not None:
+                need = "a collection holds one number per object in each field"
+                raise ExpressionError(f"{expr.where}: {problem.describe(need)}")
         if spec.sort_by:
             if spec.sort_by not in value.fields:
                 raise ExpressionError(f"{expr.where}: sort_by {spec.sort_by!r} is not a field "

@@ -10,13 +10,17 @@ awkward arrays, and the calibrated events they hold on to, can go before the nex
   (:class:`~pipeline.analysis.histogram_fill.Entries`); a missing value (None) is no entry;
 * a table's values: one per event or per row in their stored dtypes, missing values as the
   column's sentinel, collections ragged or padded.
+
+A conversion that fails raises an :class:`~pipeline.errors.ExpressionError` naming the
+histogram or the table's key and the variation, with the original error's type and message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import awkward as ak
 import numpy as np
@@ -26,8 +30,9 @@ from pipeline.analysis.histogram_fill import Entries
 from pipeline.analysis.plan import TablePlan
 from pipeline.analysis.table_rows import RowValues, StoredCollection, TableArrays
 from pipeline.analysis.table_values import TableValues
+from pipeline.analysis.value_checks import type_text
 from pipeline.config.models import CollectionSpec, ColumnSpec
-from pipeline.errors import ExpressionError
+from pipeline.errors import CalibrewError, ExpressionError, raised_by_reader, with_context
 from pipeline.table_layout import IDENTITY_DTYPES, Column, PaddedColumn, RaggedColumn
 
 
@@ -68,16 +73,57 @@ def chunk_arrays(values: ChunkValues) -> ChunkArrays:
 def variation_arrays(values: VariationValues, n_events: int,
                      tables: Mapping[str, TablePlan]) -> VariationArrays:
     """One variation's values in numpy (``tables``: the plans of its tables, by name)."""
-    categories = [(name, _event_mask(m, n_events)) for name, m in values.categories]
-    masks = dict(categories)
-    return VariationArrays(
-        variation=values.variation,
-        steps=[(name, _event_mask(m, n_events)) for name, m in values.steps],
-        categories=categories,
-        slots=[(name, _event_weights(w, n_events)) for name, w in values.slots],
-        entries={name: _entries(o, n_events, masks) for name, o in values.observables.items()},
-        tables={name: _table(t, tables[name]) for name, t in values.tables.items()},
-    )
+    try:
+        categories = [(name, _event_mask(m, n_events)) for name, m in values.categories]
+        masks = dict(categories)
+        return VariationArrays(
+            variation=values.variation,
+            steps=[(name, _event_mask(m, n_events)) for name, m in values.steps],
+            categories=categories,
+            slots=[(name, _event_weights(w, n_events)) for name, w in values.slots],
+            entries={name: _histogram_entries(name, o, n_events, masks)
+                     for name, o in values.observables.items()},
+            tables={name: _table(t, tables[name]) for name, t in values.tables.items()},
+        )
+    except CalibrewError as err:  # its message names the key; the variation is added
+        raise with_context(err, f"variation {values.variation!r}") from err.__cause__
+
+
+@contextmanager
+def _named(where: str, value: Any = None) -> Iterator[None]:
+    """Raise an error of the conversion inside as an :class:`ExpressionError` that starts
+    with ``where`` (the config key, what was converted) and the type of ``value`` (the
+    awkward array converted, if given), and keeps the error's type and message. calibrew's
+    own errors, a lack of memory and the readers' errors pass as they are (a worker with more
+    memory, or a second read, may succeed).
+
+    Examples
+    --------
+    >>> with _named("tables.t.columns.x: cannot store 'x'", ak.Array([[1.0], []])):
+    ...     np.zeros(2) + np.zeros(3)
+    Traceback (most recent call last):
+    ...
+    pipeline.errors.ExpressionError: tables.t.columns.x: cannot store 'x' (var * float64): \
+ValueError: operands ...
+    """
+    try:
+        yield
+    except (CalibrewError, MemoryError):
+        raise
+    except Exception as err:
+        if raised_by_reader(err):
+            raise
+        kind = "" if value is None else f" ({type_text(value)})"
+        raise ExpressionError(f"{where}{kind}: {type(err).__name__}: {err}") from err
+
+
+_T = TypeVar("_T")
+
+
+def _converted(where: str, convert: Callable[[], _T]) -> _T:
+    """``convert()``, its failure named by ``where`` (see :func:`_named`)."""
+    with _named(where):
+        return convert()
 
 
 # -- masks, weights, observables ------------------------------------------------------------
@@ -88,6 +134,8 @@ def _event_mask(mask: Any, n_events: int) -> np.ndarray:
 
 
 def _event_weights(weight: Any, n_events: int) -> np.ndarray:
+    """An event weight (one per event: :func:`~pipeline.weights.compute_weights` checks each
+    factor) as float64 numpy."""
     if isinstance(weight, ak.Array):
         return _flat_numpy(weight)
     return np.broadcast_to(np.asarray(weight, dtype=np.float64), (n_events,))
@@ -121,8 +169,29 @@ def _flat_numpy(array: Any) -> np.ndarray:
     return np.asarray(ak.to_numpy(ak.flatten(array, axis=None)), dtype=np.float64)
 
 
+def _histogram_entries(name: str, observables: Observables, n_events: int,
+                       masks: Mapping[str, np.ndarray]) -> dict[str, Entries]:
+    """Histogram ``name``'s entries by category (:func:`_entries`), its failure named."""
+    axes = ", ".join(repr(e.text) for e in observables.expressions)
+    need = (" (its axes give one number per event, or lists of the same length in each "
+            "event)" if len(observables.expressions) > 1 else "")
+    with _named(f"histograms.{name}: cannot fill {axes}{need}"):
+        return _entries(observables, n_events, masks)
+
+
 def _entries(observables: Observables, n_events: int,
              masks: Mapping[str, np.ndarray]) -> dict[str, Entries]:
+    """A histogram's entries by category, each entry with the index of its event in the
+    chunk (observables computed on a subset of the events are mapped back)."""
+    if observables.subset is None:
+        return _entries_of(observables, n_events, masks)
+    index = np.flatnonzero(_event_mask(observables.subset, n_events))
+    inner = _entries_of(observables, len(index), {c: m[index] for c, m in masks.items()})
+    return {c: Entries(e.values, index[e.events]) for c, e in inner.items()}
+
+
+def _entries_of(observables: Observables, n_events: int,
+                masks: Mapping[str, np.ndarray]) -> dict[str, Entries]:
     """A histogram's entries by category: shared by its categories when the observables are
     one per event or lists of the same lengths; else broadcast with awkward in each category
     (selected first: the lists need to match in the selected events only)."""
@@ -175,32 +244,42 @@ def _finite(values: list[np.ndarray], events: np.ndarray) -> Entries:
 
 # -- feature tables -------------------------------------------------------------------------
 def _table(values: TableValues, plan: TablePlan) -> TableArrays:
+    where = f"tables.{plan.name}"
     objects = constituents = ids = None
     template = values.template
     if template is not None:
-        objects = np.asarray(ak.to_numpy(ak.num(template, axis=1)))
-        if template.ndim > 2:
-            constituents = np.asarray(ak.to_numpy(ak.flatten(ak.num(template, axis=2))))
+        with _named(f"{where}.objects: cannot count {plan.spec.objects!r}"):
+            objects = np.asarray(ak.to_numpy(ak.num(template, axis=1)))
+            if template.ndim > 2:
+                constituents = np.asarray(ak.to_numpy(ak.flatten(ak.num(template, axis=2))))
     if values.object_ids is not None:
-        ids = np.asarray(ak.to_numpy(ak.flatten(values.object_ids, axis=None)), dtype=np.int64)
+        with _named(f"{where}.objects: cannot store the original_index of {plan.spec.objects!r}"):
+            ids = np.asarray(ak.to_numpy(ak.flatten(values.object_ids, axis=None)),
+                             dtype=np.int64)
+    weight_variations = {}
+    for name, value in values.weight_variations.items():
+        with _named(f"{where}.weight_variations: cannot store {name!r}"):
+            weight_variations[name] = _row_values(value, np.float64)
     column_specs = {name: spec for name, _, spec in plan.columns}
     collection_specs = {name: spec for name, _, spec in plan.collections}
     return TableArrays(
         objects=objects, constituents=constituents, object_ids=ids,
-        selected=_row_values(ak.fill_none(values.selected, False), bool),
-        select=None if values.select is None else _row_values(
-            ak.fill_none(values.select, False, axis=None), bool),
+        selected=_converted(f"{where}: cannot store which events pass the preselection",
+                            lambda: _row_values(ak.fill_none(values.selected, False), bool)),
+        select=None if values.select is None else _converted(
+            f"{where}.select: cannot store {plan.spec.select!r}",
+            lambda: _row_values(ak.fill_none(values.select, False, axis=None), bool)),
         columns={name: _column(plan, name, value, column_specs[name])
                  for name, value in values.columns.items()},
-        collections={name: StoredCollection(
-            _stored_collection(value, collection_specs[name], plan.level),
-            None if template is None else np.asarray(ak.to_numpy(ak.num(value, axis=1))))
-            for name, value in values.collections.items()},
-        label=None if values.label is None else _row_values(
-            ak.fill_none(values.label, -1, axis=None), np.int32),
-        weight=None if values.weight is None else _row_values(values.weight, np.float64),
-        weight_variations={k: _row_values(v, np.float64)
-                           for k, v in values.weight_variations.items()},
+        collections={name: _collection(plan, name, value, collection_specs[name], template)
+                     for name, value in values.collections.items()},
+        label=None if values.label is None else _converted(
+            f"{where}.label: cannot store {plan.spec.label!r}",
+            lambda: _row_values(ak.fill_none(values.label, -1, axis=None), np.int32)),
+        weight=None if values.weight is None else _converted(
+            f"{where}: cannot store the event weight",
+            lambda: _row_values(values.weight, np.float64)),
+        weight_variations=weight_variations,
     )
 
 
@@ -214,16 +293,22 @@ def _row_values(value: Any, dtype: Any) -> RowValues:
 
 def _column(plan: TablePlan, name: str, value: Any, spec: ColumnSpec) -> tuple[RowValues, Any]:
     """A column's values in its stored dtype and the value missing entries took."""
-    computed = _computed_dtype(value)
-    dtype = np.dtype(spec.dtype) if spec.dtype else (
-        np.dtype(np.float32) if computed.kind == "f" else computed)
-    fill = _fill_value(dtype, plan.sentinel(spec))
-    try:
+    with _named(f"tables.{plan.name}.columns.{name}: cannot store {spec.expr!r}", value):
+        computed = _computed_dtype(value)
+        dtype = np.dtype(spec.dtype) if spec.dtype else (
+            np.dtype(np.float32) if computed.kind == "f" else computed)
+        fill = _fill_value(dtype, plan.sentinel(spec))
         # missing values take the sentinel before flattening (flattening drops them)
         return _row_values(ak.fill_none(value, fill, axis=None), dtype), fill
-    except Exception as err:
-        raise ExpressionError(f"tables.{plan.name}.columns.{name}: cannot store "
-                              f"{spec.expr!r} ({value.type}): {err}") from None
+
+
+def _collection(plan: TablePlan, name: str, value: Any, spec: CollectionSpec,
+                template: Any) -> StoredCollection:
+    """A collection's stored lists and the number of objects of each event."""
+    with _named(f"tables.{plan.name}.collections.{name}: cannot store {spec.expr!r}", value):
+        return StoredCollection(
+            _stored_collection(value, spec, plan.level),
+            None if template is None else np.asarray(ak.to_numpy(ak.num(value, axis=1))))
 
 
 def _computed_dtype(array: Any) -> np.dtype[Any]:

@@ -6,8 +6,9 @@ The contract is the one of seed 000 (PocketCoffea's calibrator API): class attri
 ``self._variations``; and ``calibrate(events, events_original_collections, variation,
 already_applied_calibrators)`` returning ``{"Collection.field": array}``.
 
-calibrew adds one optional class attribute, ``columns_read``: documentation of the input
-columns. Column projection itself is automatic (dask-awkward traces what is used).
+calibrew adds optional class attributes: ``columns_read``, documentation of the input
+columns (column projection itself is automatic: dask-awkward traces what is used), and
+``one_sided``, the sources whose only variation is ``{source}Up`` (the results mirror it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, ClassVar
 
 from pipeline.config.plugins import Registry
 from pipeline.errors import CalibrationError
+from pipeline.variations import check_one_sided
 
 
 class Calibrator(ABC):
@@ -56,6 +58,10 @@ class Calibrator(ABC):
     #: A pydantic model of the ``params_section``, validated when parameters are loaded
     #: (``None``: the section is free-form until the calibrator reads it).
     params_schema: ClassVar[type[Any] | None] = None
+    #: Sources varied one way only: ``{source}Up`` is their variation, without a
+    #: ``{source}Down`` (a ``{source}Down`` still listed is never calibrated); the results
+    #: mirror the ``Up`` around the nominal. E.g. ``one_sided = ("topPt",)``.
+    one_sided: ClassVar[tuple[str, ...]] = ()
 
     _variations: list[str]
 
@@ -75,6 +81,7 @@ class Calibrator(ABC):
                     f"calibrator {cls.name!r}: calibrated_collections entry {col!r} must be "
                     "'Collection' or 'Collection.field'"
                 )
+        check_one_sided("calibrator", cls.name, cls.one_sided)
         CALIBRATORS[cls.name] = cls
 
     def __init__(
@@ -127,7 +134,8 @@ class Calibrator(ABC):
         return set()
 
     def initialize(self, events: Any) -> None:
-        """Prepare per-chunk data and set ``self._variations`` (both Up and Down).
+        """Prepare per-chunk data and set ``self._variations`` (both Up and Down, or the Up
+        alone of a source declared in ``one_sided``).
 
         Called once per chunk, on the events before any calibrator ran. The default
         declares no variations.

@@ -3,119 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
-import re
-import traceback
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from pipeline.calibration.calibrator import Calibrator
 from pipeline.calibration.columns import check_structure, get_column, has_column, with_columns
-from pipeline.errors import CalibrationError, CalibrewError, UnknownNameError, raised_by_reader
-
-NOMINAL = "nominal"
-
-
-def validate_variation_names(calibrator: str, variations: Sequence[str]) -> None:
-    """Check the ``{source}Up`` / ``{source}Down`` convention, both directions declared.
-
-    Examples
-    --------
-    >>> validate_variation_names("c", ["jesUp", "jesDown"])
-    >>> validate_variation_names("c", ["jesUp"])
-    Traceback (most recent call last):
-    ...
-    pipeline.errors.CalibrationError: calibrator 'c' declares variation 'jesUp' without ...
-    """
-    seen = set()
-    for var in variations:
-        if not isinstance(var, str):
-            raise CalibrationError(
-                f"calibrator {calibrator!r} declares variation {var!r}, which is not a string"
-            )
-        if var in seen:
-            raise CalibrationError(f"calibrator {calibrator!r} declares variation {var!r} twice")
-        seen.add(var)
-        if var == NOMINAL:
-            raise CalibrationError(
-                f"calibrator {calibrator!r} declares variation 'nominal', which is reserved"
-            )
-        for direction, twin in (("Up", "Down"), ("Down", "Up")):
-            if var.endswith(direction) and len(var) > len(direction):
-                partner = var[: -len(direction)] + twin
-                if partner not in variations:
-                    raise CalibrationError(
-                        f"calibrator {calibrator!r} declares variation {var!r} without its "
-                        f"twin {partner!r}"
-                    )
-                break
-        else:
-            raise CalibrationError(
-                f"calibrator {calibrator!r} declares variation {var!r}: variation names must "
-                "be '{source}Up' or '{source}Down'"
-            )
-
-
-def describe_failure(err: BaseException, cls: type | None = None) -> str:
-    """What went wrong in a calibrator, in one line: a column the input lacks is named as
-    the NanoAOD branch (``FatJet_genJetAK8Idx``); any other error by its type and first
-    line, and the line of the calibrator's own source (``cls``) it was raised from.
-
-    Examples
-    --------
-    >>> import awkward as ak
-    >>> try:
-    ...     ak.Array([{"pt": [1.0]}]).eta
-    ... except AttributeError as err:
-    ...     describe_failure(err)
-    "the input has no column 'eta'"
-    """
-    text = str(err)
-    field = re.search(r"no field (?:named )?'([^']+)'", text)
-    if field is not None:
-        collection = _record_name(err)
-        if collection and collection != "NanoEvents":
-            return (f"the input has no column {collection}.{field.group(1)} (NanoAOD branch "
-                    f"{collection}_{field.group(1)})")
-        return f"the input has no column {field.group(1)!r}"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    where = ""
-    source = _source_file(cls)
-    if source is not None:
-        frames = [f for f in traceback.extract_tb(err.__traceback__)
-                  if Path(f.filename).resolve() == source]
-        if frames:
-            where = f" (raised at {source.name}:{frames[-1].lineno})"
-    return f"{type(err).__name__}: {first}".rstrip(": ") + where
-
-
-def _record_name(err: BaseException) -> str:
-    """The record (collection) name of the array a missing field was asked of: from
-    awkward's note on the error, or the array in the innermost frame that holds one."""
-    notes = " ".join(getattr(err, "__notes__", None) or [])
-    owner = re.search(r"<(\w+?)Array", notes)
-    if owner:
-        return owner.group(1)
-    for frame, _ in reversed(list(traceback.walk_tb(err.__traceback__))):
-        array = frame.f_locals.get("self")
-        layout = getattr(array, "layout", None)
-        if layout is not None and hasattr(layout, "purelist_parameter"):
-            try:
-                name = layout.purelist_parameter("__record__")
-            except Exception:  # not an awkward layout after all
-                continue
-            if isinstance(name, str):
-                return name
-    return ""
-
-
-def _source_file(cls: type | None) -> Path | None:
-    try:
-        name = inspect.getsourcefile(cls) if cls is not None else None
-    except TypeError:
-        return None
-    return Path(name).resolve() if name else None
+from pipeline.errors import CalibrationError, UnknownNameError, plugin_call
+from pipeline.variations import (
+    NOMINAL,
+    validate_variation_names,
+    without_one_sided_downs,
+)
 
 
 @contextlib.contextmanager
@@ -124,17 +22,9 @@ def calibrator_call(cls: type, stage: str, variation: str | None = None) -> Iter
     an error that is not calibrew's own is raised as :class:`CalibrationError` naming the
     calibrator, the stage, the variation and the column or line at fault. An error raised
     inside a file reader (the input cannot be read) passes unchanged."""
-    try:
+    name = getattr(cls, "name", cls.__name__)
+    with plugin_call(CalibrationError, f"calibrator {name!r}", cls, stage, variation):
         yield
-    except CalibrewError:
-        raise
-    except Exception as err:
-        if raised_by_reader(err):
-            raise
-        name = getattr(cls, "name", cls.__name__)
-        during = f"{stage}()" + (f" of variation {variation!r}" if variation else "")
-        raise CalibrationError(f"calibrator {name!r} failed in {during}: "
-                               f"{describe_failure(err, cls)}") from err
 
 
 def calibrator_enabled(params: Any, name: str, period: str) -> bool:
@@ -159,6 +49,11 @@ def calibrator_enabled(params: Any, name: str, period: str) -> bool:
 
 class CalibratorsManager:
     """Apply a sequence of calibrators to events, once per systematic variation.
+
+    Each calibrator's variation names are checked
+    (:func:`pipeline.variations.validate_variation_names`); of a source it declares in
+    ``one_sided``, the ``Up`` alone runs (a ``Down`` it lists too is dropped: never
+    calibrated).
 
     Parameters
     ----------
@@ -244,7 +139,8 @@ class CalibratorsManager:
                     f"calibrator {cls.name!r} sets variations {variations} but declares "
                     "has_variations = False"
                 )
-            validate_variation_names(cls.name, variations)
+            validate_variation_names("calibrator", cls.name, variations, cls.one_sided)
+            variations = without_one_sided_downs(variations, cls.one_sided)
             own = [v for v in variations if v not in self.available_variations]
             self.available_variations += own
             self.available_variations_bycalibrator[cls.name] = variations

@@ -92,8 +92,23 @@ class NameList(Strict):
 
 
 class NamesBySample(Strict):
+    """Names common to every sample and by sample; a plain list is the common names.
+
+    Examples
+    --------
+    >>> NamesBySample.model_validate(["pileup", "my_module:MyWeight"]).common.inclusive
+    ['pileup', 'my_module:MyWeight']
+    """
+
     common: NameList = Field(default_factory=NameList)
     bysample: dict[str, NameList] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_list(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return {"common": {"inclusive": list(value)}}
+        return value
 
     def entries(self, prefix: str) -> list[tuple[str, str]]:
         """Every name with its key path, common ones first.
@@ -112,7 +127,8 @@ class NamesBySample(Strict):
 class VariationsSpec(Strict):
     """``shape``: calibrators whose variations run; ``weights``: weights whose variations run.
 
-    Both as ``{common,bysample.<sample>}.inclusive`` lists of names.
+    Both as ``{common,bysample.<sample>}.inclusive`` lists of names, or a plain list (the
+    common names).
     """
 
     shape: NamesBySample = Field(default_factory=NamesBySample)
@@ -161,6 +177,11 @@ class HistogramSpec(Strict):
         default=None, description="categories to fill (default: all)"
     )
     variations: bool = Field(default=True, description="fill the shape variations too")
+    evaluate_on: Literal["auto", "all", "selected"] = Field(
+        default="auto", description="the events the observables are computed on: 'all', or "
+        "'selected' (only those of the histogram's categories: cheaper for an expensive "
+        "observable); 'auto' is 'selected' for combinatorics (ak.combinations, ak.cartesian "
+        "and their arg- forms). The histograms are the same bits either way")
 
 
 FEATURE_DTYPES = ("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
@@ -340,11 +361,16 @@ class AnalysisConfig(Strict):
     weights: NamesBySample = Field(
         default_factory=NamesBySample,
         description="weights applied on top of the generator weight (MC), common and by "
-        "sample: names or 'module:Class' paths",
+        "sample, or a plain list (common): names or 'module:Class' paths",
     )
     functions: list[str] = Field(
         default_factory=list, description="the analysis' own expression functions, "
         "'module:function' paths: every expression of the analysis may call them by name"
+    )
+    definitions: dict[str, str] = Field(
+        default_factory=dict, description="named expressions, each able to use the others "
+        "(not itself): every expression of the analysis (cuts, categories, histogram axes, "
+        "tables, weights' selections) may use them by name"
     )
     preselection: dict[str, str] = Field(
         default_factory=dict, description="named cuts applied in order (the cutflow): "
@@ -426,11 +452,14 @@ class AnalysisConfig(Strict):
 
     def digest(self) -> str:
         """A short hash of the configuration (for provenance and caches)."""
-        # without functions, the digest is the one from before the key existed; the
-        # results' keys are left out: they change no chunk (the merge is redone)
+        # without functions or definitions, the digest is the one from before the keys
+        # existed; the results' keys are left out: they change no chunk (the merge is redone),
+        # and so is where the observables are computed: it changes no bit
+        left_out = {"calibrators", "processes", "pseudo_data", "fit",
+                    *(() if self.functions else ("functions",)),
+                    *(() if self.definitions else ("definitions",))}
         payload = self.model_dump(mode="json", exclude={
-            "calibrators", "processes", "pseudo_data", "fit",
-            *(() if self.functions else ("functions",))})
+            **dict.fromkeys(left_out, True), "histograms": {"__all__": {"evaluate_on"}}})
         payload["calibrators"] = [
             c if isinstance(c, str) else f"{c.__module__}:{c.__qualname__}"
             for c in self.calibrators

@@ -46,7 +46,7 @@ from pipeline.outputs.merged import (
     ProcessInfo,
 )
 from pipeline.outputs.root_names import root_name, write_hist
-from pipeline.outputs.systematics import NOMINAL
+from pipeline.variations import NOMINAL
 
 PB_PER_FB = 1000.0
 DATASET_HISTOGRAMS = "histograms.pkl"

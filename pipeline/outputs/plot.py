@@ -45,7 +45,8 @@ import numpy as np
 from pipeline.analysis.histogram_fill import CUTFLOW
 from pipeline.errors import InputFileError, OutputError, UnknownNameError
 from pipeline.outputs.merged import MERGED_AXES, MergedResult, ProcessInfo, load_merged
-from pipeline.outputs.systematics import NOMINAL, shape_systematics, up_down
+from pipeline.outputs.systematics import shape_systematics, up_down
+from pipeline.variations import NOMINAL
 
 #: colours of the processes whose config names none, in stacking order: the colour-blind
 #: safe palette CMS recommends (M. Petroff, arXiv:2107.02270)

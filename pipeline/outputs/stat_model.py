@@ -57,7 +57,8 @@ from pipeline.config.models import FitSpec
 from pipeline.errors import OutputError
 from pipeline.outputs.merged import MERGED_AXES, MergedResult, ProcessInfo
 from pipeline.outputs.root_names import root_name
-from pipeline.outputs.systematics import NOMINAL, shape_systematics, up_down
+from pipeline.outputs.systematics import shape_systematics, up_down
+from pipeline.variations import NOMINAL
 
 LOG = logging.getLogger(__name__)
 

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NOMINAL = "nominal"
-
 
 @dataclass(frozen=True)
 class ShapeSystematic:

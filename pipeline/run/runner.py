@@ -27,6 +27,7 @@ from pipeline.errors import (
     InputFileError,
     OutputConflictError,
     OutputError,
+    WeightError,
     with_context,
 )
 from pipeline.graph import DatasetGraph
@@ -376,7 +377,7 @@ def _plan(planner: Planner, dataset: Dataset, writers: dict[str, TableWriter]) -
     try:
         graph = planner.graph(dataset, writers)
         graph.chunk_tasks()  # optimised here (the read projected, the chunk task fused)
-    except (CalibrationError, ExpressionError) as err:
+    except (CalibrationError, ExpressionError, WeightError) as err:
         first = dataset.files[0] if dataset.files else "no file"
         more = f" (and {len(dataset.files) - 1} more)" if len(dataset.files) > 1 else ""
         raise with_context(err, f"dataset {dataset.name!r}, file {first}{more}, read to "
