@@ -17,8 +17,11 @@ the histograms of both are checked to be the same bits.
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -91,10 +94,65 @@ def measure(events, params, evaluate_on: str, category: str, repeat: int) -> tup
     return best, [h.view(flow=True) for h in hists.values()], float(share)
 
 
+def _buffers(layout) -> list[np.ndarray]:
+    """Every buffer of an awkward layout (its nodes' indexes, offsets, masks and data)."""
+    out, todo = [], [layout]
+    while todo:
+        node = todo.pop()
+        for name in ("index", "offsets", "starts", "stops", "mask"):
+            part = getattr(node, name, None)
+            if part is not None and hasattr(part, "data"):
+                out.append(np.asarray(part.data))
+        if node.is_numpy:
+            out.append(np.asarray(node.data))
+        if node.is_record:
+            todo.extend(node.contents)
+        elif hasattr(node, "content"):
+            todo.append(node.content)
+    return out
+
+
+def _bounds(buffer: np.ndarray) -> tuple[int, int]:
+    """The memory a (contiguous) buffer spans."""
+    start = buffer.__array_interface__["data"][0]
+    return start, start + buffer.nbytes
+
+
+def held_by_definitions(events) -> tuple[int, float]:
+    """The demo chain's definitions (configs/demo.yaml): how many nominal values a chunk
+    holds, so that variations reuse them, and the MiB of their buffers that the nominal's
+    calibrated events do not hold anyway (a selection shares the collection's buffers)."""
+    import awkward as ak
+
+    from pipeline.analysis.evaluate import evaluate
+    from pipeline.analysis.loading import load_config
+    from pipeline.selection import _SUBEXPRESSIONS  # the values held: private, on purpose
+
+    cfg = load_config(HERE.parents[1] / "configs" / "demo.yaml")
+    params = load_parameters(cfg.parameters)
+    meta = {**METADATA}
+    shape, weights = plan_variations(cfg, params, meta, events)
+    variations = evaluate(make_plan(cfg, params, meta, shape + weights, shape), events)
+    next(variations.variations)  # the nominal: its definitions' values are now held
+    calibrated = _SUBEXPRESSIONS.variation_events
+    owned = [_bounds(b) for field in calibrated.fields
+             for b in _buffers(ak.to_layout(calibrated[field]))]
+    held = [value for value, _ in _SUBEXPRESSIONS.nominal.values()]
+    extra = 0
+    for value in held:
+        for buffer in _buffers(ak.to_layout(value)):
+            low, high = _bounds(buffer)
+            if not any(a <= low and high <= b for a, b in owned):
+                extra += buffer.nbytes
+    return len(held), extra / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--demo-events", type=int, default=200_000,
+                        help="the chunk of the demo chain whose held definitions are sized")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
     path = sample_file(args.events)
@@ -113,7 +171,14 @@ def main() -> None:
         print(f"{category}: {share:.1%} of events; all {args.events / times['all']:,.0f} Hz, "
               f"selected {args.events / times['selected']:,.0f} Hz "
               f"({times['all'] / times['selected']:.2f}x)", flush=True)
+    demo_events = read_eager(str(sample_file(args.demo_events)))
+    n_held, held_mib = held_by_definitions(demo_events)
+    print(f"demo chain, {args.demo_events:,} events: {n_held} definition values held, "
+          f"{held_mib:,.1f} MiB of their own", flush=True)
     table = [
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {platform.machine()} "
+        f"({os.cpu_count()} cores, shared): `python tests/benchmarks/bench_observables.py "
+        f"--events {args.events} --write`. "
         f"Observables on the selected events (`bench_observables.py`, {args.events:,} events "
         "resampled from nano_tt_v12.root, one chunk in one process, jet-energy variations, "
         f"best of {args.repeat} after a warm-up; histograms the same bits):",
@@ -123,6 +188,11 @@ def main() -> None:
         "| --- | --- | --- | --- | --- |",
         *(f"| {c} | {s:.1%} | {args.events / a:,.0f} Hz | {args.events / b:,.0f} Hz "
           f"| {a / b:.2f}x |" for c, s, a, b in rows),
+        "",
+        f"The definitions' nominal values a chunk holds (so that variations reuse them), for "
+        f"the demo chain (configs/demo.yaml) on one chunk of {args.demo_events:,} events: "
+        f"{n_held} values, {held_mib:,.1f} MiB of buffers beyond those of the nominal's "
+        "calibrated events (which the chunk holds anyway).",
     ]
     print("\n".join(table))
     if args.write:
