@@ -29,6 +29,11 @@ def test_demo_outputs(demo_run):
     report = json.loads((demo_run / "report.json").read_text())
     assert report["events_processed"] == 200
     assert report["events_per_s"] > 0 and report["wall_time_s"] > 0
+    # each worker's first chunk (its warm-up) apart from the chunks after it
+    rates = report["rates"]
+    assert 1 <= rates["workers"] <= 2 and rates["first_chunk_per_worker_s"] > 0
+    assert rates["steady_chunks"] == 4 - rates["workers"]
+    assert (rates["steady_events_per_s_per_worker"] is None) == (rates["steady_chunks"] == 0)
     (name,) = report["datasets"]
     summary = report["datasets"][name]
     assert summary["chunks"] == 4

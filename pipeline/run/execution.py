@@ -45,15 +45,16 @@ from pipeline.graph import DatasetGraph
 from pipeline.run.checkpoints import ChunkCheckpoints
 from pipeline.run.progress import (
     ChunkAttemptsPlugin,
+    ChunkCompute,
     ProgressBoard,
     chunk_attempts,
-    chunk_task_seconds,
+    chunk_computes,
 )
 from pipeline.run.reduction import REDUCE_PRIORITY, ReductionTree, settling
 
 OnBadFile = Literal["fail", "skip"]
-__all__ = ["READER_MODULES", "ChunkFailure", "ComputeTimes", "DatasetRun", "OnBadFile",
-           "compute_chunks", "is_unreadable_input"]
+__all__ = ["READER_MODULES", "ChunkFailure", "ChunkRates", "ComputeTimes", "DatasetRun",
+           "OnBadFile", "compute_chunks", "is_unreadable_input"]
 
 
 @dataclass
@@ -152,11 +153,74 @@ def _error_text(err: BaseException) -> str:
 @dataclass
 class ComputeTimes:
     """When the computation's first chunk finished (seconds from its start; ``None`` when
-    no chunk was computed) and the seconds the workers spent computing chunk tasks, all
-    attempts together (``None`` when the scheduler cannot count them)."""
+    no chunk was computed), and each chunk task the workers computed with its number of
+    events (``chunks`` is ``None`` when the scheduler cannot record them)."""
 
     first_chunk_s: float | None = None
-    chunk_task_s: float | None = None
+    chunks: list[ChunkCompute] | None = None
+    events: dict[Any, int] = field(default_factory=dict)
+
+    @property
+    def chunk_task_s(self) -> float | None:
+        """The seconds the workers spent computing chunk tasks."""
+        return None if self.chunks is None else sum(c.seconds for c in self.chunks)
+
+    def rates(self) -> ChunkRates | None:
+        """Each worker's first chunk (its warm-up: imports, payloads, kernels) apart from
+        the chunks after it (the steady rate); ``None`` when nothing was recorded.
+
+        Examples
+        --------
+        >>> chunk = lambda i, worker, start: ChunkCompute(("c", i), worker, start, 2.0 - i % 2)
+        >>> times = ComputeTimes(chunks=[chunk(0, "a", 0), chunk(1, "a", 2), chunk(2, "b", 0),
+        ...                              chunk(3, "b", 2)],
+        ...                      events={("c", i): 100 for i in range(4)})
+        >>> times.rates()
+        ChunkRates(first_chunk_s=2.0, steady_events_per_s=100.0, steady_chunks=2, workers=2)
+        """
+        if not self.chunks:
+            return None
+        by_worker: dict[str, list[ChunkCompute]] = {}
+        for chunk in sorted(self.chunks, key=lambda c: c.start):
+            by_worker.setdefault(chunk.worker, []).append(chunk)
+        firsts = [chunks[0].seconds for chunks in by_worker.values()]
+        steady = [c for chunks in by_worker.values() for c in chunks[1:]]
+        seconds = sum(c.seconds for c in steady)
+        events = sum(self.events.get(c.key, 0) for c in steady)
+        return ChunkRates(first_chunk_s=sum(firsts) / len(firsts),
+                          steady_events_per_s=events / seconds if steady and seconds else None,
+                          steady_chunks=len(steady), workers=len(by_worker))
+
+
+@dataclass(frozen=True)
+class ChunkRates:
+    """A run's rates: the mean time of each worker's first chunk (warm-up included) and the
+    events per second of one worker over the chunks after its first (``None``: no worker
+    computed a second chunk)."""
+
+    first_chunk_s: float
+    steady_events_per_s: float | None
+    steady_chunks: int
+    workers: int
+
+    def describe(self) -> str:
+        """The rates in words, for the run's last line.
+
+        Examples
+        --------
+        >>> ChunkRates(12.0, None, 0, 2).describe()
+        'first chunk per worker 12.0 s (warm-up included); too few chunks for a steady rate'
+        """
+        first = f"first chunk per worker {self.first_chunk_s:.1f} s (warm-up included)"
+        if self.steady_events_per_s is None:
+            return f"{first}; too few chunks for a steady rate"
+        return (f"{first}, then {self.steady_events_per_s:,.0f} events/s per worker "
+                f"({self.steady_chunks} chunks)")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"first_chunk_per_worker_s": self.first_chunk_s,
+                "steady_events_per_s_per_worker": self.steady_events_per_s,
+                "steady_chunks": self.steady_chunks, "workers": self.workers}
 
 
 def compute_chunks(client: Any, runs: Sequence[DatasetRun], retries: int,
@@ -194,7 +258,8 @@ def compute_chunks(client: Any, runs: Sequence[DatasetRun], retries: int,
                                                   run.checkpoints, run.name), strict=True):
                 where[task.key] = (run, index)
                 tasks.append(task)
-    times = ComputeTimes()
+    times = ComputeTimes(events={key: run.graph.dataset.chunks[index].entries
+                                 for key, (run, index) in where.items()})
     start = time.perf_counter()
     sums = {t.root.key: name for name, t in trees.items() if t.root is not None}  # resumed
     # the chunk tasks are optimised already (DatasetGraph.chunk_tasks): kept whole, so that
@@ -262,7 +327,8 @@ def compute_chunks(client: Any, runs: Sequence[DatasetRun], retries: int,
         _record_attempts(client, where)
     for run in runs:
         run.total = trees[run.name].root
-    times.chunk_task_s = chunk_task_seconds(client)
+    computes = chunk_computes(client)  # the chunk tasks only: not their shared argument
+    times.chunks = None if computes is None else [c for c in computes if c.key in where]
     return times
 
 

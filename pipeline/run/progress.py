@@ -2,13 +2,15 @@
 
 The bars are drawn by the client as chunk results arrive (:class:`ProgressBoard`); a
 scheduler plugin (:class:`ChunkAttemptsPlugin`) counts how many times each chunk task was
-started, so that chunks retried after an error or a lost worker are reported.
+started, so that chunks retried after an error or a lost worker are reported, and records
+which worker computed each chunk and how long it took (the rates a run reports).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -17,16 +19,28 @@ PLUGIN_NAME = "calibrew-chunk-attempts"
 CHUNK_PREFIX = "calibrew-chunk-"
 
 
+@dataclass(frozen=True)
+class ChunkCompute:
+    """One chunk task computed: its key, the worker, when it started (the worker's clock)
+    and the seconds it took."""
+
+    key: tuple[str, int]
+    worker: str
+    start: float
+    seconds: float
+
+
 class ChunkAttemptsPlugin(SchedulerPlugin):
-    """Counts, per chunk task key, the times the task went to a worker (``processing``)."""
+    """Counts, per chunk task key, the times the task went to a worker (``processing``), and
+    records each chunk task computed (:class:`ChunkCompute`, as plain tuples)."""
 
     name = PLUGIN_NAME
 
     def __init__(self, prefix: str = CHUNK_PREFIX) -> None:
         self.prefix = prefix
         self.attempts: dict[str, int] = {}
-        #: seconds the workers spent computing chunk tasks (those that finished)
-        self.compute_s = 0.0
+        #: (label, worker, start, seconds) of the chunk tasks that finished
+        self.computed: list[tuple[str, str, float, float]] = []
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         if finish not in ("processing", "memory") or not isinstance(key, tuple) \
@@ -35,12 +49,14 @@ class ChunkAttemptsPlugin(SchedulerPlugin):
         name, index = key
         if not (isinstance(name, str) and name.startswith(self.prefix)):
             return
+        label = f"{name}/{int(index)}"
         if finish == "processing":
-            label = f"{name}/{int(index)}"
             self.attempts[label] = self.attempts.get(label, 0) + 1
-        else:
-            self.compute_s += sum(s["stop"] - s["start"] for s in kwargs.get("startstops") or ()
-                                  if s.get("action") == "compute")
+            return
+        for span in kwargs.get("startstops") or ():
+            if span.get("action") == "compute":
+                self.computed.append((label, str(kwargs.get("worker", "")), span["start"],
+                                      span["stop"] - span["start"]))
 
 
 def _attempts(dask_scheduler: Any = None) -> dict[str, int]:
@@ -48,19 +64,27 @@ def _attempts(dask_scheduler: Any = None) -> dict[str, int]:
     return dict(plugin.attempts) if plugin else {}
 
 
-def _compute_seconds(dask_scheduler: Any = None) -> float | None:
+def _computed(dask_scheduler: Any = None) -> list[tuple[str, str, float, float]] | None:
     plugin = dask_scheduler.plugins.get(PLUGIN_NAME)
-    return plugin.compute_s if plugin else None
+    return list(plugin.computed) if plugin else None
 
 
-def chunk_task_seconds(client: Any) -> float | None:
-    """The seconds the workers spent computing chunk tasks, as the scheduler's plugin
-    counted them (``None`` when it could not be installed there)."""
+def _key(label: str) -> tuple[str, int]:
+    name, index = label.rsplit("/", 1)
+    return name, int(index)
+
+
+def chunk_computes(client: Any) -> list[ChunkCompute] | None:
+    """The chunk tasks the workers computed, as the scheduler's plugin recorded them
+    (``None`` when it could not be installed there)."""
     try:
-        seconds = client.run_on_scheduler(_compute_seconds)
+        recorded = client.run_on_scheduler(_computed)
     except Exception:
         return None
-    return float(seconds) if seconds is not None else None
+    if recorded is None:
+        return None
+    return [ChunkCompute(_key(label), worker, start, seconds)
+            for label, worker, start, seconds in recorded]
 
 
 def chunk_attempts(client: Any) -> dict[tuple[str, int], int]:
@@ -70,11 +94,7 @@ def chunk_attempts(client: Any) -> dict[tuple[str, int], int]:
         recorded = client.run_on_scheduler(_attempts)
     except Exception:
         return {}
-    out = {}
-    for label, count in recorded.items():
-        name, index = label.rsplit("/", 1)
-        out[(name, int(index))] = count
-    return out
+    return {_key(label): count for label, count in recorded.items()}
 
 
 class ProgressBoard:

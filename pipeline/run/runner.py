@@ -453,9 +453,10 @@ def _write_outputs(out_dir: Path, job: JobSpec, cfg: AnalysisConfig, params: Any
         console.print(f"[yellow]left out:[/] {escape(bad['dataset'])}: {escape(bad['error'])}",
                       highlight=False)
     left_out = len(failures) + len(state.bad_files)
-    rate = events / state.compute_s if state.compute_s else 0
+    rates = state.times.rates()
     console.print(f"processed {events:,} events in {result.report['wall_time_s']:.1f} s "
-                  f"({rate:,.0f} events/s in compute)"
+                  f"(planning {state.build_s:.1f} s"
+                  + (f"; {rates.describe()}" if rates is not None else "") + ")"
                   + (f", {left_out} input(s) left out" if left_out else "")
                   + f"; report: {escape(str(out_dir / 'report.json'))}")
     print_results(result.results, console)
@@ -514,6 +515,7 @@ def _write_report(out_dir: Path, job: JobSpec, cfg: AnalysisConfig, state: _RunS
         "first_chunk_s": state.times.first_chunk_s,
         "chunk_task_s": state.times.chunk_task_s,
         "events_per_s": events / state.compute_s if state.compute_s else None,
+        "rates": None if (rates := state.times.rates()) is None else rates.as_dict(),
         "outputs": [p for s in summaries.values() for p in s.get("outputs", [])],
         **({"results": results.report()} if results is not None else {}),
     }
