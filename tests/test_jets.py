@@ -256,13 +256,13 @@ def test_jer_matches_a_plain_computation(tt_events):
 
 def test_payloads_are_loaded_once_per_process(tt_events):
     from pipeline.config.parameters import defaults
-    from pipeline.corrections.loader import _load
+    from pipeline.corrections.loader import _index
 
-    _load.cache_clear()
+    _index.cache_clear()
     for a, b in ((0, 100), (100, 200)):
         chunk = tt_events[a:b]
         manager = CalibratorsManager([JetsCalibrator], chunk, defaults(), MC)
         list(manager.calibration_loop(chunk, ["jet_calibration"]))
-    info = _load.cache_info()
-    assert info.misses == 2  # the AK4 and the AK8 payloads, each parsed once
+    info = _index.cache_info()
+    assert info.misses == 2  # the AK4 and the AK8 payloads, each indexed once
     assert info.hits > 0

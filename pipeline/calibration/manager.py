@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from pipeline.calibration.calibrator import Calibrator
@@ -45,6 +45,54 @@ def calibrator_enabled(params: Any, name: str, period: str) -> bool:
     if isinstance(per_period, bool):
         return per_period
     return bool(per_period.get(period, True))
+
+
+class OriginalCollections(Mapping[str, Any]):
+    """The calibrated collections and fields of ``events`` before calibration, fetched from
+    ``events`` on first use and then kept.
+
+    The keys are those of ``keys`` (``"Jet"`` or ``"Jet.pt"``) that ``events`` has, plus the
+    collection of each field. A key is read only when a calibrator asks for it, so a lazy
+    trace records, and an eager chunk then reads, only the columns the calibrators use: a
+    declared collection that the configuration leaves out (``FatJet`` with AK4 jets alone) is
+    never touched. ``events`` is not modified by calibration, so a value fetched late is the
+    value it had at the start.
+
+    Examples
+    --------
+    >>> import awkward as ak
+    >>> ev = ak.Array([{"Jet": [{"pt": 1.0}]}])
+    >>> original = OriginalCollections(ev, ["Jet.pt", "FatJet.pt"])
+    >>> list(original), original["Jet.pt"].tolist()
+    (['Jet', 'Jet.pt'], [[1.0]])
+    """
+
+    def __init__(self, events: Any, keys: Iterable[str]) -> None:
+        self._events = events
+        self._values: dict[str, Any] = {}
+        self._keys: list[str] = []
+        for key in keys:
+            collection = key.split(".")[0]
+            if collection not in self._keys and has_column(events, collection):
+                self._keys.append(collection)
+            if "." in key and key not in self._keys and has_column(events, key):
+                self._keys.append(key)
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._values:
+            if key not in self._keys:
+                raise KeyError(key)
+            self._values[key] = get_column(self._events, key)
+        return self._values[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys  # without fetching the column
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 class CalibratorsManager:
@@ -154,16 +202,10 @@ class CalibratorsManager:
         """Names of the calibrators that run, in order."""
         return [c.name for c in self.calibrator_sequence]
 
-    def _original_collections(self, events: Any) -> dict[str, Any]:
-        """The collections and fields the sequence calibrates, as they are before it runs."""
-        original: dict[str, Any] = {}
-        for key in self.calibrated_collections:
-            collection = key.split(".")[0]
-            if collection not in original and has_column(events, collection):
-                original[collection] = get_column(events, collection)
-            if "." in key and has_column(events, key):
-                original[key] = get_column(events, key)
-        return original
+    def _original_collections(self, events: Any) -> Mapping[str, Any]:
+        """The collections and fields the sequence calibrates, as they are before it runs
+        (fetched on first use: see :class:`OriginalCollections`)."""
+        return OriginalCollections(events, self.calibrated_collections)
 
     def get_available_variations(self, calibrator_name: str | None = None) -> list[str]:
         """All variations (with ``"nominal"``), or those of one calibrator."""

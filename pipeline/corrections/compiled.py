@@ -27,7 +27,8 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,27 +144,37 @@ class _Compiler:
         return Table.of((Axis(index, keys=keys, has_default=default is not None),), children)
 
 
+Fixed = tuple[tuple[int, Any], ...]  # (position, value) of the scalar string and int inputs
+
+
+def compile_root(correction: Mapping[str, Any], fixed: Fixed) -> Node:
+    """The tree of ``correction`` (its JSON object) compiled with the inputs ``fixed`` given."""
+    return walked(_Compiler(correction, dict(fixed)).node(correction["data"]))
+
+
 class CompiledCorrection:
     """One correction as numpy kernels; :meth:`evaluate` takes correctionlib's arguments.
 
     The tree is compiled once per combination of the scalar string and integer arguments
-    (a systematic's name, a working point), their categories resolved at compile time.
+    (a systematic's name, a working point), their categories resolved at compile time, by
+    ``compile_root(fixed)`` (:func:`compile_root` of the correction's JSON object, or the
+    loader's disk cache of compiled trees).
     """
 
-    def __init__(self, correction: Mapping[str, Any]) -> None:
-        self.spec = correction
-        self.name: str = correction["name"]
-        self.inputs = tuple(i["name"] for i in correction["inputs"])
-        self.types = tuple(i["type"] for i in correction["inputs"])
-        self._roots: dict[tuple[tuple[int, Any], ...], Node] = {}
+    def __init__(self, name: str, inputs: tuple[str, ...], types: tuple[str, ...],
+                 compile_root: Callable[[Fixed], Node]) -> None:
+        self.name = name
+        self.inputs = inputs
+        self.types = types
+        self._compile_root = compile_root
+        self._roots: dict[Fixed, Node] = {}
         self.root(())  # fails now if the tree cannot be compiled
 
-    def root(self, fixed: tuple[tuple[int, Any], ...]) -> Node:
+    def root(self, fixed: Fixed) -> Node:
         """The tree compiled with the inputs of ``fixed`` (position, value) given."""
         root = self._roots.get(fixed)
         if root is None:
-            root = self._roots[fixed] = walked(
-                _Compiler(self.spec, dict(fixed)).node(self.spec["data"]))
+            root = self._roots[fixed] = self._compile_root(fixed)
         return root
 
     def evaluate(self, *args: Any) -> Any:
@@ -208,7 +219,14 @@ class CompiledCorrection:
 
 def compile_correction(correction: Mapping[str, Any]) -> CompiledCorrection:
     """Compile one correction (its schema-v2 JSON object); :class:`NotCompiled` if it cannot."""
-    return CompiledCorrection(correction)
+    return CompiledCorrection(correction["name"], *signature(correction),
+                              functools.partial(compile_root, correction))
+
+
+def signature(correction: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The names and the types of a correction's inputs (its JSON object)."""
+    return (tuple(i["name"] for i in correction["inputs"]),
+            tuple(i["type"] for i in correction["inputs"]))
 
 
 _OPS = {"+": np.add, "*": np.multiply, "/": np.divide}

@@ -20,6 +20,7 @@ array([9.])
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -186,15 +187,45 @@ class _Parser:
 _NAMESPACE = {"np": np, "_max": _max, "_min": _min, "_erf": _erf, "_truth": _truth}
 
 
-def compile_formula(expression: str, n_variables: int) -> FormulaFunction:
+class Formula:
+    """A compiled formula: ``f(variables, parameters)``; pickled as its expression.
+
+    Unpickling compiles the expression again (through :func:`compile_formula`'s cache), so
+    the compiled corrections holding formulas pickle with plain :mod:`pickle`.
+
+    Examples
+    --------
+    >>> import pickle
+    >>> f = compile_formula("[0]*x", 1)
+    >>> pickle.loads(pickle.dumps(f)) is f
+    True
+    """
+
+    __slots__ = ("expression", "function", "n_variables")
+
+    def __init__(self, expression: str, n_variables: int, function: FormulaFunction) -> None:
+        self.expression = expression
+        self.n_variables = n_variables
+        self.function = function
+
+    def __call__(self, variables: Sequence[Any], parameters: Sequence[Any]) -> Any:
+        return self.function(variables, parameters)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (compile_formula, (self.expression, self.n_variables))
+
+
+@functools.cache
+def compile_formula(expression: str, n_variables: int) -> Formula:
     """A function ``f(variables, parameters)`` evaluating ``expression`` on arrays.
 
     ``variables`` are the formula's inputs in order (``x``, ``y``, ...), ``parameters`` the
-    values of ``[0]``, ``[1]``, ...: scalars, or arrays with one value per element.
+    values of ``[0]``, ``[1]``, ...: scalars, or arrays with one value per element. The same
+    expression gives the same :class:`Formula` (cached per process).
     """
     parser = _Parser(expression, n_variables)
     code = parser.expression_code()
     if parser.peek() is not None:
         raise UnsupportedFormula(f"cannot parse {expression!r}: trailing {parser.peek()!r}")
     function: FormulaFunction = eval(f"lambda v, p: {code}", dict(_NAMESPACE))
-    return function
+    return Formula(expression, n_variables, function)

@@ -3,13 +3,21 @@
 :func:`get_correction` and :func:`get_compound` return an :class:`Evaluator`: the
 correction compiled into numpy kernels (:mod:`pipeline.corrections.compiled`), with
 correctionlib's own object as ``reference`` for what the kernels do not compile (said once
-per correction in the log) and for the errors correctionlib raises on refused values.
-``CALIBREW_COMPILED_CORRECTIONS=0`` in the environment evaluates everything with
-correctionlib.
+per correction in the log) and for the errors correctionlib raises on refused values. The
+reference is loaded only when it is used. ``CALIBREW_COMPILED_CORRECTIONS=0`` in the
+environment evaluates everything with correctionlib.
+
+Compiled trees are cached on disk, under ``cache_dir() / "corrections"``: one pickle per
+payload (its SHA-256), correction and scalar arguments, and one index of the payload's
+corrections, all keyed also by this package's source, numpy's version and the pickle
+protocol. A worker whose corrections are all cached neither parses the payload's JSON nor
+compiles. Files are written to a temporary name, then renamed (workers write at once); a
+cache that cannot be read or written means compiling, never an error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import gzip
@@ -17,6 +25,9 @@ import hashlib
 import json
 import logging
 import os
+import pickle
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +39,14 @@ import numpy as np
 from pipeline.corrections.compiled import (
     CompiledCompound,
     CompiledCorrection,
+    Fixed,
     compile_compound,
-    compile_correction,
+    compile_root,
+    signature,
 )
-from pipeline.corrections.nodes import NotCompiled, RefusedValue
+from pipeline.corrections.nodes import Node, NotCompiled, RefusedValue
 from pipeline.errors import InputFileError, UnknownNameError
-from pipeline.inputs.datafiles import find_data_file
+from pipeline.inputs.datafiles import cache_dir, find_data_file
 
 
 @functools.lru_cache(maxsize=64)
@@ -87,7 +100,8 @@ class Evaluator:
 
     ``evaluate`` takes what correctionlib's ``evaluate`` takes (scalars, numpy arrays,
     awkward arrays, typetracers, dask-awkward arrays: those partition by partition). Other
-    attributes (``name``, ``inputs``, ...) are the correctionlib object's.
+    attributes (``name``, ``inputs``, ...) are the correctionlib object's, ``reference``,
+    loaded on first use.
 
     Examples
     --------
@@ -100,14 +114,21 @@ class Evaluator:
     True
     """
 
-    def __init__(self, reference: Any, compiled: CompiledCorrection | CompiledCompound | None,
-                 source: tuple[str, str, bool]) -> None:
-        self.reference = reference
+    def __init__(self, compiled: CompiledCorrection | CompiledCompound | None,
+                 source: tuple[str, str, bool], reference: Any = None) -> None:
         self.compiled = compiled
         self.source = source  # (payload, name, compound): how a worker finds it again
+        self._reference = reference
+
+    @property
+    def reference(self) -> Any:
+        """correctionlib's object for this correction (its payload loaded on first use)."""
+        if self._reference is None:
+            self._reference = _reference(*self.source)
+        return self._reference
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("reference", "compiled", "source"):  # not yet set (unpickling)
+        if name.startswith("_") or name in ("compiled", "source"):  # not yet set (unpickling)
             raise AttributeError(name)
         return getattr(self.reference, name)
 
@@ -160,20 +181,119 @@ def _evaluate_awkward(function: Any, args: tuple[Any, ...]) -> ak.Array:
 
 @functools.lru_cache(maxsize=2)  # parsed JSON is large (80 MB for the JERC payload)
 def _payload(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
-    with open(path, "rb") as fh:
-        raw = fh.read()
-    data: dict[str, Any] = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        data: dict[str, Any] = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b"
+                                          else raw)
+    except (OSError, ValueError) as err:
+        raise InputFileError(f"cannot read correction payload {path}: {err}") from err
     return data
+
+
+# The disk cache of compiled trees ---------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _source_digest() -> str:
+    """SHA-256 of this package's source (the compiled trees' classes and compiler)."""
+    digest = hashlib.sha256()
+    for module in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(module.name.encode() + b"\0" + module.read_bytes())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _cache_key(path: str, mtime_ns: int, size: int) -> str:
+    """The cache key of a payload: its SHA-256, the package's source, numpy, pickle."""
+    parts = (_checksum(path, mtime_ns, size), _source_digest(), np.__version__,
+             str(pickle.HIGHEST_PROTOCOL))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _cache_file(key: str, *entry: Any) -> Path:
+    name = hashlib.sha256(repr((key, *entry)).encode()).hexdigest()
+    return cache_dir() / "corrections" / f"{name}.pickle"
+
+
+def _read_cache(path: Path, expected: type) -> Any:
+    """The object pickled in ``path``, or None if absent, unreadable or not ``expected``."""
+    try:
+        value = pickle.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except Exception as err:  # a corrupt entry: any error unpickling it
+        LOG.debug("ignoring the corrupt correction cache entry %s: %s", path, err)
+        return None
+    return value if isinstance(value, expected) else None
+
+
+def _write_cache(path: Path, value: Any) -> None:
+    """Pickle ``value`` into ``path`` through a temporary file; failures are only logged."""
+    temporary = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}.",
+                                         suffix=".tmp", delete=False) as fh:
+            temporary = Path(fh.name)
+            pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(temporary, path)
+    except Exception as err:  # read-only or full disk, an unpicklable tree
+        LOG.debug("cannot write the correction cache entry %s: %s", path, err)
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+
+
+@dataclass(frozen=True)
+class _Index:
+    """A payload's corrections (name: input names and types) and compounds (name: JSON)."""
+
+    corrections: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
+    compounds: dict[str, dict[str, Any]]
+
+
+@functools.lru_cache(maxsize=64)
+def _index(path: str, mtime_ns: int, size: int) -> _Index:
+    """The index of a payload, from the disk cache or from its JSON (then cached)."""
+    cached = _cache_file(_cache_key(path, mtime_ns, size), "index")
+    index = _read_cache(cached, _Index)
+    if index is None:
+        payload = _payload(path, mtime_ns, size)
+        index = _Index({c["name"]: signature(c) for c in payload.get("corrections") or []},
+                       {c["name"]: c for c in payload.get("compound_corrections") or []})
+        _write_cache(cached, index)
+    return index
+
+
+@dataclass(frozen=True)
+class _CachedRoots:
+    """``compile_root`` of a correction: from the disk cache, else compiled and cached."""
+
+    path: str
+    mtime_ns: int
+    size: int
+    name: str
+
+    def __call__(self, fixed: Fixed) -> Node:
+        cached = _cache_file(_cache_key(self.path, self.mtime_ns, self.size), "root",
+                             self.name, fixed)
+        root = _read_cache(cached, Node)
+        if root is None:
+            payload = _payload(self.path, self.mtime_ns, self.size)
+            spec = next(c for c in payload["corrections"] if c["name"] == self.name)
+            root = compile_root(spec, fixed)
+            _write_cache(cached, root)
+        return root
 
 
 @functools.lru_cache(maxsize=1024)
 def _compiled(path: str, mtime_ns: int, size: int, name: str,
               compound: bool) -> CompiledCorrection | CompiledCompound | None:
-    payload = _payload(path, mtime_ns, size)
+    index = _index(path, mtime_ns, size)
     try:
         if compound:
-            spec = next(c for c in payload.get("compound_corrections") or []
-                        if c["name"] == name)
+            spec = index.compounds[name]
             members = {}
             for member in spec["stack"]:
                 compiled = _compiled(path, mtime_ns, size, member, False)
@@ -182,25 +302,34 @@ def _compiled(path: str, mtime_ns: int, size: int, name: str,
                 assert isinstance(compiled, CompiledCorrection)
                 members[member] = compiled
             return compile_compound(spec, members)
-        spec = next(c for c in payload["corrections"] if c["name"] == name)
-        return compile_correction(spec)
+        return CompiledCorrection(name, *index.corrections[name],
+                                  _CachedRoots(path, mtime_ns, size, name))
     except NotCompiled as err:
         LOG.warning("correction %r of %s is evaluated by correctionlib, not by calibrew's "
                     "compiled kernels: %s", name, path, err)
         return None
 
 
-def _evaluator(path: str | os.PathLike[str], name: str, compound: bool) -> Evaluator:
+def _kind(compound: bool) -> str:
+    return "compound correction" if compound else "correction"
+
+
+def _reference(path: str | os.PathLike[str], name: str, compound: bool) -> Any:
+    """correctionlib's object for the correction ``name`` of ``path``."""
     cset = load_correction_set(path)
-    table = cset.compound if compound else cset
-    reference = _lookup(table, name, path, "compound correction" if compound else "correction")
+    return _lookup(cset.compound if compound else cset, name, path, _kind(compound))
+
+
+def _evaluator(path: str | os.PathLike[str], name: str, compound: bool) -> Evaluator:
     source = (str(path), name, compound)
     if not compiled_enabled():
-        return Evaluator(reference, None, source)
+        return Evaluator(None, source, _reference(path, name, compound))
     resolved = find_data_file(path)
     stat = resolved.stat()
-    return Evaluator(reference, _compiled(str(resolved.resolve()), stat.st_mtime_ns,
-                                          stat.st_size, name, compound), source)
+    key = (str(resolved.resolve()), stat.st_mtime_ns, stat.st_size)
+    index = _index(*key)
+    _lookup(index.compounds if compound else index.corrections, name, path, _kind(compound))
+    return Evaluator(_compiled(*key, name, compound), source)
 
 
 def get_correction(path: str | os.PathLike[str], name: str) -> Evaluator:
