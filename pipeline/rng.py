@@ -50,13 +50,32 @@ def _astype(array: Any, dtype: Any) -> Any:
     return ak.values_astype(array, dtype)  # awkward forwards a dask-awkward collection
 
 
-def hash_identity(run: Any, lumi: Any, event: Any, index: Any, purpose: str) -> Any:
-    """64-bit hash of the identity; ``index`` may be jagged (one entry per object)."""
+def _event_hash(run: Any, lumi: Any, event: Any, purpose: str) -> Any:
+    """The hash of ``(purpose, run, lumi, event)``, before the object index is mixed in."""
     with np.errstate(over="ignore"):
         h = _mix(purpose_key(purpose) + _GOLDEN)
         for part in (run, lumi, event):
             h = _mix(np.bitwise_xor(h, _astype(part, np.uint64)) + _GOLDEN)
+        return h
+
+
+def _with_index(h: Any, index: Any) -> Any:
+    with np.errstate(over="ignore"):
         return _mix(np.bitwise_xor(h, _astype(index, np.uint64)) + _GOLDEN)
+
+
+def _to_unit(h: Any) -> Any:
+    """Uniform numbers in (0, 1) from the 53 high bits of 64-bit hashes."""
+    return (_astype(np.right_shift(h, np.uint64(11)), np.float64) + 0.5) * 2.0**-53
+
+
+def _box_muller(u1: Any, u2: Any) -> Any:
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
+def hash_identity(run: Any, lumi: Any, event: Any, index: Any, purpose: str) -> Any:
+    """64-bit hash of the identity; ``index`` may be jagged (one entry per object)."""
+    return _with_index(_event_hash(run, lumi, event, purpose), index)
 
 
 def uniform(run: Any, lumi: Any, event: Any, index: Any, purpose: str) -> Any:
@@ -69,9 +88,7 @@ def uniform(run: Any, lumi: Any, event: Any, index: Any, purpose: str) -> Any:
     >>> bool(0 < u[0] < 1)
     True
     """
-    with np.errstate(over="ignore"):
-        h = hash_identity(run, lumi, event, index, purpose)
-        return (_astype(np.right_shift(h, np.uint64(11)), np.float64) + 0.5) * 2.0**-53
+    return _to_unit(hash_identity(run, lumi, event, index, purpose))
 
 
 def normal(run: Any, lumi: Any, event: Any, index: Any, purpose: str) -> Any:
@@ -86,7 +103,7 @@ def normal(run: Any, lumi: Any, event: Any, index: Any, purpose: str) -> Any:
     """
     u1 = uniform(run, lumi, event, index, purpose + "#1")
     u2 = uniform(run, lumi, event, index, purpose + "#2")
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    return _box_muller(u1, u2)
 
 
 def object_normal(events: Any, collection: Any, purpose: str) -> Any:
@@ -95,3 +112,32 @@ def object_normal(events: Any, collection: Any, purpose: str) -> Any:
     run, lumi, event, _ = ak.broadcast_arrays(events.run, events.luminosityBlock, events.event,
                                               index)
     return normal(run, lumi, event, index, purpose)
+
+
+def flat_object_normal(run: np.ndarray, lumi: np.ndarray, event: np.ndarray,
+                       counts: np.ndarray, purpose: str) -> np.ndarray:
+    """:func:`object_normal` on numpy: the normals of ``counts[i]`` objects of event ``i``,
+    flat (event after event), the same numbers bit for bit.
+
+    The event part of the hash is computed once per event, not once per object.
+
+    Examples
+    --------
+    >>> import awkward as ak
+    >>> import numpy as np
+    >>> ids = [np.array([1, 1]), np.array([1, 1]), np.array([7, 8])]
+    >>> flat = flat_object_normal(*ids, np.array([2, 0]), "doc")
+    >>> events = ak.zip({"run": ids[0], "luminosityBlock": ids[1], "event": ids[2]})
+    >>> jagged = object_normal(events, ak.Array([[1.0, 2.0], []]), "doc")
+    >>> bool(np.array_equal(flat, ak.flatten(jagged).to_numpy()))
+    True
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    index = np.arange(len(starts), dtype=np.int64) - starts
+    u1, u2 = (
+        _to_unit(_with_index(np.repeat(_event_hash(run, lumi, event, purpose + suffix), counts),
+                             index))
+        for suffix in ("#1", "#2")
+    )
+    return np.asarray(_box_muller(u1, u2))

@@ -14,7 +14,6 @@ difference (a wrong bin or parameter differs by 1e-4 or more).
 from __future__ import annotations
 
 import gzip
-import itertools
 import json
 import logging
 
@@ -23,6 +22,7 @@ import correctionlib
 import correctionlib.schemav2 as cs
 import numpy as np
 import pytest
+from correction_cases import argument_cases
 
 from pipeline.corrections import get_compound, get_correction
 from pipeline.corrections.compiled import compile_correction
@@ -50,85 +50,6 @@ def _payload(name: str) -> dict:
         return json.load(fh)
 
 
-def _keys(node, out: dict[str, set]) -> None:
-    """Category keys by input, over the whole tree."""
-    if not isinstance(node, dict):
-        return
-    kind = node.get("nodetype")
-    if kind == "category":
-        out.setdefault(node["input"], set()).update(i["key"] for i in node["content"])
-        for item in node["content"]:
-            _keys(item["value"], out)
-        _keys(node.get("default"), out)
-    elif kind in ("binning", "multibinning"):
-        for child in node["content"]:
-            _keys(child, out)
-    elif kind == "transform":
-        _keys(node["content"], out)
-
-
-def _domain(node, out: dict[str, list[float]], given: dict[str, str]) -> None:
-    """Per real input, the range inside every binning's edges (where none refuses), in the
-    branches of the string categories ``given``."""
-    if not isinstance(node, dict):
-        return
-    kind = node.get("nodetype")
-    if kind == "category" and node["input"] in given:
-        chosen = [i["value"] for i in node["content"] if i["key"] == given[node["input"]]]
-        _domain(chosen[0] if chosen else node.get("default"), out, given)
-        return
-    if kind in ("binning", "multibinning"):
-        inputs = [node["input"]] if kind == "binning" else node["inputs"]
-        edges = [node["edges"]] if kind == "binning" else node["edges"]
-        for name, e in zip(inputs, edges):
-            low, high = (e["low"], e["high"]) if isinstance(e, dict) else (e[0], e[-1])
-            current = out.setdefault(name, [-np.inf, np.inf])
-            current[0], current[1] = max(current[0], low), min(current[1], high)
-        for child in node["content"]:
-            _domain(child, out, given)
-    elif kind == "category":
-        for item in node["content"]:
-            _domain(item["value"], out, given)
-    elif kind == "transform":
-        _domain(node["content"], out, given)
-
-
-def _cases(correction: dict, rng: np.random.Generator, n: int = 4000):
-    """Argument tuples: every combination of string keys, arrays for the numeric inputs,
-    once spread beyond every edge and once inside the edges of every binning."""
-    keys: dict[str, set] = {}
-    _keys(correction["data"], keys)
-    strings = [sorted(keys.get(i["name"], {"none"})) for i in correction["inputs"]
-               if i["type"] == "string"]
-    for combo in itertools.islice(itertools.product(*strings), 40):
-        given = iter(combo)
-        args = []
-        for spec in correction["inputs"]:
-            if spec["type"] == "string":
-                args.append(next(given))
-            elif spec["type"] == "int":
-                choices = sorted(keys.get(spec["name"], {0, 1, 2}))
-                args.append(rng.choice(np.array(choices, dtype=np.int64), n))
-            else:  # small and large values of both signs, beyond every edge
-                values = np.concatenate([rng.uniform(-6, 6, n // 2),
-                                         np.exp(rng.uniform(-3, 9, n - n // 2))])
-                args.append(values * rng.choice([-1.0, 1.0], n, p=[0.1, 0.9]))
-        yield args
-        domain: dict[str, list[float]] = {}
-        names = [i["name"] for i in correction["inputs"] if i["type"] == "string"]
-        _domain(correction["data"], domain, dict(zip(names, combo)))
-        inside = list(args)
-        for i, spec in enumerate(correction["inputs"]):
-            low, high = domain.get(spec["name"], [-np.inf, np.inf])
-            if spec["type"] == "real" and (np.isfinite(low) or np.isfinite(high)):
-                low = low if np.isfinite(low) else high - 100
-                high = high if np.isfinite(high) else low + 1000
-                if low >= high:  # nested binnings without a common range
-                    continue
-                inside[i] = rng.uniform(low, np.nextafter(high, low), n)
-        yield inside
-
-
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_every_correction_equals_correctionlib(payload):
     rng = np.random.default_rng(7)
@@ -137,7 +58,7 @@ def test_every_correction_equals_correctionlib(payload):
     checked = 0
     for spec in data["corrections"]:
         compiled = compile_correction(spec)  # every correction of these payloads compiles
-        for args in _cases(spec, rng):
+        for args in argument_cases(spec, rng):
             try:
                 expected = reference[spec["name"]].evaluate(*args)
             except Exception:

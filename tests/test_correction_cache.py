@@ -18,6 +18,7 @@ import pickle
 import correctionlib
 import numpy as np
 import pytest
+from correction_cases import argument_cases
 
 from pipeline.corrections import get_compound, get_correction, loader
 from pipeline.corrections.compiled import compile_correction
@@ -67,38 +68,8 @@ def _payload(name: str) -> dict:
         return json.load(fh)
 
 
-def _keys(node, out: dict[str, set]) -> None:
-    """Category keys by input, over the whole tree."""
-    if isinstance(node, list):
-        for child in node:
-            _keys(child, out)
-    elif isinstance(node, dict):
-        if node.get("nodetype") == "category":
-            out.setdefault(node["input"], set()).update(i["key"] for i in node["content"])
-        for value in node.values():
-            _keys(value, out)
-
-
-def _cases(correction: dict, rng: np.random.Generator, n: int = 500):
-    """Argument tuples: combinations of the string keys, arrays for the numeric inputs."""
-    keys: dict[str, set] = {}
-    _keys(correction["data"], keys)
-    strings = [sorted(keys.get(i["name"], {"none"})) for i in correction["inputs"]
-               if i["type"] == "string"]
-    for combo in itertools.islice(itertools.product(*strings), 12):
-        given = iter(combo)
-        args = []
-        for spec in correction["inputs"]:
-            if spec["type"] == "string":
-                args.append(next(given))
-            elif spec["type"] == "int":
-                choices = np.array(sorted(keys.get(spec["name"], {0, 1, 2})), dtype=np.int64)
-                args.append(rng.choice(choices, n))
-            else:
-                values = np.concatenate([rng.uniform(-6, 6, n // 2),
-                                         np.exp(rng.uniform(-3, 9, n - n // 2))])
-                args.append(values * rng.choice([-1.0, 1.0], n, p=[0.1, 0.9]))
-        yield args
+def _cases(spec: dict, rng: np.random.Generator) -> list:
+    return list(argument_cases(spec, rng, n=500, combinations=12))
 
 
 def _evaluate(compiled, args):
@@ -138,7 +109,7 @@ def test_cold_and_warm_cache_give_the_compiled_bits(payload, cache, monkeypatch)
     reference = correctionlib.CorrectionSet.from_file(str(find_data_file(payload)))
     for spec in data["corrections"]:
         direct = compile_correction(spec)  # no cache at all
-        cases = list(_cases(spec, rng))
+        cases = _cases(spec, rng)
         plain = [_evaluate(direct, a) for a in cases]
         assert _same(cold[spec["name"]], plain), spec["name"]
         assert _same(warm[spec["name"]], plain), spec["name"]

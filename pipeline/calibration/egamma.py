@@ -29,7 +29,6 @@ from pipeline.calibration.calibrator import Calibrator
 from pipeline.config.parameters import section
 from pipeline.corrections import get_correction
 from pipeline.errors import CalibrationError
-from pipeline.rng import object_normal
 
 
 class EgammaSettings(BaseModel):
@@ -81,7 +80,7 @@ class _EgammaScaleCalibrator(Calibrator):
         if self.isMC:
             smearing = get_correction(path, s.smearing)
             rho = smearing.evaluate("rho", eta_sc, r9)
-            z = object_normal(events, objects, f"{self.name}:smear")
+            z = ops.object_normal(events, objects, f"{self.name}:smear")
             nominal = pt * (1 + rho * z)
             self._columns["nominal"] = nominal
             if self.do_variations:

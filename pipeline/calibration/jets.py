@@ -61,7 +61,6 @@ from pipeline.calibration.columns import with_object_fields
 from pipeline.config.parameters import KeyPathErrors, section
 from pipeline.corrections import get_compound, get_correction
 from pipeline.errors import CalibrationError, ConfigError
-from pipeline.rng import object_normal
 
 JET_RADIUS = {"AK4": 0.4, "AK8": 0.8}
 #: the smallest energy (GeV) a smeared jet may keep (CMSSW SmearedJetProducerT)
@@ -158,15 +157,43 @@ def smearing_factors(resolution: Any, scale: Any, eta: Any, pt: Any, energy: Any
     relative pt resolution, ``scale`` the scale-factor correction (eta, pt, systematic),
     ``gen_pt`` and ``matched`` the matched generator jet, ``z`` a standard normal per jet.
     Each factor is floored so that the smeared energy is at least :data:`MIN_JET_ENERGY`.
+    The arguments are all jagged (one entry per jet) or all flat numpy arrays.
     """
     floor = MIN_JET_ENERGY / energy
+    delta_pt = pt - gen_pt
+    spread = resolution * z
     out = {}
     for key, systematic in (("nominal", "nom"), ("up", "up"), ("down", "down")):
         sf = scale.evaluate(eta, pt, systematic)
-        scaled = 1 + (sf - 1) * (pt - gen_pt) / pt
-        smeared = 1 + resolution * z * np.sqrt(np.maximum(sf * sf - 1, 0.0))
+        scaled = 1 + (sf - 1) * delta_pt / pt
+        smeared = 1 + spread * np.sqrt(np.maximum(sf * sf - 1, 0.0))
         out[key] = np.maximum(ops.where(matched, scaled, smeared), floor)
     return out
+
+
+def gen_matched(radius: float, resolution: Any, pt: Any, gen_pt: Any, delta_r: Any) -> Any:
+    """Whether each jet is matched to its generator jet: within ``delta_r < radius / 2`` and
+    ``|pt - gen_pt| < 3 resolution pt`` (``gen_pt`` 0 and ``delta_r`` inf without one)."""
+    return (delta_r < radius / 2) & (np.abs(pt - gen_pt) < 3 * resolution * pt)
+
+
+def flat_jer_factors(resolution: Any, scale: Any, radius: float, jets: Mapping[str, np.ndarray],
+                     gen: Mapping[str, np.ndarray], gen_at: np.ndarray, valid: np.ndarray,
+                     rho: np.ndarray, z: np.ndarray) -> dict[str, np.ndarray]:
+    """The factors of :func:`smearing_factors` on flat numpy columns of the jets (``eta``,
+    ``phi``, ``pt``, ``mass``: JEC-corrected) and of the generator jets (``pt``, ``eta``,
+    ``phi``, indexed by ``gen_at`` where ``valid``); ``rho`` and ``z`` are per jet."""
+    eta, pt = jets["eta"], jets["pt"]
+    resolution = resolution.evaluate(eta, pt, rho)
+    if len(gen["pt"]) == 0:  # no generator jet in the chunk: none valid, all gen_at 0
+        gen = {name: np.zeros(1, values.dtype) for name, values in gen.items()}
+    # float64, as the generic path's fill_none makes them
+    gen_pt = np.where(valid, gen["pt"][gen_at], 0.0).astype(np.float64)
+    delta_r = np.where(valid, ops.delta_r(eta, jets["phi"], gen["eta"][gen_at],
+                                          gen["phi"][gen_at]), np.inf).astype(np.float64)
+    matched = gen_matched(radius, resolution, pt, gen_pt, delta_r)
+    energy = np.hypot(pt * np.cosh(eta), jets["mass"])
+    return smearing_factors(resolution, scale, eta, pt, energy, gen_pt, matched, z)
 
 
 def rho_of(events: Any) -> Any:
@@ -323,17 +350,28 @@ class JetsCalibrator(Calibrator):
     ) -> dict[str, Any]:
         """Hybrid JER smearing factors (nominal, up, down) for the JEC-corrected jets."""
         resolution, scale = jer_corrections(settings, jet_type)
-        resolution = resolution.evaluate(jets.eta, pt, rho_of(events))
         radius = JET_RADIUS.get(jet_type[:3], 0.4)
         gen_name, index_field = self.GEN_MATCH.get(jet_type[:3], self.GEN_MATCH["AK4"])
         gen_jets = events[gen_name]
         index = jets[index_field]
+        z = ops.object_normal(events, jets, f"jer:{jet_type}")
+        flat = ops.flat_numpy({"eta": jets.eta, "phi": jets.phi, "pt": pt, "mass": mass,
+                               "index": index, "z": z})
+        gen_flat = ops.flat_numpy({"pt": gen_jets.pt, "eta": gen_jets.eta,
+                                   "phi": gen_jets.phi})
+        if flat is not None and gen_flat is not None:  # an eager chunk
+            (counts, columns), (gen_counts, gen) = flat, gen_flat
+            gen_at, valid = ops.flat_take(columns["index"], counts, gen_counts)
+            rho = ops.per_object(rho_of(events), counts)
+            factors = flat_jer_factors(resolution, scale, radius, columns, gen, gen_at, valid,
+                                       rho, columns["z"])
+            return {key: ops.unflatten(values, counts) for key, values in factors.items()}
+        resolution = resolution.evaluate(jets.eta, pt, rho_of(events))
         valid = (index >= 0) & (index < ops.num(gen_jets))
         gen = gen_jets[ops.mask(index, valid)]
         gen_pt = ops.fill_none(gen.pt, 0.0)
         delta_r = ops.fill_none(ops.delta_r(jets.eta, jets.phi, gen.eta, gen.phi), np.inf)
-        matched = (delta_r < radius / 2) & (np.abs(pt - gen_pt) < 3 * resolution * pt)
-        z = object_normal(events, jets, f"jer:{jet_type}")
+        matched = gen_matched(radius, resolution, pt, gen_pt, delta_r)
         energy = np.hypot(pt * np.cosh(jets.eta), mass)
         return smearing_factors(resolution, scale, jets.eta, pt, energy, gen_pt, matched, z)
 

@@ -64,7 +64,6 @@ from pipeline.calibration.jets import (
 from pipeline.config.parameters import format_validation_error, section
 from pipeline.corrections import get_compound, get_correction
 from pipeline.errors import CalibrationError, ConfigError
-from pipeline.rng import object_normal
 
 NOMINAL = "nominal"
 
@@ -238,7 +237,7 @@ class METCalibrator(Calibrator):
         best_dr = ops.fill_none(ops.firsts(delta_r[best], axis=2), np.inf)
         gen_pt = ops.fill_none(ops.firsts(g.pt[best], axis=2), 0.0)
         matched = best_dr < radius / 2
-        z = object_normal(events, low.rawPt, f"jer:{jet_type}:{self.settings.low_pt_jets}")
+        z = ops.object_normal(events, low.rawPt, f"jer:{jet_type}:{self.settings.low_pt_jets}")
         energy = pt * np.cosh(low.eta)  # massless, as in jetmetUncertainties
         return smearing_factors(resolution, scale, low.eta, pt, energy, gen_pt, matched, z)
 
