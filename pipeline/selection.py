@@ -10,6 +10,7 @@ typetracers dask-awkward uses to find the columns a run reads.
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import difflib
 import keyword
@@ -375,15 +376,9 @@ class Expression:
         namespace = _EventNamespace(events, extra)
         namespace.memo = self._memo(events, namespace)
         try:
-            self._check_names(namespace)
-            return eval(self.code, self.globals, namespace)
-        except ExpressionError:
-            raise
-        except Exception as err:
-            if raised_by_reader(err):
-                raise
-            raise _failure(self.where, self.text, err, namespace, self.definitions) from (
-                None if isinstance(err, (NameError, AttributeError)) else err)
+            with _named(self.where, self.text, namespace, self.definitions):
+                self._check_names(namespace)
+                return eval(self.code, self.globals, namespace)
         finally:
             if used is not None:
                 used |= namespace.used
@@ -426,17 +421,25 @@ class Expression:
         """A subexpression's value; a definition that fails is named, with this expression."""
         if part.definition is None:
             return eval(part.code, self.globals, namespace)
-        try:
+        name, text = part.definition
+        with _named(f"definitions.{name}", text, namespace, used_by=self.where):
             return eval(part.code, self.globals, namespace)
-        except ExpressionError:
+
+
+@contextlib.contextmanager
+def _named(where: str, text: str, namespace: _EventNamespace, definitions: Sequence[str] = (),
+           used_by: str | None = None) -> Iterator[None]:
+    """Raise a failure of expression ``text`` inside as the :class:`ExpressionError` of
+    :func:`_failure`; calibrew's own errors and the file readers' pass as they are."""
+    try:
+        yield
+    except ExpressionError:
+        raise
+    except Exception as err:
+        if raised_by_reader(err):
             raise
-        except Exception as err:
-            if raised_by_reader(err):
-                raise
-            name, text = part.definition
-            raise _failure(f"definitions.{name}", text, err, namespace,
-                           used_by=self.where) from (
-                None if isinstance(err, (NameError, AttributeError)) else err)
+        raise _failure(where, text, err, namespace, definitions, used_by) from (
+            None if isinstance(err, (NameError, AttributeError)) else err)
 
 
 def _failure(where: str, text: str, err: Exception, namespace: _EventNamespace,

@@ -1,13 +1,39 @@
-"""Arguments to evaluate a correctionlib correction on, for the tests comparing compiled
-kernels with correctionlib: every combination of its string keys (up to a number), numbers
-spread beyond every edge and inside the edges of every binning."""
+"""What the tests comparing compiled kernels with correctionlib share: the payloads the
+analyses use, the tolerance, and the arguments to evaluate a correction on (every combination
+of its string keys, up to a number; numbers spread beyond every edge and inside the edges of
+every binning)."""
 
 from __future__ import annotations
 
+import gzip
 import itertools
+import json
 from collections.abc import Iterator
 
 import numpy as np
+
+from pipeline.inputs.datafiles import find_data_file
+
+#: the payloads of the shipped analyses (files of the sample data)
+PAYLOADS = [
+    "jet_jerc_Summer22_V3.json.gz",
+    "pog/2022_Summer22/JME_fatJet_jerc.json.gz",
+    "pog/2022_Summer22/BTV_btagging.json.gz",
+    "pog/2022_Summer22/JME_jetvetomaps.json.gz",
+    "pog/2022_Summer22/EGM_electronSS.json.gz",
+    "pog/2022_Summer22/EGM_photonSS.json.gz",
+    "pog/2022_Summer22/EGM_electron.json.gz",
+    "pog/2022_Summer22/MUO_muon_Z.json.gz",
+    "pog/2022_Summer22/LUM_puWeights.json.gz",
+]
+#: compiled against correctionlib: the same to these tolerances (exp, pow: other libms)
+RTOL, ATOL = 1e-12, 2e-13
+
+
+def read_payload(name: str) -> dict:
+    """The parsed JSON of payload ``name``."""
+    with gzip.open(find_data_file(name)) as fh:
+        return json.load(fh)
 
 
 def _keys(node, out: dict[str, set]) -> None:

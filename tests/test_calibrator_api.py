@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.calibration import Calibrator, CalibratorsManager
+from pipeline.calibration.manager import OriginalCollections
 from pipeline.config.plugins import NameClashError
 from pipeline.errors import CalibrationError, UnknownNameError
 
@@ -341,3 +342,28 @@ def test_eager_results_are_numbers_not_views(tt_events):
     out = run_loop([Recorder], tt_events, None, MC, [], lambda ev: ev.Jet.pt)
     assert np.allclose(ak.to_numpy(ak.flatten(out["nominal"])),
                        2 * ak.to_numpy(ak.flatten(tt_events.Jet.pt)))
+
+
+def test_original_collections_fetch_on_first_use():
+    """The calibrators' original collections are read when a calibrator asks, once: a
+    declared collection no configuration uses (FatJet with AK4 jets alone) is never read."""
+
+    class Counting:
+        """Events that count the columns asked of them."""
+
+        def __init__(self, events):
+            self.events, self.asked = events, []
+            self.fields = events.fields
+
+        def __getitem__(self, key):
+            self.asked.append(key)
+            return self.events[key]
+
+    events = Counting(ak.Array([{"Jet": [{"pt": 1.0}], "FatJet": [{"pt": 2.0}]}]))
+    original = OriginalCollections(events, ["Jet.pt", "FatJet.pt", "Photon.pt"])
+    assert list(original) == ["Jet", "Jet.pt", "FatJet", "FatJet.pt"]
+    before = list(events.asked)  # has_column looks at the fields of each collection
+    assert "FatJet" in original and "Photon.pt" not in original
+    assert original["Jet.pt"].tolist() == [[1.0]]
+    assert original["Jet.pt"] is original["Jet.pt"]
+    assert events.asked[len(before):] == ["Jet"]

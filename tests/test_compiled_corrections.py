@@ -13,7 +13,6 @@ difference (a wrong bin or parameter differs by 1e-4 or more).
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 
@@ -22,7 +21,7 @@ import correctionlib
 import correctionlib.schemav2 as cs
 import numpy as np
 import pytest
-from correction_cases import argument_cases
+from correction_cases import ATOL, PAYLOADS, RTOL, argument_cases, read_payload
 
 from pipeline.corrections import get_compound, get_correction
 from pipeline.corrections.compiled import compile_correction
@@ -31,29 +30,11 @@ from pipeline.corrections.loader import COMPILED_ENV
 from pipeline.corrections.nodes import NotCompiled, RefusedValue
 from pipeline.inputs.datafiles import find_data_file
 
-PAYLOADS = [
-    "jet_jerc_Summer22_V3.json.gz",
-    "pog/2022_Summer22/JME_fatJet_jerc.json.gz",
-    "pog/2022_Summer22/BTV_btagging.json.gz",
-    "pog/2022_Summer22/JME_jetvetomaps.json.gz",
-    "pog/2022_Summer22/EGM_electronSS.json.gz",
-    "pog/2022_Summer22/EGM_photonSS.json.gz",
-    "pog/2022_Summer22/EGM_electron.json.gz",
-    "pog/2022_Summer22/MUO_muon_Z.json.gz",
-    "pog/2022_Summer22/LUM_puWeights.json.gz",
-]
-RTOL, ATOL = 1e-12, 2e-13
-
-
-def _payload(name: str) -> dict:
-    with gzip.open(find_data_file(name)) as fh:
-        return json.load(fh)
-
 
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_every_correction_equals_correctionlib(payload):
     rng = np.random.default_rng(7)
-    data = _payload(payload)
+    data = read_payload(payload)
     reference = correctionlib.CorrectionSet.from_file(str(find_data_file(payload)))
     checked = 0
     for spec in data["corrections"]:

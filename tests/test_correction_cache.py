@@ -9,7 +9,6 @@ change a result.
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import json
 import os
@@ -18,7 +17,7 @@ import pickle
 import correctionlib
 import numpy as np
 import pytest
-from correction_cases import argument_cases
+from correction_cases import ATOL, PAYLOADS, RTOL, argument_cases, read_payload
 
 from pipeline.corrections import get_compound, get_correction, loader
 from pipeline.corrections.compiled import compile_correction
@@ -26,19 +25,7 @@ from pipeline.corrections.nodes import RefusedValue
 from pipeline.errors import UnknownNameError
 from pipeline.inputs.datafiles import find_data_file
 
-PAYLOADS = [
-    "jet_jerc_Summer22_V3.json.gz",
-    "pog/2022_Summer22/JME_fatJet_jerc.json.gz",
-    "pog/2022_Summer22/BTV_btagging.json.gz",
-    "pog/2022_Summer22/JME_jetvetomaps.json.gz",
-    "pog/2022_Summer22/EGM_electronSS.json.gz",
-    "pog/2022_Summer22/EGM_photonSS.json.gz",
-    "pog/2022_Summer22/EGM_electron.json.gz",
-    "pog/2022_Summer22/MUO_muon_Z.json.gz",
-    "pog/2022_Summer22/LUM_puWeights.json.gz",
-]
 JEC = "Summer22_22Sep2023_V3_MC_L1L2L3Res_AK4PFPuppi"
-RTOL, ATOL = 1e-12, 2e-13
 
 
 @pytest.fixture()
@@ -61,11 +48,6 @@ def no_json(monkeypatch) -> None:
     def refuse(*args):
         raise AssertionError(f"payload parsed: {args[0]}")
     monkeypatch.setattr(loader, "_payload", refuse)
-
-
-def _payload(name: str) -> dict:
-    with gzip.open(find_data_file(name)) as fh:
-        return json.load(fh)
 
 
 def _cases(spec: dict, rng: np.random.Generator) -> list:
@@ -98,7 +80,7 @@ def _same(a, b) -> bool:
 
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_cold_and_warm_cache_give_the_compiled_bits(payload, cache, monkeypatch):
-    data = _payload(payload)
+    data = read_payload(payload)
     cold = _results(payload, data)
     assert any(cache.glob("*.pickle"))
     forget()
@@ -141,7 +123,7 @@ def test_compound_from_a_warm_cache_needs_neither_json_nor_correctionlib(cache, 
 
 def _pileup_copy(path, change: float) -> tuple[str, int]:
     """The pileup payload with the nominal weight of one bin multiplied by ``change``."""
-    data = _payload("pog/2022_Summer22/LUM_puWeights.json.gz")
+    data = read_payload("pog/2022_Summer22/LUM_puWeights.json.gz")
     nominal = data["corrections"][0]["data"]["content"][0]["value"]
     assert nominal["nodetype"] == "binning"
     nominal["content"][30] *= change
@@ -165,7 +147,7 @@ def test_a_changed_payload_is_compiled_again(cache, tmp_path):
 
 def test_a_corrupt_cache_is_compiled_again_and_rewritten(cache, monkeypatch):
     payload = "pog/2022_Summer22/MUO_muon_Z.json.gz"
-    data = _payload(payload)
+    data = read_payload(payload)
     cold = _results(payload, data)
     entries = sorted(cache.glob("*.pickle"))
     for i, entry in enumerate(entries):  # garbage, a truncated pickle, a wrong object
@@ -189,7 +171,7 @@ def test_an_unwritable_cache_only_compiles(cache, monkeypatch, tmp_path):
     blocker.write_text("a file where the cache directory would be")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
     payload = "pog/2022_Summer22/EGM_electron.json.gz"
-    data = _payload(payload)
+    data = read_payload(payload)
     results = _results(payload, data)
     rng = np.random.default_rng(11)
     for spec in data["corrections"]:

@@ -8,6 +8,7 @@ import dask
 import hist
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from pipeline.analysis.loading import calibrator_classes, load_parameters
 from pipeline.analysis.processor import ChunkProcessor
@@ -65,9 +66,28 @@ def test_column_projection_with_jet_calibration(tt_file):
     assert graph.necessary_columns() == expected
 
 
-def test_lazy_equals_eager(tt_file, tt_events):
-    cfg = make_config()
+def ak4_only_parameters():
+    """The default parameters with ``jets_calibration.collection`` holding AK4 jets alone
+    (the calibrator still declares the AK8 collection: it must then be read by no one)."""
     params = load_parameters()
+    OmegaConf.update(params, "jets_calibration.collection.2022_preEE",
+                     {"AK4PFPuppi": "Jet"}, merge=False)
+    assert OmegaConf.to_container(params.jets_calibration.collection["2022_preEE"]) == {
+        "AK4PFPuppi": "Jet"}
+    return params
+
+
+def test_ak4_only_graph_reads_no_fatjet(tt_file):
+    graph = build_dataset_graph(dataset(tt_file, 45), make_config(), ak4_only_parameters())
+    columns = graph.necessary_columns()
+    assert "Jet_pt" in columns and "GenJet_pt" in columns
+    assert not {c for c in columns if "FatJet" in c or "GenJetAK8" in c}
+
+
+@pytest.mark.parametrize("jets", ["AK4 and AK8", "AK4 only"])
+def test_lazy_equals_eager(tt_file, tt_events, jets):
+    cfg = make_config()
+    params = load_parameters() if jets == "AK4 and AK8" else ak4_only_parameters()
     graph = build_dataset_graph(dataset(tt_file, 45), cfg, params)
     assert len(graph.dataset.chunks) == 5
     lazy = compute(graph)
@@ -79,6 +99,7 @@ def test_lazy_equals_eager(tt_file, tt_events):
         np.testing.assert_allclose(lazy[name].variances(flow=True),
                                    eager[name].variances(flow=True), rtol=1e-12, err_msg=name)
     assert lazy["cutflow"]["all events", "events"].value == 200
+    assert lazy["jet_pt"].values().sum() > 0
 
 
 def test_histograms_match_an_independent_eager_computation(tt_file, tt_events):

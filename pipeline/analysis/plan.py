@@ -235,7 +235,7 @@ def make_plan(
         histograms=tuple(histograms),
         vocabulary=vocabulary,
         on_selected=frozenset(layout.name for layout, exprs in histograms
-                              if on_selected(layout.spec.evaluate_on, exprs)),
+                              if computed_on_selected(layout.spec.evaluate_on, exprs)),
     )
 
 
@@ -245,15 +245,15 @@ COMBINATORICS = frozenset({"ak.combinations", "ak.argcombinations", "ak.cartesia
                            "ak.argcartesian"})
 
 
-def on_selected(evaluate_on: str, expressions: Sequence[Expression]) -> bool:
+def computed_on_selected(evaluate_on: str, expressions: Sequence[Expression]) -> bool:
     """Whether observables are computed on the events of their histogram's categories only:
     ``evaluate_on`` says so (``selected``), or is ``auto`` and they call combinatorics.
 
     Examples
     --------
-    >>> on_selected("auto", [Expression("ak.combinations(Jet, 3).slot0.pt", "doc")])
+    >>> computed_on_selected("auto", [Expression("ak.combinations(Jet, 3).slot0.pt", "doc")])
     True
-    >>> on_selected("auto", [Expression("ak.sum(Jet.pt, axis=1)", "doc")])
+    >>> computed_on_selected("auto", [Expression("ak.sum(Jet.pt, axis=1)", "doc")])
     False
     """
     if evaluate_on == "auto":
@@ -261,5 +261,5 @@ def on_selected(evaluate_on: str, expressions: Sequence[Expression]) -> bool:
     return evaluate_on == "selected"
 
 
-__all__ = ["ALL_EVENTS", "COMBINATORICS", "ProcessingPlan", "TablePlan", "make_plan",
-           "make_table_plan", "on_selected"]
+__all__ = ["ALL_EVENTS", "COMBINATORICS", "ProcessingPlan", "TablePlan",
+           "computed_on_selected", "make_plan", "make_table_plan"]
