@@ -226,6 +226,11 @@ def share_common_arguments(tasks: list[Delayed], prefix: str) -> list[Delayed]:
     every chunk task would be serialised once per chunk, on the client's machine (where
     the scheduler runs, locally and on batch); as a dependency it reaches each worker once.
 
+    The chunk tasks are marked data producers (they read the input): the scheduler then
+    spreads them over the least busy workers, as it does for tasks without dependencies.
+    Otherwise, with at most twice the workers' threads in chunks, it would run them all on
+    the worker holding the shared argument.
+
     Examples
     --------
     >>> from dask._task_spec import Task
@@ -253,8 +258,7 @@ def share_common_arguments(tasks: list[Delayed], prefix: str) -> list[Delayed]:
     for key, spec in zip((t.key for t in tasks), specs, strict=True):
         args = [TaskRef((prefix, i)) if i in common else arg
                 for i, arg in enumerate(spec.args)]
-        graph[key] = Task(key, spec.func, *args, _data_producer=spec.data_producer,
-                          **spec.kwargs)
+        graph[key] = Task(key, spec.func, *args, _data_producer=True, **spec.kwargs)
     return one_layer(graph, [t.key for t in tasks], prefix)
 
 

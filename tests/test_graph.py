@@ -14,7 +14,7 @@ from pipeline.analysis.loading import calibrator_classes, load_parameters
 from pipeline.analysis.processor import ChunkProcessor
 from pipeline.calibration import Calibrator, CalibratorsManager
 from pipeline.config.models import AnalysisConfig
-from pipeline.graph import build_dataset_graph
+from pipeline.graph import build_dataset_graph, share_common_arguments
 from pipeline.inputs.datasets import Dataset, preprocess
 
 METADATA = {"sample": "TTbar", "year": "2022_preEE", "isMC": True}
@@ -168,6 +168,32 @@ def test_chunk_tasks_share_the_reader_and_chunk_function(tt_file):
     plain = graph.chunks.to_delayed(optimize_graph=True)
     assert all(np.array_equal(a, b) for a, b in
                zip(eager, dask.compute(*plain, scheduler="sync"), strict=True))
+
+
+def _worker_address(shared: dict, index: int) -> str:
+    from distributed import get_worker
+    return get_worker().address
+
+
+def test_few_chunks_spread_over_the_workers():
+    """Chunk tasks depend on their shared argument; with few of them (at most twice the
+    threads) Dask's scheduler would place every one on the worker holding it. They are
+    data producers, so they go to the least busy worker instead."""
+    from dask._task_spec import Task
+    from dask.delayed import Delayed
+    from distributed import Client, LocalCluster
+
+    shared = {"reader": "the same object in every task"}
+    tasks = [Delayed(("chunk", i), {("chunk", i): Task(("chunk", i), _worker_address,
+                                                       shared, i)})
+             for i in range(4)]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        computed = client.compute(share_common_arguments(tasks, "chunk-shared"),
+                                  optimize_graph=False)
+        workers = client.gather(computed)
+    assert len(set(workers)) == 2
 
 
 @pytest.mark.parametrize("n_sources", [1, 50])
