@@ -87,6 +87,17 @@ class RemoteSpec(Strict):
                          "listing is tried again before the file is reported")
 
 
+class ResampleSpec(Strict):
+    """A job's inputs resampled into larger files (``calibrew make-sample``), made once into
+    the cache: to measure rates on more events than the sample files hold. The results are
+    not physics (events repeat)."""
+
+    events: int = Field(gt=0, description="events of each dataset, split over its files")
+    seed: int = Field(default=1, description="resampling seed")
+    keep: list[str] | None = Field(default=None, description="fnmatch patterns of the "
+                                   "branches kept (default: all)")
+
+
 class NameList(Strict):
     inclusive: list[str] = Field(default_factory=list)
 
@@ -529,6 +540,9 @@ class JobSpec(Strict):
     )
     remote: RemoteSpec = Field(
         default_factory=RemoteSpec, description="timeouts and retries of remote file reads"
+    )
+    resample: ResampleSpec | None = Field(
+        default=None, description="run on resampled copies of the datasets' files (rates)"
     )
 
 

@@ -18,7 +18,7 @@ from pipeline import __version__
 from pipeline.analysis.histogram_fill import CUTFLOW
 from pipeline.analysis.loading import load_job, load_parameters
 from pipeline.analysis.plan import ALL_EVENTS
-from pipeline.config.models import AnalysisConfig, JobSpec, RemoteSpec
+from pipeline.config.models import AnalysisConfig, JobSpec, RemoteSpec, ResampleSpec
 from pipeline.errors import (
     CalibrationError,
     CalibrewError,
@@ -53,6 +53,7 @@ from pipeline.run.execution import ComputeTimes, DatasetRun, OnBadFile, compute_
 from pipeline.run.identity import output_identity, plan_identity, table_identity
 from pipeline.run.planning import PlanCache, Planner
 from pipeline.run.progress import ProgressBoard
+from pipeline.run.resample import resample_datasets
 from pipeline.run.site_session import SiteOnDemand
 from pipeline.sites import check_site, describe, load_site, workers_override
 from pipeline.table_layout import TableError, merge_part_attrs
@@ -87,7 +88,8 @@ def make_datasets(cfg: AnalysisConfig, names: list[str] | str, config_dir: Path 
                   bad_files: list[dict[str, str]] | None = None,
                   console: Console | None = None,
                   remote: RemoteSpec | None = None,
-                  scan_map: ScanMap | None = None) -> list[Dataset]:
+                  scan_map: ScanMap | None = None,
+                  resample: tuple[ResampleSpec, str] | None = None) -> list[Dataset]:
     """The job's datasets, files resolved (globs, folders, coffea filesets; remote files
     with ``remote``'s timeouts and retries) and preprocessed into chunks, each file scanned
     once: from the cache, else through ``scan_map`` (the run's: on its cluster's workers;
@@ -95,10 +97,13 @@ def make_datasets(cfg: AnalysisConfig, names: list[str] | str, config_dir: Path 
 
     A file that cannot be opened stops the run (:class:`InputFileError` naming it), or with
     ``on_bad_file="skip"`` is left out, printed and appended to ``bad_files``.
+    ``resample`` (the job's spec and path) replaces the files by resampled copies first.
     """
     selected = list(cfg.datasets) if names == "all" else list(names)
     datasets = [dataset_from_spec(name, cfg.datasets[name], config_dir, remote)
                 for name in selected]
+    if resample is not None:
+        resample_datasets(datasets, *resample, console or Console())
     listed = [len(dataset.files) for dataset in datasets]
     skip = _skip_file(bad_files, console) if on_bad_file == "skip" else None
     preprocess_datasets(datasets, chunksize, on_error=skip, scan_map=scan_map)
@@ -305,7 +310,8 @@ def _run_on(cluster: SiteOnDemand, job_path: str | Path, job: JobSpec, cfg: Anal
     for key, value in xrootd_environment(job.remote).items():
         os.environ.setdefault(key, value)  # workers inherit them; a user's XRD_* wins
     datasets = make_datasets(cfg, job.datasets, config_dir, chunksize, on_bad_file,
-                             state.bad_files, console, job.remote, cluster.scan_map)
+                             state.bad_files, console, job.remote, cluster.scan_map,
+                             None if job.resample is None else (job.resample, str(job_path)))
     for ds in datasets:
         console.print(f"[bold]{escape(ds.name)}[/]: {len(ds.files)} file(s), "
                       f"{ds.entries:,} events, {len(ds.chunks)} chunk(s) of <= {chunksize:,}")
