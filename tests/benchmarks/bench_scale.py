@@ -18,22 +18,27 @@ given as a ratio to N = 1.
 
 Strong scaling: the demo analysis on one dataset of ``--events`` events resampled from the
 demo file (``calibrew make-sample``, split into ``--files`` files, made once into
-``--sample-dir`` and reused), on 1, 2, 4... workers. Efficiency is the compute rate per
-worker against one worker's; the share outside compute is ``1 - compute / wall`` and,
-where the report has the workers' chunk task seconds, the workers' idle share during
-compute, ``1 - chunk tasks / (workers x compute)``. More workers than cores are
-oversubscribed (started with ``oversubscribe``): they share the cores, and the table says
-so.
+``--sample-dir`` and reused, ``--make-jobs`` at a time), on 1, 2, 4... workers. With
+``--repeat K`` the dataset lists each file K times (hard links, each its own input file):
+K times the events at the cost of making one sample; ``--repeat-one`` gives the one-worker
+run its own, smaller K (its rate is then measured on fewer chunks; the table says so).
+Efficiency is the compute rate per worker against one worker's; the share outside compute
+is ``1 - compute / wall`` and, where the report has the workers' chunk task seconds, the
+workers' idle share during compute, ``1 - chunk tasks / (workers x compute)``. More workers
+than cores are oversubscribed (started with ``oversubscribe``): they share the cores, and
+the table says so.
 
 Defaults: 100,000 events in 4 files, chunks of 12,500 (8 chunks). Figures the report does
 not have (``first_chunk_s``, ``chunk_task_s`` in an older calibrew) are printed as ``-``. A
 run that fails, or outlasts ``--timeout``, ends the benchmark with status 1 after printing
-the end of its stderr.
+the end of its stderr; ``--out-json`` writes the rows (and the tables) after every run, so
+that a benchmark cut short keeps what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -87,7 +92,9 @@ def measure(label: str, job: Path, output: Path, workers: int, timeout: float) -
     report.json's. A run that fails (the measure ``label``) prints the tail of its stderr
     and ends the benchmark."""
     cache = Path(tempfile.mkdtemp(prefix="calibrew-bench-scale-cache-"))
-    env = {**os.environ, "XDG_CACHE_HOME": str(cache), "PYTHONPATH": str(ROOT)}
+    # the project first, then what PYTHONPATH already names (packages installed with --target)
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache), "PYTHONPATH": path}
     command = [sys.executable, __file__, "--child", str(job), str(output), str(workers)]
     start = time.perf_counter()
     # its own process group: a run past ``timeout`` is killed with its Dask workers
@@ -98,6 +105,9 @@ def measure(label: str, job: Path, output: Path, workers: int, timeout: float) -
     except subprocess.TimeoutExpired:
         os.killpg(child.pid, signal.SIGKILL)
         fail(f"{label}: the run did not end within {timeout:.0f} s", child.communicate()[1])
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): the run's workers end with it
+        os.killpg(child.pid, signal.SIGKILL)
+        raise
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     process_s = time.perf_counter() - start
@@ -158,33 +168,81 @@ def many_datasets(n: int, timeout: float) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def sample_files(events: int, n_files: int, folder: Path) -> list[Path]:
-    """``events`` events resampled from the demo file into ``n_files`` files in ``folder``
-    (the branches of bench.py's ``KEEP``), made once and reused."""
+def make_sample_file(path: Path, events: int, seed: int) -> Path:
+    """``events`` events resampled from the demo file into ``path`` (the branches of
+    bench.py's ``KEEP``); an interrupted make leaves no file at ``path``."""
     from bench import KEEP
 
     from pipeline.inputs.make_sample import make_sample
 
+    print(f"making {path} ({events:,} events)...", flush=True)
+    part = path.with_suffix(".part.root")
+    make_sample(DEMO_FILE, part, events, seed=seed, keep=KEEP)
+    part.rename(path)
+    return path
+
+
+def sample_files(events: int, n_files: int, folder: Path, jobs: int = 1) -> list[Path]:
+    """``events`` events resampled from the demo file into ``n_files`` files in ``folder``,
+    made once (``jobs`` processes at a time) and reused."""
+    from bench import KEEP
+
     tag = hashlib.sha256(" ".join(KEEP).encode()).hexdigest()[:8]
-    paths = []
-    for i in range(n_files):
-        path = folder / f"tt_scale_{events}_{i + 1}of{n_files}_{tag}.root"
-        if not path.exists():
-            print(f"making {path} ({events // n_files:,} events)...", flush=True)
-            part = path.with_suffix(".part.root")
-            make_sample(DEMO_FILE, part, events // n_files, seed=100 + i, keep=KEEP)
-            part.rename(path)  # an interrupted make leaves no file to reuse
-        paths.append(path)
+    paths = [folder / f"tt_scale_{events}_{i + 1}of{n_files}_{tag}.root"
+             for i in range(n_files)]
+    missing = [(path, events // n_files, 100 + i) for i, path in enumerate(paths)
+               if not path.exists()]
+    if jobs > 1 and len(missing) > 1:
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(missing))) as pool:
+            list(pool.map(make_sample_file, *zip(*missing)))
+    else:
+        for args in missing:
+            make_sample_file(*args)
     return paths
 
 
-def strong_scaling(sample: list[Path], chunksize: int, workers: int, timeout: float) -> dict:
-    """The demo analysis on the resampled ``sample`` with ``workers`` local workers."""
+def repeated(sample: list[Path], repeat: int, folder: Path) -> list[Path]:
+    """``sample`` listed ``repeat`` times, each repetition after the first through hard
+    links in ``folder`` (copies across file systems): calibrew resolves symbolic links and
+    reads a file once per dataset, so every input needs a file of its own.
+
+    Examples
+    --------
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "a.root").write_text("")
+    >>> [p.name for p in repeated([folder / "a.root"], 2, folder)]
+    ['a.root', 'a_copy1.root']
+    >>> (folder / "a_copy1.root").samefile(folder / "a.root")
+    True
+    """
+    paths = list(sample)
+    for k in range(1, repeat):
+        for source in sample:
+            link = folder / f"{source.stem}_copy{k}{source.suffix}"
+            try:
+                os.link(source.resolve(), link)
+            except OSError:
+                shutil.copyfile(source, link)
+            paths.append(link)
+    return paths
+
+
+def strong_scaling(sample: list[Path], chunksize: int, workers: int, timeout: float,
+                   repeat: int = 1, keep: Path | None = None) -> dict:
+    """The demo analysis on the resampled ``sample`` (each file ``repeat`` times) with
+    ``workers`` local workers; its report.json is copied into ``keep`` (when given) as
+    ``report_<workers>workers.json``."""
     folder = Path(tempfile.mkdtemp(prefix="calibrew-bench-scale-"))
     try:
-        job = write_job(folder, {"tt_scale": [str(p) for p in sample]}, chunksize)
-        return measure(f"strong scaling, {workers} worker(s)", job, folder / "output", workers,
-                       timeout)
+        inputs = repeated(sample, repeat, folder)
+        job = write_job(folder, {"tt_scale": [str(p) for p in inputs]}, chunksize)
+        row = measure(f"strong scaling, {workers} worker(s)", job, folder / "output", workers,
+                      timeout)
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(folder / "output" / "report.json",
+                        keep / f"report_{workers}workers.json")
+        return row
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -235,13 +293,16 @@ def many_table(rows: list[dict], command: str) -> list[str]:
 
 
 def scaling_table(rows: list[dict], n_files: int, chunksize: int, command: str) -> list[str]:
-    events = rows[0]["events_computed"]
+    rows = sorted(rows, key=lambda r: r["workers"])
+    events = sorted({r["events_computed"] for r in rows})
     cores = os.cpu_count() or 1
     rate_1 = next((r["events_computed"] / r["compute_s"] for r in rows if r["workers"] == 1),
                   None)
     over = [r["workers"] for r in rows if r["workers"] > cores]
+    sizes = (f"{events[0]:,} events" if len(events) == 1 else
+             " or ".join(f"{n:,}" for n in events) + " events (the events column)")
     lines = [
-        f"{machine()}, one run: `{command}`. The demo analysis on {events:,} events "
+        f"{machine()}, one run: `{command}`. The demo analysis on {sizes} "
         f"resampled from the demo file ({n_files} files, chunks of {chunksize:,}), local "
         "site; each row a whole run in a fresh process with an empty cache. Wall: the run's, "
         "from its start (Python's start and imports not included); efficiency: events/s "
@@ -250,9 +311,9 @@ def scaling_table(rows: list[dict], n_files: int, chunksize: int, command: str) 
         + (f" {' and '.join(map(str, over))} workers on {cores} cores are oversubscribed: "
            "they share the cores, their efficiency cannot reach 1." if over else ""),
         "",
-        "| workers | wall (s) | compute (s) | events/s in compute | efficiency vs 1 worker "
-        "| outside compute | workers idle in compute |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| workers | events | wall (s) | compute (s) | events/s in compute "
+        "| efficiency vs 1 worker | outside compute | workers idle in compute |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         n, compute, wall = r["workers"], r["compute_s"], r["wall_time_s"]
@@ -260,7 +321,8 @@ def scaling_table(rows: list[dict], n_files: int, chunksize: int, command: str) 
         idle = (None if r["chunk_task_s"] is None
                 else 1 - r["chunk_task_s"] / (n * compute))
         note = " (oversubscribed)" if n > cores else ""
-        lines.append(f"| {n}{note} | {number(wall)} | {number(compute)} | {number(rate, 0)} "
+        lines.append(f"| {n}{note} | {r['events_computed']:,} | {number(wall)} "
+                     f"| {number(compute)} | {number(rate, 0)} "
                      f"| {ratio(rate / n, rate_1)} | {number(1 - compute / wall, 2)} "
                      f"| {number(idle, 2)} |")
     return lines
@@ -279,6 +341,15 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=100_000, help="events of the sample")
     parser.add_argument("--files", type=int, default=4, help="files of the sample")
     parser.add_argument("--chunksize", type=int, default=12_500)
+    parser.add_argument("--repeat", type=int, default=1, help="times each sample file is "
+                        "listed (strong scaling; hard links)")
+    parser.add_argument("--repeat-one", type=int, default=None, help="--repeat of the "
+                        "one-worker run (default: --repeat)")
+    parser.add_argument("--make-jobs", type=int, default=1, help="sample files made at once")
+    parser.add_argument("--out-json", type=Path, help="write the rows and tables here after "
+                        "every run")
+    parser.add_argument("--keep-reports", type=Path, help="copy each strong-scaling run's "
+                        "report.json into this folder")
     parser.add_argument("--sample-dir", type=Path, default=Path(
         os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "calibrew" / "bench",
         help="where the sample is made once and reused")
@@ -291,18 +362,38 @@ def main() -> int:
         print(json.dumps(run_child(Path(job), Path(output), int(workers))))
         return 0
 
+    # a SIGTERM (``timeout``) ends the benchmark as Ctrl-C does: the run in progress is killed
+    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
     command = "python tests/benchmarks/bench_scale.py " + shlex.join(sys.argv[1:])
+    results: dict = {"machine": machine(), "command": command}
     if counts(args.datasets):
-        rows = [many_datasets(n, args.timeout) for n in counts(args.datasets)]
-        publish(many_table(rows, command), "scale", "Many datasets: whole runs", args.write)
+        rows = results["datasets"] = []
+        for n in counts(args.datasets):
+            rows.append(many_datasets(n, args.timeout))
+            save(args.out_json, results)
+        results["datasets_table"] = publish(many_table(rows, command), "scale",
+                                            "Many datasets: whole runs", args.write)
+        save(args.out_json, results)
     if counts(args.workers):
         args.sample_dir.mkdir(parents=True, exist_ok=True)
-        sample = sample_files(args.events, args.files, args.sample_dir)
-        rows = [strong_scaling(sample, args.chunksize, n, args.timeout)
-                for n in counts(args.workers)]
-        publish(scaling_table(rows, args.files, args.chunksize, command),
-                "scaling", "Strong scaling: workers on one sample", args.write)
+        sample = sample_files(args.events, args.files, args.sample_dir, args.make_jobs)
+        rows = results["scaling"] = []
+        for n in counts(args.workers):
+            repeat = args.repeat_one if n == 1 and args.repeat_one else args.repeat
+            rows.append(strong_scaling(sample, args.chunksize, n, args.timeout, repeat,
+                                       args.keep_reports))
+            save(args.out_json, results)
+        results["scaling_table"] = publish(
+            scaling_table(rows, args.files, args.chunksize, command),
+            "scaling", "Strong scaling: workers on one sample", args.write)
+        save(args.out_json, results)
     return 0
+
+
+def save(path: Path | None, results: dict) -> None:
+    """Write ``results`` as JSON to ``path`` (nothing when None)."""
+    if path is not None:
+        path.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":
