@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from rich.console import Console
@@ -256,5 +258,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def console_main() -> NoReturn:
+    """The ``calibrew`` console script: :func:`main`, then the process ends at once.
+
+    Once the command has returned (its Dask client and cluster closed, its outputs
+    written), the output streams are flushed and logging is shut down, and the process
+    ends with ``os._exit``: the interpreter's teardown (freeing every module and object,
+    about 1 s after a run) is skipped, and with it the ``atexit`` handlers, which have
+    nothing left to do (distributed's close the clusters and clients already closed). An
+    error that :func:`main` does not report ends the process as usual, with its traceback.
+    """
+    status = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be written
+            pass
+    logging.shutdown()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

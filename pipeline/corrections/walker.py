@@ -129,6 +129,8 @@ class WalkedTable(Node):
         object.__setattr__(self, "digest", structure.digest())
 
     def __call__(self, values: Values, n: int) -> np.ndarray:
+        if n == 0:  # nothing to walk (planning evaluates on empty arrays): numba stays idle
+            return self.leaves(np.empty(0, dtype=np.int64), values, n)
         inputs = [values[i] for i in self.rows]
         key = (self.digest, n, *(_identity(a) for a in inputs))
         recent = _recent_walks()

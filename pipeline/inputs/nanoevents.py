@@ -19,6 +19,8 @@ import dask_awkward as dak
 from dask.base import tokenize
 from dask_awkward.layers import AwkwardInputLayer
 
+from pipeline.inputs.open_trees import CachedTreeRead
+
 DIRECT_FIELDS = ("pt", "eta", "phi", "mass", "energy")
 
 
@@ -67,14 +69,18 @@ def read_lazy(files: dict[str, Any], uproot_options: dict[str, Any] | None = Non
 
     ``known_base_form``: the JSON of uproot's base form of the first file's tree (as
     :func:`base_form` gives it, ``typenames`` included), when known: then no file is opened.
+
+    Each worker process opens a file once, not once per chunk
+    (:class:`~pipeline.inputs.open_trees.CachedTreeRead`).
     """
     factory, schema = _factory()
     known = None if known_base_form is None else ak.forms.from_json(known_base_form)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Missing cross-reference")
-        return factory.from_root(files, schemaclass=schema, mode="dask",
-                                 uproot_options=uproot_options or {},
-                                 known_base_form=known).events()
+        events = factory.from_root(files, schemaclass=schema, mode="dask",
+                                   uproot_options=uproot_options or {},
+                                   known_base_form=known).events()
+    return read_like(events, files)
 
 
 def base_form(events: Any) -> str | None:
@@ -93,7 +99,8 @@ def read_like(template: Any, files: dict[str, Any]) -> Any:
     ``template``, lazy events of files with the same branches and uproot options: no file is
     opened, and neither the read function nor its form is built or hashed again.
 
-    The collection's name is a hash of the template's and of the entry ranges.
+    The collection's name is a hash of the template's and of the entry ranges. Its read
+    function keeps the files it opens (:class:`~pipeline.inputs.open_trees.CachedTreeRead`).
     """
     (name, layer), = ((n, lay) for n, lay in template.dask.layers.items()
                       if isinstance(lay, AwkwardInputLayer))
@@ -102,7 +109,7 @@ def read_like(template: Any, files: dict[str, Any]) -> Any:
     divisions = [0]
     for _, _, start, stop, _ in parts:
         divisions.append(divisions[-1] + stop - start)
-    events = dak.from_map(layer.io_func, parts, divisions=tuple(divisions),
+    events = dak.from_map(CachedTreeRead.wrap(layer.io_func), parts, divisions=tuple(divisions),
                           label="from-uproot", token=tokenize(name, parts))
     assert isinstance(events, dak.Array)
     events._meta.attrs["@original_array"] = events  # as coffea's NanoEventsFactory does
