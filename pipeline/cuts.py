@@ -14,6 +14,7 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
+from pipeline.calibration import ops
 from pipeline.calibration.columns import leaf_buffers, same_buffers
 from pipeline.config.parameters import section
 from pipeline.config.plugins import Registry
@@ -74,15 +75,28 @@ class JetVetoMap(Cut):
         return {self.settings.get("jets", "Jet")}
 
     def evaluate(self, events: Any) -> Any:
-
-        s = self.settings
-        jets = events[s.get("jets", "Jet")]
-        considered = (
-            (jets.pt > s.get("pt_min", 15.0))
-            & (jets.jetId >= s.get("jet_id_min", 2))
-            & ((jets.chEmEF + jets.neEmEF) < s.get("max_em_fraction", 0.9))
-        )
+        jets = events[self.settings.get("jets", "Jet")]
+        fields = [jets.pt, jets.jetId, jets.chEmEF, jets.neEmEF, jets.eta, jets.phi]
+        flat = ops.flat_positions_of(fields)
+        if flat is not None:  # an eager chunk: on flat numpy arrays
+            return self._flat_evaluate(flat)
+        considered = self._considered(*fields[:4])
         return ~ak.any(considered & self._vetoed(jets), axis=1)
+
+    def _considered(self, pt: Any, jet_id: Any, ch_em: Any, ne_em: Any) -> Any:
+        """The jets the veto looks at (jagged or flat arrays alike)."""
+        s = self.settings
+        return ((pt > s.get("pt_min", 15.0)) & (jet_id >= s.get("jet_id_min", 2))
+                & ((ch_em + ne_em) < s.get("max_em_fraction", 0.9)))
+
+    def _in_map(self, eta: Any, phi: Any) -> Any:
+        """Whether each jet lies in a vetoed region (jagged or flat arrays alike)."""
+        s = self.settings
+        veto = get_correction(s["json_path"], s["correction"])
+        # the map is defined for |eta| < 5.191 and phi in [-pi, pi]
+        eta = np.minimum(np.maximum(eta, -5.19), 5.19)
+        phi = np.minimum(np.maximum(phi, -3.1415), 3.1415)
+        return veto.evaluate(s.get("map_type", "jetvetomap"), eta, phi) > 0
 
     def _vetoed(self, jets: Any) -> Any:
         """Jets in a vetoed region; evaluated again only when the jets' eta or phi change
@@ -91,18 +105,32 @@ class JetVetoMap(Cut):
         cached = getattr(self, "_cache", None)
         if cached is not None and all(same_buffers(a, b) for a, b in zip(cached[0], inputs)):
             return cached[1]
-        s = self.settings
-        veto = get_correction(s["json_path"], s["correction"])
-        # the map is defined for |eta| < 5.191 and phi in [-pi, pi]
-        eta = np.minimum(np.maximum(jets.eta, -5.19), 5.19)
-        phi = np.minimum(np.maximum(jets.phi, -3.1415), 3.1415)
-        vetoed = veto.evaluate(s.get("map_type", "jetvetomap"), eta, phi) > 0
+        vetoed = self._in_map(jets.eta, jets.phi)
         if all(b is not None for b in inputs):
             self._cache = (inputs, vetoed)
         return vetoed
 
+    def _flat_evaluate(self, flat: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Any:
+        """The mask from the :func:`ops.flat_positions` of the jets' pt, jetId, chEmEF,
+        neEmEF, eta and phi. The veto map is looked up once per buffer of eta and phi
+        values: the variations that re-sort the jets or change their pt share it."""
+        counts = flat[0][0]
+        pt, jet_id, ch_em, ne_em = (values[at] for _, values, at in flat[:4])
+        (_, eta, eta_at), (_, phi, phi_at) = flat[4:]
+        if len(eta) == len(phi) and np.array_equal(eta_at, phi_at):
+            cached = getattr(self, "_flat_cache", None)
+            if cached is None or cached[0] is not eta or cached[1] is not phi:
+                cached = self._flat_cache = (eta, phi, self._in_map(eta, phi))
+            vetoed = cached[2][eta_at]
+        else:
+            vetoed = self._in_map(eta[eta_at], phi[phi_at])
+        hit = self._considered(pt, jet_id, ch_em, ne_em) & vetoed
+        passed = np.ones(len(counts), dtype=bool)
+        passed[np.repeat(np.arange(len(counts)), counts)[hit]] = False
+        return ops.as_array(passed)
+
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_cache"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_flat_cache")}
 
 
 def make_cut(text: str, where: str, params: Any, metadata: Mapping[str, Any],

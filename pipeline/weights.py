@@ -194,11 +194,13 @@ class BtagShapeWeight(Weight):
         s = self.settings
         corr = _payload(s)
         jets = events[s.jets]
+        flat = ops.flat_positions_of([jets[field] for field in
+                                      ("pt", "eta", "hadronFlavour", s.discriminant)])
+        if flat is not None:  # an eager chunk: on flat numpy arrays
+            return self._compute_flat(corr, flat, variations)
         abseta = np.abs(jets.eta)
         selected = (jets.pt > s.pt_min) & (abseta < s.abseta_max)
         jets = jets[selected]
-        if isinstance(jets, ak.Array) and ak.backend(jets) == "cpu":
-            return self._compute_flat(corr, jets, variations)
         abseta = np.abs(jets.eta)
         flavor = ops.values_astype(jets.hadronFlavour, np.int64)
         disc = jets[s.discriminant]
@@ -219,21 +221,26 @@ class BtagShapeWeight(Weight):
                 out.variations[f"btag_{syst}{direction}"] = _event_product(factor)
         return out
 
-    def _compute_flat(self, corr: Any, jets: ak.Array, variations: bool) -> WeightValues:
-        """The same on eager arrays, on the flat jets: each systematic's bins are looked up
-        on the same arrays (the compiled tables then share the lookup)."""
-        counts = ak.num(jets, axis=1)
-
-        def flat(array: Any) -> np.ndarray:
-            return np.asarray(ak.to_numpy(ak.flatten(array, axis=1)))
+    def _compute_flat(self, corr: Any, flat: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                      variations: bool) -> WeightValues:
+        """The same on eager arrays, from the :func:`ops.flat_positions` of the jets' pt,
+        eta, flavour and discriminant: each systematic's bins are looked up on the same
+        arrays (the compiled tables then share the lookup)."""
+        s = self.settings
+        counts = flat[0][0]
+        pt, eta, flavor, disc = (values[at] for _, values, at in flat)
+        abseta = np.abs(eta)
+        selected = (pt > s.pt_min) & (abseta < s.abseta_max)
+        counts = np.bincount(np.repeat(np.arange(len(counts)), counts)[selected],
+                             minlength=len(counts))
 
         def per_event(factor: np.ndarray) -> Any:
-            return _event_product(ak.unflatten(factor, counts))
+            return ops.list_products(factor, counts)
 
-        abseta = np.abs(flat(jets.eta)).astype(np.float64)
-        pt = flat(jets.pt).astype(np.float64)
-        flavor = flat(jets.hadronFlavour).astype(np.int64)
-        disc = flat(jets[self.settings.discriminant])
+        abseta = abseta[selected].astype(np.float64)
+        pt = pt[selected].astype(np.float64)
+        flavor = flavor[selected].astype(np.int64)
+        disc = disc[selected]
         # the payload is defined for discriminant values in [0, 1]; NanoAOD uses -1 for none
         disc = np.where(disc < 0, 0.0, disc).astype(np.float64)
         central = corr.evaluate("central", flavor, abseta, pt, disc)
@@ -485,19 +492,23 @@ def compute_weights(events: Any, metadata: Mapping[str, Any], params: Any,
             out = weight.compute(events, variations=cls in varied_classes)
         values[name] = _checked(cls, out, n_events)
         inputs[name] = _read(weight)
+    # on an eager chunk the products are numpy's (the same multiplications, in this order)
+    total = ops.eager_values(total)
     nominal = total
     for v in values.values():
-        nominal = nominal * v.nominal
+        nominal = nominal * ops.eager_values(v.nominal)
     variations = {}
     for name, v in values.items():
+        if not v.variations:
+            continue
         others = total
         for other, w in values.items():
             if other != name:
-                others = others * w.nominal
+                others = others * ops.eager_values(w.nominal)
         for var_name, factor in v.variations.items():
-            variations[var_name] = others * factor
+            variations[var_name] = ops.as_array(others * ops.eager_values(factor))
     factors = {name: v.nominal for name, v in values.items()}
-    return EventWeights(nominal, variations, factors, inputs)
+    return EventWeights(ops.as_array(nominal), variations, factors, inputs)
 
 
 def weight_variation_names(metadata: Mapping[str, Any], params: Any, names: list[str],

@@ -194,6 +194,7 @@ class CalibratorsManager:
             self.available_variations_bycalibrator[cls.name] = variations
         self._sequence_names = names
         self._nominal_outputs: dict[str, Mapping[str, Any]] = {}
+        self._nominal_events: list[Any] = []
         self._changed: dict[str, set[str]] = {}
         self.original_collections = self._original_collections(events)
 
@@ -235,12 +236,21 @@ class CalibratorsManager:
         return out
 
     def calibrate(self, events: Any, variation: str) -> Any:
-        """Apply the whole sequence for one variation; return new calibrated events."""
+        """Apply the whole sequence for one variation; return new calibrated events.
+
+        After the nominal, a calibrator that returns the nominal's very arrays changes
+        nothing: while no calibrator before it changed anything, the variation goes on from
+        the nominal's events after it; else only its collections are taken from there when
+        no calibrator before it changed them (no structure check and no rebuild of the
+        columns in either case).
+        """
         if variation not in self.available_variations:
             raise UnknownNameError("variation", variation, self.available_variations)
+        if variation == NOMINAL:
+            self._nominal_events = []
         applied: list[str] = []
         changed: set[str] = set()
-        for calibrator in self.calibrator_sequence:
+        for position, calibrator in enumerate(self.calibrator_sequence):
             with calibrator_call(type(calibrator), "calibrate", variation):
                 columns = calibrator.calibrate(
                     events, self.original_collections, variation,
@@ -251,20 +261,41 @@ class CalibratorsManager:
                     f"calibrator {calibrator.name!r} returned {type(columns).__name__}; "
                     "calibrate() must return a dict {'Collection.field': array}"
                 )
-            for key, value in columns.items():
-                if not isinstance(key, str) or key not in calibrator.calibrated_collections:
-                    raise CalibrationError(
-                        f"calibrator {calibrator.name!r} returned column {key!r}, which it "
-                        f"does not declare in calibrated_collections "
-                        f"{list(calibrator.calibrated_collections)}"
-                    )
-                old = get_column(events, key) if has_column(events, key) else None
-                check_structure(calibrator.name, key, old, value)
-            events = with_columns(events, dict(columns))
+            own_changes = self._changed_keys(calibrator.name, variation, columns)
+            reuse = (variation != NOMINAL and not own_changes
+                     and set(columns) == set(self._nominal_outputs.get(calibrator.name, ())))
+            events = self._apply(calibrator, columns, events, position, reuse, changed)
+            if variation == NOMINAL:
+                self._nominal_events.append(events)
             applied.append(calibrator.name)
-            changed |= self._changed_keys(calibrator.name, variation, columns)
+            changed |= own_changes
         self._changed[variation] = {key.split(".")[0] for key in changed}
         return events
+
+    def _apply(self, calibrator: Calibrator, columns: Mapping[str, Any], events: Any,
+               position: int, reuse: bool, changed: set[str]) -> Any:
+        """``events`` with the calibrator's ``columns`` set, checked. With ``reuse`` (the
+        columns are the nominal's very arrays) they are taken from the nominal's events
+        after this calibrator where nothing they depend on changed (``changed``: the columns
+        the calibrators before it changed in this variation)."""
+        for key in columns:
+            if not isinstance(key, str) or key not in calibrator.calibrated_collections:
+                raise CalibrationError(
+                    f"calibrator {calibrator.name!r} returned column {key!r}, which it "
+                    f"does not declare in calibrated_collections "
+                    f"{list(calibrator.calibrated_collections)}"
+                )
+        if reuse and position < len(self._nominal_events):
+            nominal = self._nominal_events[position]
+            if not changed:
+                return nominal
+            touched = {key.split(".")[0] for key in columns}
+            if not touched & {key.split(".")[0] for key in changed}:
+                return with_columns(events, {c: get_column(nominal, c) for c in touched})
+        for key, value in columns.items():
+            old = get_column(events, key) if has_column(events, key) else None
+            check_structure(calibrator.name, key, old, value)
+        return with_columns(events, dict(columns))
 
     def _changed_keys(self, name: str, variation: str, columns: Mapping[str, Any]) -> set[str]:
         """Columns whose array is not the very object the calibrator returned at nominal."""

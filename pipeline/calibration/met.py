@@ -45,13 +45,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import awkward as ak
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from pipeline.calibration import ops
 from pipeline.calibration.calibrator import Calibrator
-from pipeline.calibration.columns import flat_lists, leaf_buffers, same_buffers
+from pipeline.calibration.columns import leaf_buffers, same_buffers
 from pipeline.calibration.jets import (
     JET_RADIUS,
     JetsCalibrationParams,
@@ -85,18 +84,13 @@ class METSettings(BaseModel):
     max_em_fraction: float = 0.9
 
 
-def _sum_xy(pt: Any, phi: Any, selected: Any) -> tuple[Any, Any]:
-    """Per-event sums of the selected objects' (px, py)."""
+def _sum_xy(pt: Any, phi: Any, selected: Any,
+            counts: np.ndarray | None = None) -> tuple[Any, Any]:
+    """Per-event sums of the selected objects' (px, py): jagged arrays, or flat numpy ones
+    with ``counts`` objects per event (see :func:`ops.list_sums`)."""
     px = ops.where(selected, pt * np.cos(phi), 0.0)
     py = ops.where(selected, pt * np.sin(phi), 0.0)
-    return ops.sum(px, axis=1), ops.sum(py, axis=1)
-
-
-def _sum_flat(offsets: np.ndarray, values: np.ndarray) -> ak.Array:
-    """Per-list sums, adding entry after entry as awkward's sum does."""
-    counts = np.diff(offsets)
-    event = np.repeat(np.arange(len(counts)), counts)
-    return ak.Array(np.bincount(event, weights=values, minlength=len(counts)))
+    return ops.list_sums(px, counts), ops.list_sums(py, counts)
 
 
 def type1_shift(jets: Any, pt_corr: Any, pt_raw: Any, threshold: float,
@@ -106,24 +100,19 @@ def type1_shift(jets: Any, pt_corr: Any, pt_raw: Any, threshold: float,
     Eager arrays are computed on their flat values (the same operations, summed per event
     in the same order); lazy ones and typetracers with awkward's operations.
     """
-    flat = flat_lists([pt_corr, pt_raw, jets.muonSubtrFactor, jets.phi, jets.chEmEF,
-                        jets.neEmEF])
-    if flat is not None:
-        offsets, (corr_pt, raw_pt, muon, phi, ch_em, ne_em) = flat
-        keep = 1 - muon
-        corr, raw = corr_pt * keep, raw_pt * keep
-        selected = corr > threshold
-        if max_em_fraction is not None:
-            selected = selected & ((ch_em + ne_em) < max_em_fraction)
-        shift = corr - raw
-        return (_sum_flat(offsets, np.where(selected, shift * np.cos(phi), 0.0)),
-                _sum_flat(offsets, np.where(selected, shift * np.sin(phi), 0.0)))
-    keep = 1 - jets.muonSubtrFactor
-    corr, raw = pt_corr * keep, pt_raw * keep
+    columns = [pt_corr, pt_raw, jets.muonSubtrFactor, jets.phi, jets.chEmEF, jets.neEmEF]
+    flat = ops.flat_positions_of(columns)
+    counts = None
+    if flat is not None:  # an eager chunk: on flat numpy arrays
+        counts = flat[0][0]
+        columns = [values[at] for _, values, at in flat]
+    corr_pt, raw_pt, muon, phi, ch_em, ne_em = columns
+    keep = 1 - muon
+    corr, raw = corr_pt * keep, raw_pt * keep
     selected = corr > threshold
     if max_em_fraction is not None:
-        selected = selected & ((jets.chEmEF + jets.neEmEF) < max_em_fraction)
-    return _sum_xy(corr - raw, jets.phi, selected)
+        selected = selected & ((ch_em + ne_em) < max_em_fraction)
+    return _sum_xy(corr - raw, phi, selected, counts)
 
 
 class METSection(RootModel[dict[str, METSettings]]):
@@ -209,8 +198,15 @@ class METCalibrator(Calibrator):
         if (self.isMC and settings.jer
                 and config.apply_jer_MC.get(self.year, {}).get(jet_type, True)):
             jer = self._low_pt_jer(events, low, settings, pt)
-        return {"raw": raw, "pt": pt, "keep": 1 - low.muonSubtrFactor, "phi": low.phi,
-                "eta": low.eta, "jer": jer, "settings": settings}
+        columns = {"raw": raw, "pt": pt, "keep": 1 - low.muonSubtrFactor, "phi": low.phi,
+                   "eta": low.eta}
+        if jer is not None:
+            columns.update({f"jer_{key}": factor for key, factor in jer.items()})
+        # an eager chunk: the columns as flat numpy, the per-variation terms summed per event
+        flat = ops.flat_numpy(columns)
+        counts, columns = flat if flat is not None else (None, columns)
+        return {"columns": columns, "counts": counts, "jer": jer is not None,
+                "settings": settings}
 
     def _low_pt_jer(self, events: Any, low: Any, settings: JetTypeSettings,
                     pt: Any) -> dict[str, Any]:
@@ -254,7 +250,7 @@ class METCalibrator(Calibrator):
         if self._low is None or not self.isMC:
             return NOMINAL
         jer = self._jer_variation(variation)
-        if jer is not None and self._low["jer"] is not None:
+        if jer is not None and self._low["jer"]:
             return ("jer", jer if self.settings.jet_pt == "smeared" else "nominal")
         prefix = f"{self.settings.jet_type}_JES_"
         for direction, sign in (("Up", 1.0), ("Down", -1.0)):
@@ -268,19 +264,20 @@ class METCalibrator(Calibrator):
             return self._low_terms[key]
         assert self.settings is not None and self._low is not None
         low, jet_type = self._low, self.settings.jet_type
-        pt = low["pt"]
-        if low["jer"] is not None:
+        columns = low["columns"]  # jagged, or flat numpy with the counts of an eager chunk
+        pt = columns["pt"]
+        if low["jer"]:
             if key[0] == "jer":
-                pt = pt * low["jer"][key[1]]
+                pt = pt * columns[f"jer_{key[1]}"]
             elif self.settings.jet_pt == "smeared":
-                pt = pt * low["jer"]["nominal"]
+                pt = pt * columns["jer_nominal"]
         if key[0] == "jes":
             settings = low["settings"]
             unc = get_correction(settings.json_path, f"{settings.jec_mc}_{key[1]}_{jet_type}")
-            pt = pt * (1 + key[2] * unc.evaluate(low["eta"], low["pt"]))
-        keep = low["keep"]
-        term = _sum_xy((pt - low["raw"]) * keep, low["phi"],
-                       (pt * keep) > self.settings.threshold)
+            pt = pt * (1 + key[2] * unc.evaluate(columns["eta"], columns["pt"]))
+        keep = columns["keep"]
+        term = _sum_xy((pt - columns["raw"]) * keep, columns["phi"],
+                       (pt * keep) > self.settings.threshold, low["counts"])
         if key[0] != "jes":  # a JES variant is asked for once per chunk: not kept
             self._low_terms[key] = term
         return term
@@ -338,13 +335,16 @@ class METCalibrator(Calibrator):
              low_key: Any) -> dict[str, Any]:
         assert self.settings is not None
         s = self.settings
+        # one number per event: on an eager chunk numpy's arithmetic (the same operations)
         raw = events[s.raw_met]
-        x = raw.pt * np.cos(raw.phi) - dx
-        y = raw.pt * np.sin(raw.phi) - dy
+        pt, phi = ops.eager_values(raw.pt), ops.eager_values(raw.phi)
+        x = pt * np.cos(phi) - ops.eager_values(dx)
+        y = pt * np.sin(phi) - ops.eager_values(dy)
         if self._low is not None:
             low_dx, low_dy = self._low_term(low_key)
-            x, y = x - low_dx, y - low_dy
+            x, y = x - ops.eager_values(low_dx), y - ops.eager_values(low_dy)
         if variation in self._unclustered:
             ux, uy = self._unclustered[variation]
-            x, y = x + ux, y + uy
-        return {f"{s.met}.pt": np.hypot(x, y), f"{s.met}.phi": np.arctan2(y, x)}
+            x, y = x + ops.eager_values(ux), y + ops.eager_values(uy)
+        return {f"{s.met}.pt": ops.as_array(np.hypot(x, y)),
+                f"{s.met}.phi": ops.as_array(np.arctan2(y, x))}

@@ -7,9 +7,14 @@ array kinds implement) run unchanged in the three modes: no calibrator asks whic
 is in. The column plumbing (:mod:`pipeline.calibration.columns`) asks :func:`is_lazy`
 where a lazy collection has no length to check.
 
-A calibrator may also take a faster path on eager chunks: :func:`flat_numpy` gives the
-counts and flat numpy columns of an eager CPU chunk and ``None`` for a typetracer or a
-dask-awkward collection (then the generic path runs, which reads the same columns). This is
+A calibrator (or a cut, or a weight) may also take a faster path on eager chunks:
+:func:`flat_numpy` gives the counts and flat numpy columns of an eager CPU chunk,
+:func:`flat_positions` the flat values of a list array as positions in the buffer under it
+(shared by the variations that leave the field alone), :func:`eager_values` the numpy values
+of one number per event; each gives ``None`` (or the array as it is) for a typetracer or a
+dask-awkward collection, and the generic path then runs, reading the same columns. The flat
+results go back through :func:`list_sums`, :func:`list_products` (awkward's order of
+addition and multiplication: the same bits), :func:`as_lists` and :func:`as_array`. This is
 the one place that tells the modes apart; :func:`object_normal` uses it.
 
 Examples
@@ -177,6 +182,141 @@ def flat_numpy(
     return counts, flat
 
 
+def list_sums(values: Any, counts: np.ndarray | None = None) -> Any:
+    """Per-list sums: of jagged ``values`` (``ak.sum`` / ``dak.sum`` on axis 1), or of flat
+    numpy ``values`` with ``counts`` entries per list. Flat float64 values are summed with
+    ``np.bincount``, which adds the entries of a list one after the other from 0.0 as
+    awkward's sum does: the same bits; other flat dtypes go through ``ak.sum``.
+
+    Examples
+    --------
+    >>> import awkward as ak
+    >>> list_sums(ak.Array([[1.0, 2.0], [], [3.0]])).tolist()
+    [3.0, 0.0, 3.0]
+    >>> list_sums(np.array([1.0, 2.0, 3.0]), np.array([2, 0, 1])).tolist()
+    [3.0, 0.0, 3.0]
+    """
+    if counts is None:
+        return sum(values, axis=1)
+    if values.dtype != np.float64:
+        return ak.sum(unflatten(values, counts), axis=1)
+    event = np.repeat(np.arange(len(counts)), counts)
+    return as_array(np.bincount(event, weights=values, minlength=len(counts)))
+
+
+def list_products(values: np.ndarray, counts: np.ndarray) -> ak.Array:
+    """Per-list products of flat numpy ``values`` with ``counts`` entries per list. Float64
+    values are multiplied one after the other from 1.0, as awkward's product does: the same
+    bits; other dtypes go through ``ak.prod``.
+
+    Examples
+    --------
+    >>> list_products(np.array([2.0, 3.0, 5.0]), np.array([2, 0, 1])).tolist()
+    [6.0, 1.0, 5.0]
+    """
+    if values.dtype != np.float64:
+        return ak.prod(unflatten(values, counts), axis=1)
+    out = np.ones(len(counts), dtype=np.float64)
+    starts = np.cumsum(counts) - counts
+    for position in range(int(counts.max(initial=0))):
+        lists = np.flatnonzero(counts > position)
+        out[lists] *= values[starts[lists] + position]
+    return as_array(out)
+
+
+def eager_values(array: Any) -> Any:
+    """The numpy values of an eager CPU awkward array of one number per event (no missing
+    values), so that arithmetic on it runs in numpy; any other array is returned as it is.
+    :func:`as_array` makes an awkward array of the result again.
+
+    Examples
+    --------
+    >>> import awkward as ak
+    >>> import dask_awkward as dak
+    >>> type(eager_values(ak.Array([1.0, 2.0]))).__name__
+    'ndarray'
+    >>> lazy = dak.from_awkward(ak.Array([1.0, 2.0]), npartitions=1)
+    >>> eager_values(lazy) is lazy
+    True
+    """
+    layout = array.layout if isinstance(array, ak.Array) else None
+    if isinstance(layout, ak.contents.NumpyArray) and isinstance(layout.data, np.ndarray) \
+            and layout.data.ndim == 1:
+        return layout.data  # no missing values (an option type is another layout)
+    return array
+
+
+def as_array(values: Any) -> Any:
+    """An awkward array of numpy ``values`` (see :func:`eager_values`); awkward and
+    dask-awkward arrays are returned as they are.
+
+    Examples
+    --------
+    >>> as_array(np.array([1.0, 2.0])).tolist()
+    [1.0, 2.0]
+    """
+    if isinstance(values, np.ndarray):  # wrapped directly: ak.Array(values) takes far longer
+        return ak.Array(ak.contents.NumpyArray(values))
+    return values
+
+
+def flat_positions(array: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(counts, values, at)`` of an eager CPU list array of numbers: ``counts`` objects per
+    list and the flat values in list order ``values[at]``, where ``values`` is the numpy
+    buffer under the lists (and under the index of a collection re-sorted by pt). The
+    variations of a collection that leave a field alone share its buffer: a result computed
+    on the buffer once serves them all. ``None`` for anything else (typetracers,
+    dask-awkward collections, missing values, other layouts): the generic path then runs.
+
+    Examples
+    --------
+    >>> import awkward as ak
+    >>> jets = ak.Array([[{"eta": 0.5}, {"eta": -1.0}], [], [{"eta": 2.0}]])
+    >>> counts, values, at = flat_positions(jets[ak.argsort(jets.eta, axis=1)].eta)
+    >>> counts.tolist(), values[at].tolist(), at.tolist()
+    ([2, 0, 1], [-1.0, 0.5, 2.0], [1, 0, 2])
+    >>> values is flat_positions(jets.eta)[1]  # the buffer of the unsorted jets
+    True
+    """
+    if not _eager(array):
+        return None
+    layout = array.layout
+    if not isinstance(layout, ak.contents.ListOffsetArray):
+        return None
+    offsets, content = layout.offsets.data, layout.content
+    start, stop = int(offsets[0]), int(offsets[-1])
+    if isinstance(content, ak.contents.IndexedArray):  # objects taken in another order
+        at = np.asarray(content.index.data)[start:stop]
+        content = content.content
+    else:
+        at = np.arange(start, stop)
+    if not isinstance(content, ak.contents.NumpyArray) or content.data.ndim != 1:
+        return None
+    return np.diff(offsets), content.data, at
+
+
+def flat_positions_of(
+    arrays: Sequence[Any],
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
+    """The :func:`flat_positions` of several list arrays with the same list lengths (the
+    fields of one collection), or ``None`` unless each has them.
+
+    Examples
+    --------
+    >>> import awkward as ak
+    >>> jets = ak.Array([[{"pt": 30.0, "eta": 0.5}], []])
+    >>> [values[at].tolist() for _, values, at in flat_positions_of([jets.pt, jets.eta])]
+    [[30.0], [0.5]]
+    """
+    out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for array in arrays:
+        flat = flat_positions(array)
+        if flat is None or (out and not np.array_equal(flat[0], out[0][0])):
+            return None
+        out.append(flat)
+    return out
+
+
 def _eager(array: Any) -> bool:
     return isinstance(array, ak.Array) and ak.backend(array) == "cpu"
 
@@ -238,6 +378,24 @@ def unflatten(values: np.ndarray, counts: np.ndarray) -> ak.Array:
     [[1.0, 2.0], [], [3.0]]
     """
     return ak.unflatten(values, counts)
+
+
+def as_lists(values: Any, counts: np.ndarray | None) -> Any:
+    """Flat numpy ``values`` as lists of ``counts`` values each (built directly: faster than
+    :func:`unflatten`, the same array); ``values`` as they are when ``counts`` is None (the
+    jagged arrays of the generic path).
+
+    Examples
+    --------
+    >>> as_lists(np.array([1.0, 2.0, 3.0]), np.array([2, 0, 1])).tolist()
+    [[1.0, 2.0], [], [3.0]]
+    """
+    if counts is None:
+        return values
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(offsets),
+                                                ak.contents.NumpyArray(values)))
 
 
 def object_normal(events: Any, collection: Any, purpose: str) -> Any:
