@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import awkward as ak
 import cloudpickle
 import dask
@@ -67,18 +70,22 @@ def test_column_projection_with_jet_calibration(tt_file):
 
 
 def ak4_only_parameters():
-    """The default parameters with ``jets_calibration.collection`` holding AK4 jets alone
-    (the calibrator still declares the AK8 collection: it must then be read by no one)."""
-    params = load_parameters()
-    OmegaConf.update(params, "jets_calibration.collection.2022_preEE",
-                     {"AK4PFPuppi": "Jet"}, merge=False)
+    """The default parameters and a user's parameter file that drops the default AK8 jets
+    (``AK8PFPuppi: null``; the calibrator still declares the AK8 collection: it must then
+    be read by no one)."""
+    path = Path(tempfile.mkdtemp()) / "ak4_only.yaml"
+    path.write_text("jets_calibration:\n  collection:\n    2022_preEE: {AK8PFPuppi: null}\n")
+    params = load_parameters([path])
     assert OmegaConf.to_container(params.jets_calibration.collection["2022_preEE"]) == {
-        "AK4PFPuppi": "Jet"}
+        "AK4PFPuppi": "Jet", "AK8PFPuppi": None}
     return params
 
 
 def test_ak4_only_graph_reads_no_fatjet(tt_file):
     graph = build_dataset_graph(dataset(tt_file, 45), make_config(), ak4_only_parameters())
+    assert not [v for v in graph.plan.variations if "AK8" in v]
+    assert len(graph.plan.variations) < len(build_dataset_graph(
+        dataset(tt_file, 45), make_config(), load_parameters()).plan.variations)
     columns = graph.necessary_columns()
     assert "Jet_pt" in columns and "GenJet_pt" in columns
     assert not {c for c in columns if "FatJet" in c or "GenJetAK8" in c}

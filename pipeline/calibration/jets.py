@@ -84,7 +84,9 @@ class JetsCalibrationParams(BaseModel):
     """The ``jets_calibration`` parameters section (validated on load)."""
 
     model_config = ConfigDict(extra="forbid")
-    collection: dict[str, dict[str, str]]
+    collection: dict[str, dict[str, str | None]] = Field(
+        description="the jet collection of each jet type, per period; a jet type set to "
+        "null is not calibrated (a parameter file drops a default one: AK8PFPuppi: null)")
     jet_types: dict[str, dict[str, JetTypeSettings]]
     apply_jec_MC: dict[str, dict[str, bool]] = Field(default_factory=dict)
     apply_jec_Data: dict[str, dict[str, bool]] = Field(default_factory=dict)
@@ -240,7 +242,8 @@ class JetsCalibrator(Calibrator):
                   f"no jet collections for period {period!r}; periods configured: "
                   f"{sorted(self.config.collection)}")],
             )
-        self.jet_types = dict(self.config.collection[period])
+        self.jet_types = {jet_type: collection for jet_type, collection
+                          in self.config.collection[period].items() if collection is not None}
         self._nominal: dict[str, dict[str, Any]] = {}
         self._shifts: dict[str, tuple[str, str, Any]] = {}
         self._jes_uncertainty: dict[tuple[str, str], Any] = {}
