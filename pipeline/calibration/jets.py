@@ -276,7 +276,6 @@ class JetsCalibrator(Calibrator):
         self._outputs = {}
         self._with_fields: dict[str, Any] = {}
         self._jes_uncertainty = {}
-        self._jes_columns: dict[str, tuple[np.ndarray | None, dict[str, Any]]] = {}
         self._shifts = {}
         self.original_jets: dict[str, Any] = {}
         for jet_type, coll_name in self.jet_types.items():
@@ -381,25 +380,13 @@ class JetsCalibrator(Calibrator):
         energy = np.hypot(pt * np.cosh(jets.eta), mass)
         return smearing_factors(resolution, scale, jets.eta, pt, energy, gen_pt, matched, z)
 
-    def _jes_inputs(self, jet_type: str, coll_name: str) -> tuple[np.ndarray | None,
-                                                                   dict[str, Any]]:
-        """The jets' eta and the nominal fields a JES shift scales, once per chunk: as flat
-        numpy with the counts on an eager chunk (the shifts are then numpy's arithmetic),
-        else jagged with counts None."""
-        if jet_type not in self._jes_columns:
-            nominal = self._nominal[jet_type]
-            columns = {"eta": self.original_jets[coll_name].eta,
-                       **{field: nominal[field] for field in JES_SCALED}}
-            flat = ops.flat_numpy(columns)
-            self._jes_columns[jet_type] = flat if flat is not None else (None, columns)
-        return self._jes_columns[jet_type]
-
     def _uncertainty(self, jet_type: str, coll_name: str, source: str, correction: Any) -> Any:
         """JES uncertainty of one source, evaluated once per chunk for Up and Down."""
         key = (jet_type, source)
         if key not in self._jes_uncertainty:
-            _, columns = self._jes_inputs(jet_type, coll_name)
-            self._jes_uncertainty[key] = correction.evaluate(columns["eta"], columns["pt_jec"])
+            jets = self.original_jets[coll_name]
+            self._jes_uncertainty[key] = correction.evaluate(
+                jets.eta, self._nominal[jet_type]["pt_jec"])
         return self._jes_uncertainty[key]
 
     def calibrate(
@@ -431,10 +418,9 @@ class JetsCalibrator(Calibrator):
             _, kind, payload = shift
             if kind == "jes":
                 source, correction, sign = payload
-                counts, columns = self._jes_inputs(jet_type, coll_name)
                 scale = 1 + sign * self._uncertainty(jet_type, coll_name, source, correction)
                 for field in JES_SCALED:
-                    fields[field] = ops.as_lists(columns[field] * scale, counts)
+                    fields[field] = nominal[field] * scale
             else:
                 fields["pt"] = nominal["pt_jec"] * payload
                 fields["mass"] = nominal["mass_jec"] * payload

@@ -14,7 +14,7 @@ A calibrator (or a cut, or a weight) may also take a faster path on eager chunks
 of one number per event; each gives ``None`` (or the array as it is) for a typetracer or a
 dask-awkward collection, and the generic path then runs, reading the same columns. The flat
 results go back through :func:`list_sums`, :func:`list_products` (awkward's order of
-addition and multiplication: the same bits), :func:`as_lists` and :func:`as_array`. This is
+addition and multiplication: the same bits) and :func:`as_array`. This is
 the one place that tells the modes apart; :func:`object_normal` uses it.
 
 Examples
@@ -378,24 +378,6 @@ def unflatten(values: np.ndarray, counts: np.ndarray) -> ak.Array:
     [[1.0, 2.0], [], [3.0]]
     """
     return ak.unflatten(values, counts)
-
-
-def as_lists(values: Any, counts: np.ndarray | None) -> Any:
-    """Flat numpy ``values`` as lists of ``counts`` values each (built directly: faster than
-    :func:`unflatten`, the same array); ``values`` as they are when ``counts`` is None (the
-    jagged arrays of the generic path).
-
-    Examples
-    --------
-    >>> as_lists(np.array([1.0, 2.0, 3.0]), np.array([2, 0, 1])).tolist()
-    [[1.0, 2.0], [], [3.0]]
-    """
-    if counts is None:
-        return values
-    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    return ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(offsets),
-                                                ak.contents.NumpyArray(values)))
 
 
 def object_normal(events: Any, collection: Any, purpose: str) -> Any:
