@@ -15,6 +15,11 @@ DATA = "nano_dimuon.root"
 MC_METADATA = {"isMC": True, "year": "2022_preEE", "sample": "TTbar", "dataset": "tt"}
 
 
+# the benchmark's peers run in their own virtual environments (bench.py starts them):
+# pytest's doctest collection, in calibrew's environment, does not import them
+collect_ignore_glob = ["benchmarks/peers/pocketcoffea_*.py"]
+
+
 @pytest.fixture(scope="session")
 def tt_file() -> str:
     return str(find_data_file(TT))
