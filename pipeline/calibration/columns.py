@@ -51,45 +51,6 @@ def same_buffers(a: list[Any] | None, b: list[Any] | None) -> bool:
             and all(x is y for x, y in zip(a, b)))
 
 
-def flat_lists(arrays: list[Any]) -> tuple[np.ndarray, list[np.ndarray]] | None:
-    """(offsets, flat numpy values) of eager lists of numbers with the same list lengths.
-
-    None for anything else (typetracers, dask-awkward collections, records, other
-    nesting): the caller then uses awkward's operations. A collection re-sorted by pt (an
-    indexed content) gives its values in the sorted order.
-
-    Examples
-    --------
-    >>> pt = ak.Array([[3.0, 1.0], [], [2.0]])
-    >>> offsets, (flat_pt, twice) = flat_lists([pt, pt * 2])
-    >>> offsets.tolist(), flat_pt.tolist(), twice.tolist()
-    ([0, 2, 2, 3], [3.0, 1.0, 2.0], [6.0, 2.0, 4.0])
-    >>> flat_lists([pt, ak.Array([[1.0], [], [2.0]])]) is None  # other list lengths
-    True
-    """
-    if not all(isinstance(a, ak.Array) and a.ndim == 2 for a in arrays):
-        return None
-    if ak.backend(*arrays) != "cpu":
-        return None
-    layouts = [ak.to_layout(a) for a in arrays]
-    if not all(isinstance(x, ak.contents.ListOffsetArray) for x in layouts):
-        return None
-    contents = []
-    for x in layouts:
-        content = x.content
-        if isinstance(content, ak.contents.IndexedArray):  # a collection re-sorted by pt
-            content = content.project()
-        if not isinstance(content, ak.contents.NumpyArray):
-            return None
-        contents.append(content)
-    offsets = layouts[0].offsets.data
-    if not all(x.offsets.data is offsets or np.array_equal(x.offsets.data, offsets)
-               for x in layouts[1:]):
-        return None
-    start, stop = int(offsets[0]), int(offsets[-1])
-    return offsets, [np.asarray(c.data)[start:stop] for c in contents]
-
-
 def split_key(key: str) -> tuple[str, ...]:
     """``"Jet.pt"`` -> ``("Jet", "pt")``; ``"Jet"`` -> ``("Jet",)``."""
     return tuple(key.split("."))
