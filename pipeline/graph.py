@@ -17,6 +17,7 @@ its known meta). The graph is the same as the one traced alone.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -320,18 +321,30 @@ class ChunkTask:
     expression's, a calibrator's, a table part's: :func:`~pipeline.errors.is_deterministic`)
     are returned as a :class:`~pipeline.errors.ChunkFault` instead of raised, so that Dask
     does not retry them; any other error (an unreadable input, a worker's trouble) is
-    raised, and retried. On typetracers (planning) every error is raised."""
+    raised, and retried. On typetracers (planning) every error is raised.
+
+    A chunk's arrays hold reference cycles (NanoEvents' attributes refer to the events), so
+    Python's cyclic collector frees them, and it runs after enough new objects, not enough
+    memory: a worker would carry a chunk's arrays into the next ones (0.6 GiB more at the
+    peak of the demo's 200k-event chunks). They are collected before and after each eager
+    chunk."""
 
     def __init__(self, processor: ChunkProcessor) -> None:
         self.processor = processor
 
     def __call__(self, events: Any, part: Any = None) -> Any:
+        eager = not is_typetracer(events)
+        if eager:
+            gc.collect()  # what earlier chunks left, before this one allocates
         try:
             return self.processor(events) if part is None else self.processor(events, part)
         except CalibrewError as err:
-            if not is_deterministic(err) or is_typetracer(events):
+            if not is_deterministic(err) or not eager:
                 raise
             return ChunkFault(err)
+        finally:
+            if eager:
+                gc.collect()
 
 
 def _part_indices(n: int, name: str) -> dak.Array:
