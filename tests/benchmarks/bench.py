@@ -252,8 +252,8 @@ def jet_chain_config(path: Path, work: str = "jets"):
 
 
 def jet_params(sources: list[str], work: str = "jets"):
-    """The default parameters with AK4 jets alone (``collection`` replaced, not merged: a merge
-    keeps the default ``AK8PFPuppi: FatJet``), varied by the JES ``sources`` and JER. With
+    """The default parameters with AK4 jets alone (the AK8 jet type dropped with null, as a
+    user's parameter file does), varied by the JES ``sources`` and JER. With
     ``work`` "met" the type-1 MET propagates the smeared jets (``jet_pt: smeared``), as
     PocketCoffea's does."""
     from omegaconf import OmegaConf
@@ -261,10 +261,9 @@ def jet_params(sources: list[str], work: str = "jets"):
     from pipeline.analysis.loading import load_parameters
 
     params = OmegaConf.merge(load_parameters(), {"jets_calibration": {
+        "collection": {"2022_preEE": {"AK8PFPuppi": None}},
         "variations": {"2022_preEE": {"AK4PFPuppi": [f"JES_{s}" for s in sources] + ["JER"]}},
     }})
-    OmegaConf.update(params, "jets_calibration.collection.2022_preEE", {"AK4PFPuppi": "Jet"},
-                     merge=False)
     if work == "met":
         OmegaConf.update(params, "met_rescaling.2022_preEE.jet_pt", "smeared")
     return params

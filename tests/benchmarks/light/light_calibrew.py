@@ -2,9 +2,9 @@
 histograms computed in this process or on a one-worker LocalCluster.
 
 The analysis is ``light_analysis.yaml`` beside this module, its dataset's file replaced by
-the one given. The parameters are ``light_params.yaml`` over the defaults, with the jet
-collections set to AK4 alone (a parameter file cannot remove the default AK8 jets: the
-merge keeps them). The same analysis written by hand in coffea is ``light_coffea.py``.
+the one given. The parameters are ``light_params.yaml`` over the defaults (AK4 jets
+alone: it drops the default AK8 jet type with null). The same analysis written by hand in
+coffea is ``light_coffea.py``.
 
 Examples
 --------
@@ -23,7 +23,6 @@ import dask
 import hist
 import numpy as np
 from dask.local import get_sync
-from omegaconf import OmegaConf
 
 from pipeline.analysis.loading import load_config, load_parameters
 from pipeline.config.models import AnalysisConfig
@@ -46,16 +45,13 @@ def config(path: str | Path) -> AnalysisConfig:
 
 
 def parameters(cfg: AnalysisConfig) -> Any:
-    """The config's parameters, with AK4 jets alone (``collection`` replaced, not merged).
+    """The config's parameters: AK4 jets alone (light_params.yaml drops the AK8 jet type).
 
     >>> params = parameters(config("sample.root"))
     >>> dict(params.jets_calibration.collection["2022_preEE"])
-    {'AK4PFPuppi': 'Jet'}
+    {'AK4PFPuppi': 'Jet', 'AK8PFPuppi': None}
     """
-    params = load_parameters(cfg.parameters)
-    OmegaConf.update(params, "jets_calibration.collection.2022_preEE", {"AK4PFPuppi": "Jet"},
-                     merge=False)
-    return params
+    return load_parameters(cfg.parameters)
 
 
 def dataset_graph(path: str | Path, chunksize: int,
