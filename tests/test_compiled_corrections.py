@@ -139,3 +139,34 @@ def test_environment_switch_uses_correctionlib(monkeypatch):
     monkeypatch.setenv(COMPILED_ENV, "0")
     assert get_correction("pog/2022_Summer22/LUM_puWeights.json.gz",
                           "Collisions2022_355100_357900_eraBCD_GoldenJson").compiled is None
+
+
+def test_a_nested_binning_refuses_only_the_values_that_reach_it():
+    """A binning inside one bin of its parent, over a part of it with ``flow: error`` (the
+    b-tag shape payload's ``up_hf`` for light jets beyond 200 GeV): the values of the other
+    bins never reach it, and correctionlib evaluates them; so do the kernels."""
+    inner = cs.Binning(nodetype="binning", input="x", edges=[1.0, 1.5, 2.0],
+                       content=[10.0, 20.0], flow="error")
+    correction = cs.Correction(
+        name="nested", version=1, output=cs.Variable(name="out", type="real"),
+        inputs=[cs.Variable(name="x", type="real")],
+        data=cs.Binning(nodetype="binning", input="x", edges=[0.0, 1.0, 2.0, 3.0],
+                        content=[1.0, inner, 3.0], flow="error"))
+    reference = cs.CorrectionSet(schema_version=2,
+                                 corrections=[correction]).to_evaluator()["nested"]
+    compiled = compile_correction(json.loads(correction.model_dump_json()))
+    x = np.array([0.5, 1.2, 1.7, 2.5])
+    assert np.array_equal(compiled.evaluate(x), reference.evaluate(x))  # [1, 10, 20, 3]
+    with pytest.raises(RefusedValue):  # beyond the outer edges: refused by both
+        compiled.evaluate(np.array([0.5, 3.5]))
+
+
+def test_btag_shape_up_hf_is_compiled_beyond_the_pt_edges():
+    btag = get_correction("pog/2022_Summer22/BTV_btagging.json.gz", "deepJet_shape")
+    flavour = np.array([0, 0, 0, 5, 5])
+    abseta = np.array([1.16, 0.9, 2.0, 1.2, 0.3])
+    pt = np.array([938.6, 212.3, 450.0, 260.0, 35.0])  # beyond 200 GeV: the flow node
+    disc = np.array([0.6372, 0.0601, 0.99, 0.5, 0.2])
+    ours = btag.compiled.evaluate("up_hf", flavour, abseta, pt, disc)  # not refused
+    np.testing.assert_allclose(ours, btag.reference.evaluate("up_hf", flavour, abseta, pt,
+                                                             disc), rtol=RTOL, atol=ATOL)

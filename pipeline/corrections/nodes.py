@@ -214,6 +214,12 @@ class Axis:
     has_default: bool = False
 
     @property
+    def refuses(self) -> bool:
+        """Whether some value has no slot (out of the edges with ``flow: error``, a key
+        without a default)."""
+        return not self.has_default if self.keys is not None else self.flow == "error"
+
+    @property
     def size(self) -> int:
         if self.keys is not None:
             return len(self.keys) + self.has_default
@@ -265,7 +271,13 @@ class Table(Node):
 
     @classmethod
     def of(cls, axes: tuple[Axis, ...], children: Sequence[Node]) -> Table:
-        """The table of ``axes`` over ``children``, absorbing children that are tables."""
+        """The table of ``axes`` over ``children``, absorbing children that are tables.
+
+        Absorbed, a child's axes are evaluated for every value, those of the siblings too:
+        children that are not all tables are absorbed only when their axes refuse no value
+        (a child binning with ``flow: error`` over a part of its parent's bin would refuse
+        the values of the other bins, which never reach it).
+        """
         subtables = [c for c in children if isinstance(c, Table) and not c.any_default]
         plain = all(isinstance(c, (Constant, FormulaNode, Table)) for c in children)
         plain = plain and not any(isinstance(c, Table) and c.any_default for c in children)
@@ -274,6 +286,7 @@ class Table(Node):
             size = int(np.prod([a.size for a in inner]))
             if (all(t.axes == inner for t in subtables) and subtables[0].children.leaves_only
                     and all(t.children.leaves_only for t in subtables)
+                    and (len(subtables) == len(children) or not any(a.refuses for a in inner))
                     and size * len(children) <= MAX_TABLE):
                 leaves: list[Node] = []
                 for child in children:

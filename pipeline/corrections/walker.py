@@ -239,3 +239,19 @@ def _encode(axis: Axis, row: int, any_default: bool, numbers: list[float]) -> li
         return [row, _KIND_UNIFORM, _FLOW[axis.flow], start, 3, size, 0]
     numbers += list(axis.edges)
     return [row, _KIND_EDGES, _FLOW[axis.flow], start, len(axis.edges), size, 0]
+
+
+def load_kernel() -> None:
+    """Load the compiled walk (:func:`_walk`) from numba's cache, compiling it on its first
+    use on this machine: numba's compiler context starts here (about 0.5 s once per process:
+    its registries and extensions) rather than inside the first chunk that walks a table.
+
+    Examples
+    --------
+    >>> load_kernel()
+    >>> len(_walk.signatures)
+    1
+    """
+    _walk(np.empty((1, 0)), np.zeros((1, 3), dtype=np.int64), np.zeros(1, dtype=np.int64),
+          np.zeros(1, dtype=np.bool_), np.zeros((1, 7), dtype=np.int64), np.zeros(1),
+          np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int64))

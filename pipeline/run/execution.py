@@ -51,6 +51,7 @@ from pipeline.run.progress import (
     chunk_computes,
 )
 from pipeline.run.reduction import REDUCE_PRIORITY, ReductionTree, settling
+from pipeline.run.warm_up import warm_workers
 
 OnBadFile = Literal["fail", "skip"]
 __all__ = ["READER_MODULES", "ChunkFailure", "ChunkRates", "ComputeTimes", "DatasetRun",
@@ -239,6 +240,11 @@ def compute_chunks(client: Any, runs: Sequence[DatasetRun], retries: int,
     except Exception as problem:  # a scheduler started elsewhere may not import calibrew
         board.print(f"[yellow]note:[/] retried chunks cannot be counted on this scheduler "
                     f"({_error_text(problem)})")
+    try:
+        warm_workers(client)
+    except Exception as problem:  # the first chunk of each worker then warms it
+        board.print(f"[yellow]note:[/] the workers could not be warmed up before their first "
+                    f"chunk ({_error_text(problem)})")
 
     def submit(function: Any, *args: Any, key: str) -> Any:
         return client.submit(function, *args, key=key, retries=retries,

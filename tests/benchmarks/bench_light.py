@@ -83,6 +83,9 @@ def calibrew_child(mode: str, path: Path, chunksize: int, plans: Path | None
     ends: list[tuple[float, int]] = []
     graph, cached = light_calibrew.dataset_graph(path, chunksize, plans)
     if mode == "in-process":
+        from pipeline.run.warm_up import warm_process
+
+        warm_process()  # as calibrew's workers are before their first chunk
         hists = light_calibrew.run_in_process(graph, lambda n: ends.append((time.time(), n)))
     else:
         hists, spans = light_calibrew.compute_on_cluster(graph)

@@ -102,11 +102,13 @@ def compute_on_cluster(graph: DatasetGraph) -> tuple[dict[str, hist.Hist],
     index, the (start, stop) times (``time.time()``) of its chunk task on the worker."""
     from distributed import get_task_stream
 
+    from pipeline.run.warm_up import warm_workers
     from pipeline.sites import load_site, start_site, workers_override
 
     index = {task.key: i for i, task in enumerate(graph.chunk_tasks())}
     session = start_site(load_site("local", workers_override("local", 1)))
     try:
+        warm_workers(session.client)  # as the runner does before it submits chunks
         with get_task_stream(session.client) as stream:
             vector = session.client.compute(graph.total()).result()
     finally:
