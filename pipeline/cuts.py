@@ -8,7 +8,7 @@ of the user's own module, named by import path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import awkward as ak
@@ -101,14 +101,20 @@ class JetVetoMap(Cut):
     def _vetoed(self, jets: Any) -> Any:
         """Jets in a vetoed region; evaluated again only when the jets' eta or phi change
         (a jet-energy variation changes neither)."""
-        inputs = [leaf_buffers(jets.eta), leaf_buffers(jets.phi)]
+        eta, phi = leaf_buffers(jets.eta), leaf_buffers(jets.phi)
+        if eta is None or phi is None:
+            return self._in_map(jets.eta, jets.phi)
+        return self._cached(["jagged", *eta, *phi], lambda: self._in_map(jets.eta, jets.phi))
+
+    def _cached(self, buffers: list[Any], compute: Callable[[], Any]) -> Any:
+        """``compute()``, or its value kept from the last call on the very same
+        ``buffers`` (compared by identity): the cut's one cache, for either path."""
         cached = getattr(self, "_cache", None)
-        if cached is not None and all(same_buffers(a, b) for a, b in zip(cached[0], inputs)):
+        if cached is not None and same_buffers(cached[0], buffers):
             return cached[1]
-        vetoed = self._in_map(jets.eta, jets.phi)
-        if all(b is not None for b in inputs):
-            self._cache = (inputs, vetoed)
-        return vetoed
+        value = compute()
+        self._cache = (buffers, value)
+        return value
 
     def _flat_evaluate(self, flat: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Any:
         """The mask from the :func:`ops.flat_positions` of the jets' pt, jetId, chEmEF,
@@ -118,19 +124,16 @@ class JetVetoMap(Cut):
         pt, jet_id, ch_em, ne_em = (values[at] for _, values, at in flat[:4])
         (_, eta, eta_at), (_, phi, phi_at) = flat[4:]
         if len(eta) == len(phi) and np.array_equal(eta_at, phi_at):
-            cached = getattr(self, "_flat_cache", None)
-            if cached is None or cached[0] is not eta or cached[1] is not phi:
-                cached = self._flat_cache = (eta, phi, self._in_map(eta, phi))
-            vetoed = cached[2][eta_at]
+            vetoed = self._cached(["flat", eta, phi], lambda: self._in_map(eta, phi))[eta_at]
         else:
             vetoed = self._in_map(eta[eta_at], phi[phi_at])
         hit = self._considered(pt, jet_id, ch_em, ne_em) & vetoed
         passed = np.ones(len(counts), dtype=bool)
-        passed[np.repeat(np.arange(len(counts)), counts)[hit]] = False
+        passed[ops.list_index(counts)[hit]] = False
         return ops.as_array(passed)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_flat_cache")}
+        return {k: v for k, v in self.__dict__.items() if k != "_cache"}
 
 
 def make_cut(text: str, where: str, params: Any, metadata: Mapping[str, Any],

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -30,6 +31,7 @@ from pipeline.calibration import ops
 from pipeline.config.parameters import format_validation_error, section
 from pipeline.config.plugins import Registry
 from pipeline.corrections import get_correction
+from pipeline.corrections.reuse import evaluate_by_bin
 from pipeline.errors import ConfigError, InputFileError, WeightError, plugin_call
 from pipeline.selection import Expression, Vocabulary
 from pipeline.variations import (
@@ -124,12 +126,40 @@ class Weight:
         """The objects of ``collection`` that pass the settings' ``selection`` expression
         (which may call the analysis' functions and use its definitions)."""
         where = f"event_weights.{self.metadata.get('year')}.{self.name}.selection"
-        expression = Expression(self.settings.selection, where, self.vocabulary)
+        expression = _selection(self.settings.selection, where, self.vocabulary)
         return events[collection][expression.evaluate(events, used=self.selection_reads)]
 
 
 #: Weight classes by name: the built-in ones, then the ``calibrew.weights`` entry points.
 WEIGHTS: Registry[type[Weight]] = Registry("weight", "calibrew.weights", Weight)
+
+#: The weights' selections compiled, per vocabulary (None: the built-in functions only).
+_SELECTIONS: weakref.WeakKeyDictionary[Vocabulary, dict[tuple[str, str], Expression]] = (
+    weakref.WeakKeyDictionary())
+_PLAIN_SELECTIONS: dict[tuple[str, str], Expression] = {}
+
+
+def _selection(text: str, where: str,
+               vocabulary: Vocabulary | Mapping[str, Any] | None) -> Expression:
+    """The :class:`Expression` of a weight's selection, compiled once per vocabulary (each
+    time for a plain mapping of functions, which cannot be referenced weakly).
+
+    Examples
+    --------
+    >>> words = Vocabulary(definitions={"good": "Muon.pt > 20"})
+    >>> _selection("good", "doc", words) is _selection("good", "doc", words)
+    True
+    """
+    if vocabulary is None:
+        compiled = _PLAIN_SELECTIONS
+    elif isinstance(vocabulary, Vocabulary):
+        compiled = _SELECTIONS.setdefault(vocabulary, {})
+    else:
+        return Expression(text, where, vocabulary)
+    expression = compiled.get((text, where))
+    if expression is None:
+        expression = compiled[(text, where)] = Expression(text, where, vocabulary)
+    return expression
 
 
 def _payload(settings: Any) -> Any:
@@ -201,7 +231,7 @@ class BtagShapeWeight(Weight):
         abseta = np.abs(jets.eta)
         selected = (jets.pt > s.pt_min) & (abseta < s.abseta_max)
         jets = jets[selected]
-        abseta = np.abs(jets.eta)
+        abseta = abseta[selected]
         flavor = ops.values_astype(jets.hadronFlavour, np.int64)
         disc = jets[s.discriminant]
         # the payload is defined for discriminant values in [0, 1]; NanoAOD uses -1 for none
@@ -224,29 +254,24 @@ class BtagShapeWeight(Weight):
     def _compute_flat(self, corr: Any, flat: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
                       variations: bool) -> WeightValues:
         """The same on eager arrays, from the :func:`ops.flat_positions` of the jets' pt,
-        eta, flavour and discriminant: each systematic's bins are looked up on the same
-        arrays (the compiled tables then share the lookup)."""
+        eta, flavour and discriminant: the central factors by :meth:`_SelectedJets.central`;
+        each systematic's bins looked up on the same arrays (the compiled tables then share
+        the lookup)."""
         s = self.settings
-        counts = flat[0][0]
-        pt, eta, flavor, disc = (values[at] for _, values, at in flat)
-        abseta = np.abs(eta)
-        selected = (pt > s.pt_min) & (abseta < s.abseta_max)
-        counts = np.bincount(np.repeat(np.arange(len(counts)), counts)[selected],
-                             minlength=len(counts))
+        (counts, pt, pt_at), (_, eta, eta_at) = flat[:2]
+        pt = pt[pt_at]
+        selected = (pt > s.pt_min) & (np.abs(eta[eta_at]) < s.abseta_max)
+        counts = ops.list_counts(selected, counts)
 
         def per_event(factor: np.ndarray) -> Any:
             return ops.list_products(factor, counts)
 
-        abseta = abseta[selected].astype(np.float64)
-        pt = pt[selected].astype(np.float64)
-        flavor = flavor[selected].astype(np.int64)
-        disc = disc[selected]
-        # the payload is defined for discriminant values in [0, 1]; NanoAOD uses -1 for none
-        disc = np.where(disc < 0, 0.0, disc).astype(np.float64)
-        central = corr.evaluate("central", flavor, abseta, pt, disc)
+        jets = _SelectedJets(pt[selected], flat[1:], selected)
+        central = jets.central(corr)
         out = WeightValues(per_event(central))
         if not variations:
             return out
+        flavor, abseta, pt, disc = jets.arguments(slice(None))
         is_c = flavor == 4
         forced = {True: np.where(is_c, flavor, 4), False: np.where(~is_c, flavor, 5)}
         for syst in self.settings.systematics:
@@ -257,6 +282,48 @@ class BtagShapeWeight(Weight):
                 out.variations[f"btag_{syst}{direction}"] = per_event(
                     np.where(applies, shifted, central))
         return out
+
+
+class _SelectedJets:
+    """The selected jets (``selected``), of pt ``pt``, of the :func:`ops.flat_positions`
+    ``flat`` of the jets' eta, flavour and discriminant, as the b-tag payload takes them.
+
+    A jet variation changes only the pt: when the eta, flavour and discriminant are taken
+    from their buffers at the same positions (``shared``: the buffers of the chunk's
+    unvaried jets), a jet's position in them is the same jet in every variation.
+    """
+
+    def __init__(self, pt: np.ndarray, flat: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 selected: np.ndarray) -> None:
+        self.pt = pt
+        first = flat[0][2]
+        self.shared = all(len(values) == len(flat[0][1])
+                          and (at is first or np.array_equal(at, first))
+                          for _, values, at in flat)
+        if self.shared:  # the selected jets at their positions in the buffers
+            self.buffers = [values for _, values, _ in flat]
+            self.positions = first[selected]
+        else:
+            self.buffers = [values[at][selected] for _, values, at in flat]
+            self.positions = np.arange(len(pt))
+
+    def arguments(self, which: np.ndarray | slice) -> tuple[np.ndarray, ...]:
+        """The flavour, |eta|, pt and discriminant of the selected jets ``which``."""
+        eta, flavor, disc = (values[self.positions[which]] for values in self.buffers)
+        # the payload is defined for discriminant values in [0, 1]; NanoAOD uses -1 for none
+        return (flavor.astype(np.int64), np.abs(eta).astype(np.float64),
+                self.pt[which].astype(np.float64),
+                np.where(disc < 0, 0.0, disc).astype(np.float64))
+
+    def central(self, corr: Any) -> np.ndarray:
+        """The central factors. With ``shared`` buffers, a jet whose pt stays in its pt bin
+        keeps its factor of the first call on these buffers, the same bits
+        (:func:`~pipeline.corrections.reuse.evaluate_by_bin`)."""
+        if not self.shared:
+            return np.asarray(corr.evaluate("central", *self.arguments(slice(None))),
+                              dtype=np.float64)
+        return evaluate_by_bin(corr, lambda which: ("central", *self.arguments(which)), 3,
+                               self.pt, self.buffers, self.positions)
 
 
 class ElectronIdSettings(BaseModel):

@@ -20,8 +20,10 @@ from pipeline.calibration import (
     ops,
 )
 from pipeline.config.parameters import defaults
+from pipeline.corrections import get_correction, reuse
+from pipeline.corrections.loader import Evaluator
 from pipeline.cuts import JetVetoMap
-from pipeline.weights import BtagShapeWeight, compute_weights
+from pipeline.weights import BtagShapeWeight, _SelectedJets, compute_weights
 
 MC = {"isMC": True, "year": "2022_preEE", "sample": "TTbar", "dataset": "tt"}
 SEQUENCE = [JetsCalibrator, ElectronsScaleCalibrator, METCalibrator]
@@ -80,6 +82,17 @@ def test_list_sums_and_products_equal_awkward(seed):
         ak.sum(ak.unflatten(float32, counts), axis=1))
 
 
+def test_list_counts_and_index_equal_bincount():
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 12, size=3000)
+    counts[:4] = 0
+    mask = rng.uniform(size=int(counts.sum())) < 0.6
+    event = ops.list_index(counts)
+    assert event.tolist() == [i for i, n in enumerate(counts) for _ in range(n)]
+    expected = np.bincount(event[mask], minlength=len(counts))
+    assert ops.list_counts(mask, counts).tolist() == expected.tolist()
+
+
 def test_met_flat_equals_generic(flat_and_generic):
     flat, generic = flat_and_generic
     for variation, events in generic.items():
@@ -105,6 +118,36 @@ def test_jet_veto_flat_equals_generic(flat_and_generic, monkeypatch, pt_min):
     assert 0 < int(ak.sum(~expected["nominal"])) < len(expected["nominal"])
 
 
+@pytest.mark.parametrize("generic", [False, True])
+def test_jet_veto_map_looked_up_once_for_the_jet_variations(flat_and_generic, monkeypatch,
+                                                            generic):
+    """On either path, the cut's one cache serves the variations that leave the jets' eta
+    and phi alone, with the results of a fresh cut."""
+    flat, generic_events = flat_and_generic
+    variations = generic_events if generic else flat
+    cut = JetVetoMap(defaults(), MC, "preselection.jet_veto")
+    fresh = {}
+    lookups = []
+    in_map = JetVetoMap._in_map
+
+    def counting(self, eta, phi):
+        lookups.append(self)
+        return in_map(self, eta, phi)
+
+    with monkeypatch.context() as patch:
+        if generic:
+            patch.setattr(ops, "flat_positions", lambda array: None)
+        for variation, events in variations.items():
+            fresh[variation] = JetVetoMap(defaults(), MC, "preselection.jet_veto").evaluate(
+                events)
+        patch.setattr(JetVetoMap, "_in_map", counting)
+        for variation, events in variations.items():
+            assert bits(cut.evaluate(events)) == bits(fresh[variation]), variation
+    # flat: one lookup per buffer of eta and phi values, which every variation shares;
+    # generic: once per layout of the jets (the variations that re-sort them have their own)
+    assert lookups.count(cut) == 1 if not generic else 1 < lookups.count(cut) < len(variations)
+
+
 def test_btag_shape_flat_equals_generic(flat_and_generic, monkeypatch):
     flat, _ = flat_and_generic
     settings = defaults()["event_weights"]["2022_preEE"]["btag_shape"]
@@ -117,6 +160,65 @@ def test_btag_shape_flat_equals_generic(flat_and_generic, monkeypatch):
         assert list(out.variations) == list(expected.variations) and out.variations
         for name, factor in expected.variations.items():
             assert bits(out.variations[name]) == bits(factor), (variation, name)
+
+
+def test_btag_central_of_every_variation_equals_generic(flat_and_generic, monkeypatch):
+    """The central b-tag factors of every variation, the nominal first (a jet whose pt stays
+    in its pt bin keeps the nominal's factor), equal the generic path's, bit for bit; and
+    the nominal's systematics after them."""
+    flat, _ = flat_and_generic
+    settings = defaults()["event_weights"]["2022_preEE"]["btag_shape"]
+    with generic_path(monkeypatch):
+        expected = {v: BtagShapeWeight(settings, MC).compute(events, variations=False).nominal
+                    for v, events in flat.items()}
+    reuse._recent().clear()
+    evaluated = []
+    kernels = Evaluator.kernels
+
+    def counting(self, *args):
+        evaluated.append(len(args[1]))
+        return kernels(self, *args)
+
+    monkeypatch.setattr(Evaluator, "kernels", counting)
+    again = {}
+    for variation, events in flat.items():
+        evaluated.clear()
+        out = BtagShapeWeight(settings, MC).compute(events, variations=False)
+        assert bits(out.nominal) == bits(expected[variation]), variation
+        again[variation] = sum(evaluated)
+    selected = again["nominal"]
+    assert selected > 100 and len(flat) > 20
+    assert all(n < selected / 4 for v, n in again.items() if v != "nominal"), again
+    assert again[JES] > 0  # some jets change pt bin
+    nominal = BtagShapeWeight(settings, MC).compute(flat["nominal"], variations=True)
+    with generic_path(monkeypatch):
+        generic = BtagShapeWeight(settings, MC).compute(flat["nominal"], variations=True)
+    assert [bits(a) for a in nominal.variations.values()] == [
+        bits(a) for a in generic.variations.values()]
+
+
+def test_btag_jets_taken_at_other_positions(flat_and_generic):
+    """Jets whose flavours come from another buffer order than their eta (not known to be
+    the same jets across variations) are evaluated in full, with the same bits."""
+    flat, _ = flat_and_generic
+    settings = defaults()["event_weights"]["2022_preEE"]["btag_shape"]
+    weight = BtagShapeWeight(settings, MC)
+    jets = flat[JES].Jet
+    positions = ops.flat_positions_of([jets[f] for f in
+                                       ("pt", "eta", "hadronFlavour", "btagDeepFlavB")])
+    counts, values, at = positions[2]
+    order = np.random.default_rng(1).permutation(len(values))
+    moved = [*positions[:2], (counts, values[order], np.argsort(order)[at]), positions[3]]
+    selected = np.ones(len(at), dtype=bool)
+    pt = positions[0][1][positions[0][2]]
+    assert _SelectedJets(pt, positions[1:], selected).shared
+    assert not _SelectedJets(pt, moved[1:], selected).shared
+    corr = get_correction(settings["json_path"], settings["correction"])
+    out = weight._compute_flat(corr, moved, True)
+    expected = weight._compute_flat(corr, positions, True)
+    assert bits(out.nominal) == bits(expected.nominal)
+    assert [bits(v) for v in out.variations.values()] == [
+        bits(v) for v in expected.variations.values()]
 
 
 def test_weight_products_flat_equal_generic(flat_and_generic, monkeypatch):

@@ -200,8 +200,32 @@ def list_sums(values: Any, counts: np.ndarray | None = None) -> Any:
         return sum(values, axis=1)
     if values.dtype != np.float64:
         return ak.sum(unflatten(values, counts), axis=1)
-    event = np.repeat(np.arange(len(counts)), counts)
-    return as_array(np.bincount(event, weights=values, minlength=len(counts)))
+    return as_array(np.bincount(list_index(counts), weights=values, minlength=len(counts)))
+
+
+def list_counts(mask: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """How many of the flat objects of each list pass ``mask``, of lists of ``counts``
+    objects (as ``np.bincount(list_index(counts)[mask])``).
+
+    Examples
+    --------
+    >>> list_counts(np.array([True, False, True]), np.array([2, 0, 1])).tolist()
+    [1, 0, 1]
+    """
+    passed = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+    ends = np.cumsum(counts, dtype=np.int64)
+    return passed[ends] - passed[ends - counts]
+
+
+def list_index(counts: np.ndarray) -> np.ndarray:
+    """The list of each flat object, of lists of ``counts`` objects.
+
+    Examples
+    --------
+    >>> list_index(np.array([2, 0, 1])).tolist()
+    [0, 0, 2]
+    """
+    return np.repeat(np.arange(len(counts)), counts)
 
 
 def list_products(values: np.ndarray, counts: np.ndarray) -> ak.Array:
@@ -351,7 +375,7 @@ def flat_take(index: np.ndarray, counts: np.ndarray,
     >>> at.tolist(), valid.tolist()
     ([1, 0, 0], [True, False, False])
     """
-    event_of = np.repeat(np.arange(len(counts)), counts)
+    event_of = list_index(counts)
     valid = (index >= 0) & (index < target_counts[event_of])
     starts = np.cumsum(target_counts) - target_counts
     return np.where(valid, starts[event_of] + index, 0), valid

@@ -46,6 +46,7 @@ from pipeline.corrections.nodes import (
     Table,
     Transform,
     Values,
+    binned_by,
 )
 from pipeline.corrections.walker import walked
 
@@ -193,15 +194,37 @@ class CompiledCorrection:
             shape = broadcast[0].shape
             for i, array in zip(arrays, broadcast):
                 values[i] = self._typed(i, array.reshape(-1))
+        n = int(np.prod(shape)) if arrays else 1
+        out = self.root(self._fixed(args))(values, n)
+        return out.reshape(shape) if arrays else float(out[0])
+
+    def binned_by(self, position: int, *args: Any) -> np.ndarray | None:
+        """The sorted edges through which alone the result depends on argument ``position``
+        (:func:`~pipeline.corrections.nodes.binned_by`), for the scalar arguments of
+        ``args`` (those of :meth:`evaluate`; arrays stand for any values); ``None`` where it
+        depends on that argument otherwise.
+
+        Examples
+        --------
+        >>> from pipeline.corrections.loader import get_correction
+        >>> btag = get_correction("pog/2022_Summer22/BTV_btagging.json.gz", "deepJet_shape")
+        >>> jets = np.zeros(1)
+        >>> btag.compiled.binned_by(3, "central", jets, jets, jets, jets).tolist()
+        [20.0, 30.0, 40.0, 50.0, 60.0, 80.0, 120.0, 200.0, 10000.0]
+        >>> btag.compiled.binned_by(4, "central", jets, jets, jets, jets) is None  # formulas
+        True
+        """
+        return binned_by(self.root(self._fixed(args)), position)
+
+    def _fixed(self, args: tuple[Any, ...]) -> Fixed:
+        """(position, value) of the scalar string and integer arguments, the scalars checked."""
         fixed = []
-        for i, value in enumerate(values):
-            if not isinstance(value, np.ndarray):
+        for i, value in enumerate(args):
+            if isinstance(value, (str, int, float)):
                 self._check_scalar(i, value)
                 if self.types[i] != "real":
                     fixed.append((i, value))
-        n = int(np.prod(shape)) if arrays else 1
-        out = self.root(tuple(fixed))(values, n)
-        return out.reshape(shape) if arrays else float(out[0])
+        return tuple(fixed)
 
     def _typed(self, i: int, array: np.ndarray) -> np.ndarray:
         kind = self.types[i]

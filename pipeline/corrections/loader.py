@@ -153,6 +153,29 @@ class Evaluator:
         except (RefusedValue, NotCompiled):
             return self.reference.evaluate(*args)  # correctionlib's result or its error
 
+    def kernels(self, *args: Any) -> np.ndarray:
+        """Evaluate numpy arguments by the compiled kernels alone: :meth:`evaluate`'s result
+        where it comes from them; :class:`~pipeline.corrections.nodes.RefusedValue` or
+        :class:`~pipeline.corrections.nodes.NotCompiled` where :meth:`evaluate` turns to
+        correctionlib (a value the kernels refuse, a correction they do not compile)."""
+        if self.compiled is None:
+            raise NotCompiled(f"{self.source[1]} is evaluated by correctionlib")
+        return np.asarray(self.compiled.evaluate(*args), dtype=np.float64)
+
+    def binned_by(self, position: int, *args: Any) -> np.ndarray | None:
+        """The sorted edges through which alone the result depends on argument ``position``
+        (:meth:`~pipeline.corrections.compiled.CompiledCorrection.binned_by`);
+        ``None`` where it depends on it otherwise, or is not known (a correction evaluated by
+        correctionlib, a compound correction).
+        """
+        compiled = self.compiled
+        if not isinstance(compiled, CompiledCorrection):
+            return None
+        try:
+            return compiled.binned_by(position, *args)
+        except (RefusedValue, NotCompiled):
+            return None
+
 
 def _evaluate_partition(evaluator: Evaluator, *args: Any) -> Any:
     return evaluator.evaluate(*args)

@@ -16,7 +16,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,14 @@ class Node:
     def __call__(self, values: Values, n: int) -> np.ndarray:
         raise NotImplementedError
 
+    def binned_by(self, input: int) -> frozenset[float] | None:
+        """The edges through which alone the outputs depend on input ``input``: two values of
+        it between the same two consecutive edges (or both below the first, or both at or
+        above the last, or NaN) give the same outputs. ``None`` where they depend on it
+        otherwise (a formula of it, a uniform binning, a transform). See
+        :func:`binned_by`."""
+        return None
+
 
 @dataclass(frozen=True)
 class Constant(Node):
@@ -48,6 +56,9 @@ class Constant(Node):
 
     def __call__(self, values: Values, n: int) -> np.ndarray:
         return np.full(n, self.value)
+
+    def binned_by(self, input: int) -> frozenset[float] | None:
+        return frozenset()
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,9 @@ class FormulaNode(Node):
 
     def __call__(self, values: Values, n: int) -> np.ndarray:
         return _as_output(self.function(_real(values, self.variables), self.parameters), n)
+
+    def binned_by(self, input: int) -> frozenset[float] | None:
+        return None if input in self.variables else frozenset()
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,6 +148,10 @@ class Children:
     @property
     def leaves_only(self) -> bool:
         return not self.others
+
+    def binned_by(self, input: int) -> frozenset[float] | None:
+        """The union of the children's :meth:`Node.binned_by` (``None`` if one is)."""
+        return _union(child.binned_by(input) for child in self.nodes)
 
     def __call__(self, index: np.ndarray, values: Values, n: int) -> np.ndarray:
         """Evaluate child ``index[j]`` for element ``j``."""
@@ -269,6 +287,13 @@ class Table(Node):
             index = np.where(outside, stride, index)
         return self.children(index, values, n)
 
+    def binned_by(self, input: int) -> frozenset[float] | None:
+        on_input = [axis for axis in self.axes if axis.input == input]
+        if any(axis.keys is not None or axis.edges[:1] == ("uniform",) for axis in on_input):
+            return None
+        return _union([frozenset(axis.edges) for axis in on_input]
+                      + [self.children.binned_by(input)])
+
     @classmethod
     def of(cls, axes: tuple[Axis, ...], children: Sequence[Node]) -> Table:
         """The table of ``axes`` over ``children``, absorbing children that are tables.
@@ -304,6 +329,9 @@ class Refused(Node):
     def __call__(self, values: Values, n: int) -> np.ndarray:
         raise RefusedValue("no such category")
 
+    def binned_by(self, input: int) -> frozenset[float] | None:
+        return frozenset()
+
 
 @dataclass(frozen=True)
 class Transform(Node):
@@ -319,6 +347,42 @@ class Transform(Node):
             new = np.copysign(np.floor(np.abs(new) + 0.5), new).astype(np.int64)
         updated[self.input] = new
         return self.content(updated, n)
+
+    def binned_by(self, input: int) -> frozenset[float] | None:
+        """The rule's edges, where ``input`` is the one it replaces (the content sees only
+        the rule's value); else those of the rule and of the content."""
+        rule = self.rule.binned_by(input)
+        if input == self.input or rule is None:
+            return rule
+        content = self.content.binned_by(input)
+        return None if content is None else rule | content
+
+
+def binned_by(node: Node, input: int) -> np.ndarray | None:
+    """The sorted edges of :meth:`Node.binned_by`: two values ``x`` of input ``input`` with
+    the same ``np.searchsorted(edges, x, side="right")`` give the same outputs (all else the
+    same); ``None`` where the outputs depend on the value otherwise.
+
+    Examples
+    --------
+    >>> inner = Table.of((Axis(1, edges=(0.0, 5.0, 9.0), flow="clamp"),),
+    ...                  [Constant(1.0), Constant(2.0)])
+    >>> root = Table.of((Axis(0, keys=(0, 5)),), [inner, Constant(3.0)])
+    >>> binned_by(root, 1).tolist()
+    [0.0, 5.0, 9.0]
+    >>> binned_by(Table.of((Axis(1, edges=("uniform", 2, 0.0, 9.0)),), [inner, inner]), 1)
+    """
+    edges = node.binned_by(input)
+    return None if edges is None else np.array(sorted(edges), dtype=np.float64)
+
+
+def _union(sets: Iterable[frozenset[float] | None]) -> frozenset[float] | None:
+    out: frozenset[float] = frozenset()
+    for edges in sets:
+        if edges is None:
+            return None
+        out |= edges
+    return out
 
 
 def _broadcast(value: Any, n: int) -> np.ndarray:

@@ -132,7 +132,7 @@ class WalkedTable(Node):
         if n == 0:  # nothing to walk (planning evaluates on empty arrays): numba stays idle
             return self.leaves(np.empty(0, dtype=np.int64), values, n)
         inputs = [values[i] for i in self.rows]
-        key = (self.digest, n, *(_identity(a) for a in inputs))
+        key = (self.digest, n, *(array_identity(a) for a in inputs))
         recent = _recent_walks()
         owners, leaf = recent.get(key, ((), None))
         if leaf is not None and not all(o() is not None for o in owners):
@@ -145,11 +145,23 @@ class WalkedTable(Node):
             if _walk(matrix, self.table_axes, self.table_children, self.table_any_default,
                      self.axis_spec, self.numbers, self.children, leaf):
                 raise RefusedValue("value out of bounds or unknown category key")
-            owners = tuple(weakref.ref(_owner(a)) for a in inputs if isinstance(a, np.ndarray))
+            owners = tuple(weakref.ref(array_owner(a)) for a in inputs
+                           if isinstance(a, np.ndarray))
             recent[key] = (owners, leaf)
             while len(recent) > 2:
                 recent.popitem(last=False)
         return self.leaves(leaf, values, n)
+
+    def binned_by(self, input: int) -> frozenset[float] | None:
+        edges: set[float] = set()
+        if input in self.rows:
+            for row, kind, _, start, count, *_ in self.axis_spec.tolist():
+                if self.rows[row] == input:
+                    if kind != _KIND_EDGES:
+                        return None
+                    edges.update(self.numbers[start:start + count].tolist())
+        inner = self.leaves.binned_by(input)
+        return None if inner is None else inner | edges
 
 
 # Tables of the same binning (the systematics of one scale factor) evaluated on the same
@@ -166,14 +178,16 @@ def _recent_walks() -> OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], np.nd
     return walks
 
 
-def _owner(array: np.ndarray) -> np.ndarray:
+def array_owner(array: np.ndarray) -> np.ndarray:
     """The array that owns ``array``'s memory (the end of its chain of views)."""
     while isinstance(array.base, np.ndarray):
         array = array.base
     return array
 
 
-def _identity(value: Any) -> Any:
+def array_identity(value: Any) -> Any:
+    """An array's memory (address, shape, strides, type), or a scalar's value: equal for two
+    arrays over the very same memory (valid while its :func:`array_owner` lives)."""
     if isinstance(value, np.ndarray):
         return (value.__array_interface__["data"][0], value.shape, value.strides,
                 value.dtype.str)

@@ -167,7 +167,7 @@ class ComputeTimes:
         return None if self.chunks is None else sum(c.seconds for c in self.chunks)
 
     def rates(self) -> ChunkRates | None:
-        """Each worker's first chunk (its warm-up: imports, payloads, kernels) apart from
+        """Each worker's first chunk (its warm-up: payloads, compiled corrections) apart from
         the chunks after it (the steady rate); ``None`` when nothing was recorded.
 
         Examples
