@@ -21,20 +21,25 @@ def _worker_state() -> dict:
 
 
 def test_workers_are_warm_before_their_first_task():
+    """Warmed, each worker has numba's context started; frozen where it held nothing."""
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         client.wait_for_workers(1)
-        before = list(client.run(_worker_state).values())
+        (first,) = client.scheduler_info()["workers"]
+        before = client.run(_worker_state)[first]
+        held = client.scatter(list(range(10)))  # data the first worker holds: not frozen
         warm_workers(client)
         cluster.scale(2)  # a worker that joins later is warmed as it registers
         client.wait_for_workers(2)
-        after = list(client.run(_worker_state).values())
+        after = client.run(_worker_state)
         plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
-    assert before == [{"frozen": 0, "walk_loaded": 0}]
-    assert len(after) == 2
-    assert all(state["walk_loaded"] == 1 and state["frozen"] > 50_000 for state in after)
+        del held
+    assert before == {"frozen": 0, "walk_loaded": 0}
+    assert after.pop(first) == {"frozen": 0, "walk_loaded": 1}
+    ((_, joined),) = after.items()
+    assert joined["walk_loaded"] == 1 and joined["frozen"] > 50_000
     assert all(PLUGIN_NAME in names for names in plugins.values())
 
 

@@ -40,11 +40,12 @@ _LOCK = threading.Lock()
 _warm = False
 
 
-def warm_process() -> bool:
+def warm_process(freeze: bool = True) -> bool:
     """Make this process ready for chunks, once: import calibrew's chunk machinery, start
-    numba's compiler context, then collect reference cycles and freeze the objects left (they
-    live as long as the process). Call it when no chunk is in this process. Returns whether
-    this call did it (``False``: done before)."""
+    numba's compiler context, then (with ``freeze``) collect reference cycles and freeze the
+    objects left: they live as long as the process. Freeze only when no chunk, nor any other
+    data that will be dropped, is in this process. Returns whether this call did it
+    (``False``: done before)."""
     global _warm
     with _LOCK:
         if _warm:
@@ -53,8 +54,9 @@ def warm_process() -> bool:
         from pipeline.corrections.walker import load_kernel
 
         load_kernel()
-        gc.collect()
-        gc.freeze()
+        if freeze:
+            gc.collect()
+            gc.freeze()
         _warm = True
         return True
 
@@ -62,12 +64,15 @@ def warm_process() -> bool:
 class WarmWorkers(WorkerPlugin):
     """Runs :func:`warm_process` on each worker before it takes a task (a worker that joins
     later is set up when it registers), in a thread: the worker's event loop goes on
-    answering the scheduler meanwhile."""
+    answering the scheduler meanwhile. A worker that already runs tasks or holds data
+    (a cluster shared with other work) is warmed without freezing: what it holds now may
+    be dropped later."""
 
     name = PLUGIN_NAME
 
     async def setup(self, worker: Any) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, warm_process)
+        idle = not worker.state.all_running_tasks and len(worker.data) == 0
+        await asyncio.get_running_loop().run_in_executor(None, warm_process, idle)
 
 
 def warm_workers(client: Any) -> None:
