@@ -596,7 +596,9 @@ def whole_process(args: argparse.Namespace) -> list[str]:
         f"runs in a fresh process, {args.jes_events:,} events in chunks of "
         f"{args.chunksize:,}, on one core; the wall is timed from before the spawn to the "
         f"process's end; the best of {args.repeats} interleaved rounds. calibrew: the jet "
-        "chain, its first chunk the warm-up; PocketCoffea 0.9.13 (its own virtual "
+        "chain, its process warmed up as its workers are (`run/warm_up.py`) and its first "
+        "chunk the warm-up, ending as the `calibrew` command ends (`cli.end_process`: no "
+        "interpreter teardown); PocketCoffea 0.9.13 (its own virtual "
         "environment: coffea 0.7, awkward 1): tests/benchmarks/peers/pocketcoffea_jets.py, "
         "coffea 0.7 NanoEvents per chunk and PocketCoffea's CalibratorsManager with its "
         "JetsCalibrator (and METCalibrator), calibrew's payload, the same histograms; plain: "
@@ -731,6 +733,10 @@ def main() -> int:
         row = run_child(args.child, sample_file(args.events), args.chunksize, args.jes_events,
                         args.columns.split(","), args.work)
         print(json.dumps(row), flush=True)
+        if args.child == "calibrew":  # its process ends as the calibrew command ends
+            from pipeline.cli import end_process
+
+            end_process(0)
         return 0
     if args.whole_process:
         from results_doc import publish

@@ -224,7 +224,9 @@ def table(best: dict[tuple[str, str], dict[str, Any]], args: argparse.Namespace)
         "read); *steady*: the chunks after the first; *outside*: interpreter start and "
         "teardown; *CPU*: user + system seconds of the process and its children (the "
         "cluster's processes), the best of the rounds. calibrew plans as `calibrew run` "
-        "does, its traced plan from its plan cache (a repeated run), or traced (a first run).",
+        "does, its traced plan from its plan cache (a repeated run), or traced (a first run); "
+        "its process is warmed up as its workers are (`run/warm_up.py`) and ends as the "
+        "`calibrew` command ends (`cli.end_process`: no interpreter teardown).",
         "",
         "| mode | analysis | wall (s) | events/s, whole process | CPU (s) | imports (s) "
         "| first chunk (s) | steady events/s | outside (s) |",
@@ -329,6 +331,10 @@ def main() -> int:
 
     if args.child:  # the sample's path is given: the child does not import bench.py
         print(json.dumps(run_child(args)), flush=True)
+        if args.child != "coffea":  # calibrew's process ends as the calibrew command ends
+            from pipeline.cli import end_process
+
+            end_process(0)
         return 0
     from bench import sample_file
 
