@@ -50,8 +50,10 @@ def warm_process(freeze: bool = True) -> bool:
     with _LOCK:
         if _warm:
             return False
-        import pipeline.graph  # noqa: F401  (calibrew's chunk machinery, coffea's NanoEvents)
-        from pipeline.corrections.walker import load_kernel
+        # imported here, in the worker plugin's thread, not when the plugin is unpickled in
+        # the worker's event loop: calibrew's chunk machinery, coffea's NanoEvents, numba
+        import pipeline.graph  # noqa: F401
+        from pipeline.corrections.walker import load_kernel  # numba, with the walk
 
         load_kernel()
         if freeze:
