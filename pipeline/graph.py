@@ -323,11 +323,12 @@ class ChunkTask:
     does not retry them; any other error (an unreadable input, a worker's trouble) is
     raised, and retried. On typetracers (planning) every error is raised.
 
-    A chunk's arrays hold reference cycles (NanoEvents' attributes refer to the events), so
-    Python's cyclic collector frees them, and it runs after enough new objects, not enough
-    memory: a worker would carry a chunk's arrays into the next ones (0.6 GiB more at the
-    peak of the demo's 200k-event chunks). They are collected before and after each eager
-    chunk."""
+    Arrays held by reference cycles (a user's calibrator may leave some; calibrew's own
+    expressions did) are freed by Python's cyclic collector, which runs after enough new
+    objects, not enough memory: a worker would carry a chunk's arrays into the next ones
+    (0.6 GiB more at the peak of the demo's 200k-event chunks). They are collected before
+    and after each eager chunk; in a warmed-up worker (:mod:`pipeline.run.warm_up`) a
+    collection skips its long-lived objects."""
 
     def __init__(self, processor: ChunkProcessor) -> None:
         self.processor = processor

@@ -380,6 +380,7 @@ class Expression:
                 self._check_names(namespace)
                 return eval(self.code, self.globals, namespace)
         finally:
+            namespace.memo = None  # the memo refers to the namespace: no cycle is left
             if used is not None:
                 used |= namespace.used
 
