@@ -43,13 +43,19 @@ from pipeline.corrections.walker import array_identity, array_owner
 
 
 @numba.njit(cache=True, nogil=True)
+def _bin(x: float, edges: np.ndarray) -> int:  # pragma: no cover (compiled)
+    """A value's bin: how many edges are not above it (``std::upper_bound``; NaN: all)."""
+    b = 0
+    for e in edges:
+        b += not (x < e)
+    return b
+
+
+@numba.njit(cache=True, nogil=True)
 def _bins(x: np.ndarray, edges: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
-    """Each value's bin: how many edges are not above it (``std::upper_bound``; NaN: all)."""
+    """Each value's :func:`_bin`."""
     for j in range(len(x)):
-        b = 0
-        for e in edges:
-            b += not (x[j] < e)
-        out[j] = b
+        out[j] = _bin(x[j], edges)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -59,11 +65,8 @@ def _reuse(x: np.ndarray, edges: np.ndarray, positions: np.ndarray, bins: np.nda
     one; the other elements into ``again``, their number returned."""
     n_again = 0
     for j in range(len(x)):
-        b = 0
-        for e in edges:
-            b += not (x[j] < e)
         p = positions[j]
-        if bins[p] == b:
+        if bins[p] == _bin(x[j], edges):
             out[j] = known[p]
         else:
             again[n_again] = j

@@ -1,7 +1,8 @@
 """Worker processes made ready for chunks before their first one.
 
 Each eager chunk task collects reference cycles before and after its chunk
-(:class:`~pipeline.graph.ChunkTask`: a chunk's arrays hold cycles). A full collection walks
+(:class:`~pipeline.graph.ChunkTask`: a user's code may leave cycles holding a chunk's
+arrays). A full collection walks
 every object the collector tracks, and once numba's compiler context has started a process
 holds about 300,000 of them (modules, numba's registries), almost all for its whole life: 0.1
 s a collection, 0.2 s a chunk. :func:`warm_process` starts what every chunk needs (calibrew's
